@@ -1,0 +1,394 @@
+//! The command line: one clap-derived struct, and one library call per command.
+
+use std::{io::Write, process::ExitCode, time::Duration};
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    bench,
+    config::DbArgs,
+    jobs::{Dispatcher, review},
+    mr_ref::parse_refs,
+    queue::{AttemptRow, ChildCounts, JobId, JobRow, Queue, RetryPolicy, Worker, WorkerConfig},
+    shutdown, telemetry,
+};
+
+/// Bad input from the user: exit code 2, and nothing was written.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+/// reviewq: GitLab merge-request reviews with GLM, on a durable Postgres job queue.
+#[derive(Debug, Parser)]
+#[command(name = "reviewq", version, about, propagate_version = true)]
+pub struct Cli {
+    #[command(flatten)]
+    pub db: DbArgs,
+
+    /// Log format on stderr.
+    #[arg(long, env = "REVIEWQ_LOG_FORMAT", value_enum, default_value_t = telemetry::LogFormat::Text, global = true)]
+    pub log_format: telemetry::LogFormat,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Apply pending database migrations (idempotent).
+    Migrate,
+    /// Insert review jobs; prints one job id per line.
+    Enqueue(EnqueueArgs),
+    /// Claim and run jobs until SIGINT/SIGTERM.
+    Worker(WorkerArgs),
+    /// Job states, attempts, errors and per-chunk progress.
+    Status(StatusArgs),
+    /// Run a failed or cancelled job again (or a waiting one now).
+    Retry {
+        /// The job's id.
+        id: JobId,
+    },
+    /// Cancel a queued or running job and its subtasks.
+    Cancel {
+        /// The job's id.
+        id: JobId,
+    },
+    /// Built-in benchmarks.
+    Bench(bench::BenchArgs),
+}
+
+/// Arguments of `enqueue`.
+#[derive(Debug, Args)]
+pub struct EnqueueArgs {
+    /// Merge requests: PROJECT:IID, PROJECT!IID or a merge request URL; comma-separated
+    /// lists are accepted too.
+    #[arg(required = true, value_name = "REF")]
+    pub refs: Vec<String>,
+
+    #[command(flatten)]
+    pub review: review::ReviewOptions,
+
+    /// Priority: higher runs first.
+    #[arg(
+        long,
+        env = "REVIEWQ_PRIORITY",
+        default_value_t = 0,
+        allow_negative_numbers = true
+    )]
+    pub priority: i16,
+
+    /// The GitLab instance; URL refs must point at it.
+    #[arg(long, env = "GITLAB_URL", default_value = "https://gitlab.com")]
+    pub gitlab_url: url::Url,
+}
+
+/// Arguments of `worker`.
+#[derive(Debug, Args)]
+pub struct WorkerArgs {
+    /// Jobs run at once by this process.
+    #[arg(long, env = "REVIEWQ_CONCURRENCY", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub concurrency: u32,
+
+    /// Exit once no job is queued, running or waiting for a retry.
+    #[arg(long, env = "REVIEWQ_EXIT_WHEN_IDLE")]
+    pub exit_when_idle: bool,
+
+    /// Most LLM requests in flight across all workers sharing the database.
+    #[arg(long, env = "GLM_CONCURRENT_REQUESTS", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub glm_concurrent_requests: u32,
+
+    /// Seconds a claim stays valid without a heartbeat; a killed worker's jobs run again
+    /// after about this long.
+    #[arg(long, env = "REVIEWQ_LEASE_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(3..=3600))]
+    pub lease_secs: u64,
+
+    /// Milliseconds between polls when no notification arrives.
+    #[arg(long, env = "REVIEWQ_POLL_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(10..=3_600_000))]
+    pub poll_ms: u64,
+
+    /// Seconds in-flight jobs may take to finish after SIGINT/SIGTERM before they are
+    /// handed back to the queue.
+    #[arg(long, env = "REVIEWQ_SHUTDOWN_GRACE_SECS", default_value_t = 25)]
+    pub shutdown_grace_secs: u64,
+
+    /// Days finished jobs are kept before they are deleted (the LLM ledger is kept).
+    #[arg(long, env = "REVIEWQ_RETENTION_DAYS", default_value_t = 14, value_parser = clap::value_parser!(u64).range(1..=3650))]
+    pub retention_days: u64,
+}
+
+/// Arguments of `status`.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// One job in detail; without it, the most recent jobs.
+    pub id: Option<JobId>,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// How many recent jobs to list.
+    #[arg(long, default_value_t = 20)]
+    pub limit: i64,
+}
+
+/// The LLM fleet limit's resource name.
+pub const LLM_RESOURCE: &str = "llm";
+
+/// Runs a parsed command line.
+///
+/// # Errors
+/// [`UsageError`] for bad input (exit 2), anything else for runtime failures (exit 1).
+pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Migrate => {
+            let pool = cli.db.pool(2).await?;
+            crate::migrate(&pool).await?;
+            println!("migrations applied");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Enqueue(args) => enqueue(&cli.db, args).await,
+        Command::Worker(args) => worker(&cli.db, args).await,
+        Command::Status(args) => status(&cli.db, args).await,
+        Command::Retry { id } => {
+            let queue = Queue::new(cli.db.pool(2).await?);
+            queue.retry(id).await.map_err(state_error)?;
+            println!("job {id} queued to run again");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Cancel { id } => {
+            let queue = Queue::new(cli.db.pool(2).await?);
+            queue.cancel(id).await.map_err(state_error)?;
+            println!("job {id} cancelled");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench(args) => bench::run(&cli.db, args).await,
+    }
+}
+
+/// A job that does not exist or is in the wrong state is the user's input problem.
+fn state_error(err: crate::queue::Error) -> anyhow::Error {
+    match err {
+        crate::queue::Error::NotFound(_) | crate::queue::Error::InvalidState { .. } => {
+            UsageError(err.to_string()).into()
+        }
+        other => anyhow::Error::new(other),
+    }
+}
+
+async fn enqueue(db: &DbArgs, args: EnqueueArgs) -> anyhow::Result<ExitCode> {
+    // Validate everything before touching the database.
+    let refs = parse_refs(&args.refs).map_err(|e| UsageError(e.to_string()))?;
+    let gitlab_host = args.gitlab_url.host_str().unwrap_or_default().to_owned();
+    let gitlab_host = match args.gitlab_url.port() {
+        Some(port) => format!("{gitlab_host}:{port}"),
+        None => gitlab_host,
+    };
+    for r in &refs {
+        if let Some(host) = r.host.as_deref().filter(|h| *h != gitlab_host) {
+            return Err(UsageError(format!(
+                "merge request {r} is on {host}, but GITLAB_URL is {}: set GITLAB_URL to that instance",
+                args.gitlab_url
+            ))
+            .into());
+        }
+    }
+    let pool = db.pool(2).await?;
+    let mut tx = pool.begin().await?;
+    let mut ids = Vec::with_capacity(refs.len());
+    for r in refs {
+        let job = review::ReviewArgs::new(r, &args.review).job(args.priority);
+        ids.push(Queue::enqueue(&mut *tx, &job).await?.id());
+    }
+    tx.commit().await.context("could not commit the new jobs")?;
+    let mut out = std::io::stdout().lock();
+    for id in ids {
+        writeln!(out, "{id}")?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn worker(db: &DbArgs, args: WorkerArgs) -> anyhow::Result<ExitCode> {
+    let pool = db.pool(args.concurrency / 2 + 5).await?;
+    let lease = Duration::from_secs(args.lease_secs);
+    let config = WorkerConfig {
+        concurrency: args.concurrency as usize,
+        lease,
+        poll_interval: Duration::from_millis(args.poll_ms),
+        shutdown_grace: Duration::from_secs(args.shutdown_grace_secs),
+        rescue_interval: (lease / 6).max(Duration::from_millis(500)),
+        retention: Duration::from_secs(args.retention_days * 24 * 3600),
+        retry: RetryPolicy::default(),
+        exit_when_idle: args.exit_when_idle,
+        limits: vec![(LLM_RESOURCE.to_owned(), args.glm_concurrent_requests)],
+    };
+    let worker = Worker::new(Queue::new(pool), Dispatcher::new(), config);
+    let token = CancellationToken::new();
+    shutdown::on_signal(token.clone());
+    worker.run(token).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `status ID --json`: the job, its attempts and its children.
+#[derive(Debug, Serialize)]
+struct JobDetail {
+    #[serde(flatten)]
+    job: JobRow,
+    attempts: Vec<AttemptRow>,
+    children: ChildCounts,
+}
+
+async fn status(db: &DbArgs, args: StatusArgs) -> anyhow::Result<ExitCode> {
+    let queue = Queue::new(db.pool(2).await?);
+    let mut out = std::io::stdout().lock();
+    match args.id {
+        Some(id) => {
+            let job = queue.get(id).await.map_err(state_error)?;
+            let detail = JobDetail {
+                attempts: queue.attempts(id).await?,
+                children: queue.child_counts(id).await?,
+                job,
+            };
+            if args.json {
+                serde_json::to_writer_pretty(&mut out, &detail)?;
+                writeln!(out)?;
+            } else {
+                print_detail(&mut out, &detail)?;
+            }
+        }
+        None => {
+            let jobs = queue.recent(args.limit).await?;
+            let mut rows = Vec::with_capacity(jobs.len());
+            for job in jobs {
+                let children = queue.child_counts(job.id).await?;
+                rows.push(JobDetail {
+                    job,
+                    attempts: Vec::new(),
+                    children,
+                });
+            }
+            if args.json {
+                serde_json::to_writer_pretty(&mut out, &rows)?;
+                writeln!(out)?;
+            } else {
+                print_table(&mut out, &rows)?;
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn describe(job: &JobRow) -> String {
+    match job.payload.get("mr").and_then(|v| v.as_str()) {
+        Some(mr) => mr.to_owned(),
+        None => job.kind.clone(),
+    }
+}
+
+fn progress(children: &ChildCounts) -> String {
+    if children.total() == 0 {
+        "-".into()
+    } else {
+        let ended = children.succeeded + children.failed + children.cancelled;
+        format!("{ended}/{}", children.total())
+    }
+}
+
+fn print_table(out: &mut impl Write, rows: &[JobDetail]) -> std::io::Result<()> {
+    if rows.is_empty() {
+        return writeln!(
+            out,
+            "no jobs yet: `reviewq enqueue group/project:42` adds one"
+        );
+    }
+    writeln!(
+        out,
+        "{:>6}  {:<10}  {:<28}  {:>7}  {:>6}  {:<20}  ERROR",
+        "ID", "STATE", "WHAT", "ATTEMPT", "CHUNKS", "UPDATED"
+    )?;
+    for r in rows {
+        let j = &r.job;
+        let when = j.finished_at.or(j.started_at).unwrap_or(j.created_at);
+        let mut state = j.state.to_string();
+        if j.state == crate::queue::JobState::Queued && j.run_at > chrono::Utc::now() {
+            state.push('*');
+        }
+        writeln!(
+            out,
+            "{:>6}  {:<10}  {:<28}  {:>7}  {:>6}  {:<20}  {}",
+            j.id,
+            state,
+            truncate(&describe(j), 28),
+            format!("{}/{}", j.attempt, j.max_attempts),
+            progress(&r.children),
+            when.format("%Y-%m-%d %H:%M:%S"),
+            j.last_error
+                .as_deref()
+                .map(|e| truncate(e, 60))
+                .unwrap_or_default(),
+        )?;
+    }
+    writeln!(out, "(* waiting for a retry)")
+}
+
+fn print_detail(out: &mut impl Write, d: &JobDetail) -> std::io::Result<()> {
+    let j = &d.job;
+    writeln!(out, "job {} ({})", j.id, describe(j))?;
+    writeln!(out, "  kind:      {}", j.kind)?;
+    writeln!(out, "  state:     {}", j.state)?;
+    writeln!(
+        out,
+        "  attempts:  {} run, {} failed of {} allowed",
+        j.attempt, j.failed_attempts, j.max_attempts
+    )?;
+    writeln!(out, "  run at:    {}", j.run_at)?;
+    if let Some(lease) = j.lease_expires_at {
+        writeln!(
+            out,
+            "  lease:     until {lease} (worker {})",
+            j.worker_id.map(|w| w.to_string()).unwrap_or_default()
+        )?;
+    }
+    if d.children.total() > 0 {
+        let c = &d.children;
+        writeln!(
+            out,
+            "  chunks:    {} total: {} succeeded, {} failed, {} cancelled, {} running, {} queued",
+            c.total(),
+            c.succeeded,
+            c.failed,
+            c.cancelled,
+            c.running,
+            c.queued
+        )?;
+    }
+    if let Some(err) = &j.last_error {
+        writeln!(out, "  error:     {err}")?;
+    }
+    for a in &d.attempts {
+        let secs = (a.finished_at - a.started_at).num_milliseconds() as f64 / 1000.0;
+        writeln!(
+            out,
+            "  attempt {}: {} after {:.1}s on worker {}{}",
+            a.attempt,
+            a.outcome,
+            secs,
+            a.worker_id,
+            a.error
+                .as_deref()
+                .map(|e| format!(": {e}"))
+                .unwrap_or_default()
+        )?;
+    }
+    Ok(())
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    let line = s.lines().next().unwrap_or_default();
+    if line.chars().count() <= max {
+        line.to_owned()
+    } else {
+        let cut: String = line.chars().take(max.saturating_sub(1)).collect();
+        format!("{cut}…")
+    }
+}

@@ -1,0 +1,39 @@
+//! reviewq reviews GitLab merge requests with GLM models on a durable Postgres job queue.
+//!
+//! # Layout
+//!
+//! - [`queue`]: the job queue (claim, lease, heartbeat, fencing, retries, rescue,
+//!   parents and children, fleet-wide limits, the worker runtime). Knows nothing of
+//!   GitLab, LLMs or reviews.
+//! - [`jobs`]: the job kinds and the dispatcher the worker calls; the only place that
+//!   wires the queue to the rest.
+//! - [`mr_ref`]: merge-request references as users type them.
+//! - [`disposition`]: how a failure should be handled, decided where it happens.
+//! - [`localdb`]: a private PostgreSQL cluster from the local binaries.
+//! - [`cli`], [`config`], [`telemetry`], [`shutdown`]: the edges.
+//! - [`bench`]: the built-in benchmarks.
+
+#![forbid(unsafe_code)]
+
+pub mod bench;
+pub mod cli;
+pub mod config;
+pub mod disposition;
+pub mod jobs;
+pub mod localdb;
+pub mod mr_ref;
+pub mod queue;
+pub mod shutdown;
+pub mod telemetry;
+
+/// The schema migrations, embedded in the binary.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!();
+
+/// Applies pending migrations. Safe to run concurrently from several processes (sqlx
+/// takes an advisory lock) and again at every start.
+///
+/// # Errors
+/// Database errors, or a migration that was edited after being applied.
+pub async fn migrate(pool: &sqlx::PgPool) -> Result<(), sqlx::migrate::MigrateError> {
+    MIGRATOR.run(pool).await
+}

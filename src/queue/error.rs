@@ -1,0 +1,101 @@
+//! Errors of the queue itself, and the error type job handlers return.
+
+use std::{fmt, time::Duration};
+
+use crate::{disposition::Disposition, queue::JobId};
+
+/// A failure of a queue operation.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Postgres refused or could not be reached.
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    /// No job has this id.
+    #[error("no job with id {0}")]
+    NotFound(JobId),
+    /// The operation does not apply to the job's current state.
+    #[error("job {id} is {state}: {hint}")]
+    InvalidState {
+        /// The job.
+        id: JobId,
+        /// Its current state.
+        state: super::JobState,
+        /// What the user can do instead.
+        hint: &'static str,
+    },
+    /// The lease this write was fenced by has lapsed: another attempt owns the job now
+    /// (or it was cancelled), so this write was discarded.
+    #[error("lease of job {} attempt {} is no longer held", .0.job_id, .0.attempt)]
+    LeaseLost(super::Lease),
+}
+
+/// Result alias for queue operations.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Why a job handler failed, classified where the failure happened.
+#[derive(Debug)]
+pub struct JobError {
+    /// Retry, retry after a delay, or give up.
+    pub disposition: Disposition,
+    /// A message for `last_error` and the logs. Never contains a secret.
+    pub message: String,
+}
+
+impl JobError {
+    /// A transient failure: retry under the job's backoff policy.
+    pub fn retryable(message: impl fmt::Display) -> Self {
+        Self::new(Disposition::Retry, message)
+    }
+
+    /// A failure retrying cannot fix.
+    pub fn fatal(message: impl fmt::Display) -> Self {
+        Self::new(Disposition::Fatal, message)
+    }
+
+    /// A transient failure with a known earliest retry time.
+    pub fn retry_after(delay: Duration, message: impl fmt::Display) -> Self {
+        Self::new(Disposition::RetryAfter(delay), message)
+    }
+
+    /// A failure with an explicit disposition.
+    pub fn new(disposition: Disposition, message: impl fmt::Display) -> Self {
+        Self {
+            disposition,
+            message: message.to_string(),
+        }
+    }
+}
+
+impl fmt::Display for JobError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for JobError {}
+
+impl From<Error> for JobError {
+    /// Queue errors inside a handler are transient (the database came back or another
+    /// attempt took over, in which case the retry write is fenced out anyway).
+    fn from(err: Error) -> Self {
+        Self::retryable(err)
+    }
+}
+
+/// Classifies an error at the call site: `.retryable()?`, `.fatal()?`.
+pub trait ResultExt<T> {
+    /// Any error becomes a retryable job error.
+    fn retryable(self) -> Result<T, JobError>;
+    /// Any error becomes a fatal job error.
+    fn fatal(self) -> Result<T, JobError>;
+}
+
+impl<T, E: fmt::Display> ResultExt<T> for Result<T, E> {
+    fn retryable(self) -> Result<T, JobError> {
+        self.map_err(JobError::retryable)
+    }
+
+    fn fatal(self) -> Result<T, JobError> {
+        self.map_err(JobError::fatal)
+    }
+}

@@ -1,0 +1,170 @@
+//! The command line, run as a user would run it.
+
+use std::process::Output;
+
+use sqlx::PgPool;
+
+use crate::helpers::{reviewq, url_of};
+
+async fn run(url: &str, args: &[&str]) -> Output {
+    reviewq()
+        .args(args)
+        .env("DATABASE_URL", url)
+        .output()
+        .await
+        .expect("run reviewq")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+async fn job_count(pool: &PgPool) -> i64 {
+    sqlx::query_scalar("select count(*) from jobs")
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+#[sqlx::test]
+async fn enqueue_prints_one_job_id_per_merge_request_and_dedupes_unfinished_ones(pool: PgPool) {
+    let url = url_of(&pool);
+    let out = run(
+        &url,
+        &[
+            "enqueue",
+            "group/project:42",
+            "7!3,group/sub/project!9",
+            "https://gitlab.com/group/project/-/merge_requests/43",
+        ],
+    )
+    .await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let ids: Vec<i64> = stdout(&out).lines().map(|l| l.parse().unwrap()).collect();
+    assert_eq!(ids.len(), 4);
+    let payloads: Vec<(String, String)> =
+        sqlx::query_as("select kind, payload->>'mr' from jobs order by id")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    let mrs: Vec<&str> = payloads.iter().map(|(_, mr)| mr.as_str()).collect();
+    assert_eq!(
+        mrs,
+        [
+            "group/project!42",
+            "7!3",
+            "group/sub/project!9",
+            "group/project!43"
+        ]
+    );
+    assert!(payloads.iter().all(|(kind, _)| kind == "review"));
+
+    let again = run(&url, &["enqueue", "group/project!42"]).await;
+    assert_eq!(
+        stdout(&again).trim(),
+        ids[0].to_string(),
+        "the unfinished job is reused"
+    );
+    assert_eq!(job_count(&pool).await, 4);
+}
+
+#[sqlx::test]
+async fn enqueue_with_a_bad_reference_exits_2_names_it_and_writes_nothing(pool: PgPool) {
+    let url = url_of(&pool);
+    for (args, named) in [
+        (
+            vec!["enqueue", "group/project:1", "group/project"],
+            "\"group/project\"",
+        ),
+        (vec!["enqueue", "group/project:0"], "\"group/project:0\""),
+        (vec!["enqueue", "p:1,,p:2"], "empty item"),
+        (
+            vec![
+                "enqueue",
+                "https://other.example.com/g/p/-/merge_requests/1",
+            ],
+            "other.example.com",
+        ),
+        (vec!["enqueue", "g/p:1", "--review-type", "style"], "style"),
+        (vec!["cancel", "abc"], "abc"),
+    ] {
+        let out = run(&url, &args).await;
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains(named),
+            "{args:?} names {named}: {}",
+            stderr(&out)
+        );
+    }
+    assert_eq!(job_count(&pool).await, 0);
+}
+
+#[sqlx::test]
+async fn status_retry_and_cancel_work_on_a_real_job_and_refuse_unknown_ids(pool: PgPool) {
+    let url = url_of(&pool);
+    let out = run(&url, &["enqueue", "group/project:5"]).await;
+    let id = stdout(&out).trim().to_owned();
+
+    let out = run(&url, &["status", &id, "--json"]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let json: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(json["state"], "queued");
+    assert_eq!(json["kind"], "review");
+    assert_eq!(json["attempt"], 0);
+    assert!(json["attempts"].as_array().unwrap().is_empty());
+
+    let out = run(&url, &["cancel", &id]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let table = stdout(&run(&url, &["status"]).await);
+    assert!(
+        table.contains("cancelled") && table.contains("group/project!5"),
+        "{table}"
+    );
+
+    let out = run(&url, &["retry", &id]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let json: serde_json::Value =
+        serde_json::from_str(&stdout(&run(&url, &["status", &id, "--json"]).await)).unwrap();
+    assert_eq!(json["state"], "queued");
+
+    for cmd in ["status", "retry", "cancel"] {
+        let out = run(&url, &[cmd, "999999"]).await;
+        assert_eq!(out.status.code(), Some(2), "{cmd}");
+        assert!(
+            stderr(&out).contains("no job with id 999999"),
+            "{}",
+            stderr(&out)
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_missing_database_url_is_a_usage_error_that_says_what_to_set() {
+    let out = reviewq().args(["status"]).output().await.unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("DATABASE_URL is not set"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[tokio::test]
+async fn a_password_in_a_bad_database_url_is_never_printed() {
+    let out = reviewq()
+        .args(["status"])
+        .env(
+            "DATABASE_URL",
+            "postgres://u:hunter2-secret@127.0.0.1:1/db?sslmode=bogus",
+        )
+        .output()
+        .await
+        .unwrap();
+    assert_ne!(out.status.code(), Some(0));
+    let all = format!("{}{}", stdout(&out), stderr(&out));
+    assert!(!all.contains("hunter2-secret"), "{all}");
+}

@@ -1,0 +1,130 @@
+//! Shared test plumbing: the database harness, worker processes, waiting.
+
+use std::{
+    future::Future,
+    path::PathBuf,
+    process::Stdio,
+    time::{Duration, Instant},
+};
+
+use sqlx::PgPool;
+use tokio::process::{Child, Command};
+
+/// Starts a throwaway Postgres from the local binaries when `DATABASE_URL` is unset, so
+/// `cargo test` works on a machine with PostgreSQL installed but nothing configured.
+/// Runs before `main`, while the process is still single-threaded.
+#[ctor::ctor(unsafe)]
+fn database_for_tests() {
+    if std::env::var_os("DATABASE_URL").is_some() {
+        return;
+    }
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("test-postgres");
+    let cluster = reviewq::localdb::Cluster::new(&dir)
+        .and_then(|c| c.start().map(|()| c))
+        .unwrap_or_else(|e| {
+            panic!("DATABASE_URL is unset and no throwaway Postgres could be started: {e}")
+        });
+    // SAFETY: constructors run before main, so no other thread reads the environment.
+    unsafe { std::env::set_var("DATABASE_URL", cluster.url()) };
+}
+
+/// The URL of the database behind `pool` (each `#[sqlx::test]` gets its own).
+pub fn url_of(pool: &PgPool) -> String {
+    let base: url::Url = std::env::var("DATABASE_URL")
+        .expect("DATABASE_URL")
+        .parse()
+        .expect("DATABASE_URL is a URL");
+    let db = pool
+        .connect_options()
+        .get_database()
+        .expect("test pools name their database")
+        .to_owned();
+    let mut url = base;
+    url.set_path(&db);
+    url.to_string()
+}
+
+/// The `reviewq` binary built for these tests.
+pub fn reviewq() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_reviewq"));
+    cmd.env_remove("DATABASE_URL")
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    cmd
+}
+
+/// A `reviewq worker` process.
+pub struct WorkerProcess {
+    pub child: Child,
+}
+
+impl WorkerProcess {
+    /// Starts `reviewq worker` on `url` with extra flags.
+    pub fn start(url: &str, args: &[&str]) -> Self {
+        let child = reviewq()
+            .arg("worker")
+            .args(args)
+            .env("DATABASE_URL", url)
+            .stdout(Stdio::null())
+            .stderr(if std::env::var_os("TEST_LOG").is_some() {
+                Stdio::inherit()
+            } else {
+                Stdio::null()
+            })
+            .spawn()
+            .expect("start reviewq worker");
+        Self { child }
+    }
+
+    fn pid(&self) -> i32 {
+        i32::try_from(self.child.id().expect("worker is running")).expect("pid fits")
+    }
+
+    /// Sends a signal (by name, e.g. "KILL", "TERM") with the system's `kill`.
+    pub async fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.pid().to_string())
+            .status()
+            .await
+            .expect("run kill");
+        assert!(status.success(), "kill -{name} failed");
+    }
+
+    /// Waits for the process to exit, at most `timeout`.
+    pub async fn wait(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        tokio::time::timeout(timeout, self.child.wait())
+            .await
+            .expect("worker exits in time")
+            .expect("wait for worker")
+    }
+}
+
+/// Polls `check` every 50 ms until it returns true; panics with `what` after `timeout`.
+pub async fn wait_until<F, Fut>(timeout: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if check().await {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// How many jobs are in `state`.
+pub async fn count_in_state(pool: &PgPool, state: &str) -> i64 {
+    sqlx::query_scalar("select count(*) from jobs where state::text = $1")
+        .bind(state)
+        .fetch_one(pool)
+        .await
+        .expect("count jobs")
+}

@@ -1,0 +1,480 @@
+//! The queue's operations against a real database, driven step by step.
+
+use std::{collections::HashSet, time::Duration};
+
+use chrono::Utc;
+use reviewq::{
+    jobs::{Dispatcher, noop::NoopArgs},
+    queue::{
+        Enqueued, Error, FailureRecorded, JobError, JobId, JobState, Lease, NewJob, Processed,
+        Queue, RetryPolicy, Worker, WorkerConfig, WorkerId,
+    },
+};
+use sqlx::PgPool;
+
+const LEASE: Duration = Duration::from_secs(30);
+
+fn exact_policy() -> RetryPolicy {
+    RetryPolicy {
+        jitter: false,
+        ..RetryPolicy::default()
+    }
+}
+
+async fn state_of(pool: &PgPool, id: JobId) -> JobState {
+    Queue::new(pool.clone()).get(id).await.unwrap().state
+}
+
+/// Moves a job's retry time to now, as if its backoff had elapsed.
+async fn make_due(pool: &PgPool, id: JobId) {
+    sqlx::query("update jobs set run_at = now() where id = $1")
+        .bind(id.get())
+        .execute(pool)
+        .await
+        .unwrap();
+}
+
+#[sqlx::test]
+async fn eight_concurrent_claimers_run_each_of_5000_jobs_exactly_once(pool: PgPool) {
+    let queue = Queue::new(pool.clone());
+    let jobs = vec![NoopArgs::default().job(); 5000];
+    let ids = Queue::enqueue_many(&pool, &jobs).await.unwrap();
+
+    let mut claimers = tokio::task::JoinSet::new();
+    for _ in 0..8 {
+        let queue = queue.clone();
+        claimers.spawn(async move {
+            let worker = WorkerId::random();
+            let mut seen = Vec::new();
+            let mut done: Vec<Lease> = Vec::new();
+            loop {
+                let claimed = queue
+                    .complete_and_claim(&done, worker, 16, LEASE)
+                    .await
+                    .unwrap();
+                if claimed.is_empty() {
+                    return seen;
+                }
+                done = claimed.iter().map(|j| j.lease).collect();
+                seen.extend(claimed.iter().map(|j| j.id()));
+            }
+        });
+    }
+    let mut all = Vec::new();
+    while let Some(seen) = claimers.join_next().await {
+        all.extend(seen.unwrap());
+    }
+
+    let unique: HashSet<JobId> = all.iter().copied().collect();
+    assert_eq!(all.len(), 5000, "every job claimed once, none twice");
+    assert_eq!(unique, ids.into_iter().collect::<HashSet<_>>());
+    assert_eq!(
+        sqlx::query_scalar::<_, i64>("select count(*) from jobs where attempt = 1")
+            .fetch_one(&pool)
+            .await
+            .unwrap(),
+        5000
+    );
+}
+
+#[sqlx::test]
+async fn retryable_failures_back_off_exponentially_then_fail_for_good(pool: PgPool) {
+    let queue = Queue::new(pool.clone());
+    let id = Queue::enqueue(&pool, &NoopArgs::default().job().max_attempts(3))
+        .await
+        .unwrap()
+        .id();
+    let policy = exact_policy();
+    let mut delays = Vec::new();
+    for attempt in 1..=3 {
+        let job = queue
+            .claim(WorkerId::random(), 1, LEASE)
+            .await
+            .unwrap()
+            .pop()
+            .unwrap();
+        assert_eq!(job.lease.attempt, attempt);
+        let before = Utc::now();
+        let recorded = queue
+            .fail(
+                &job,
+                &JobError::retryable(format!("boom {attempt}")),
+                &policy,
+            )
+            .await
+            .unwrap();
+        match recorded {
+            FailureRecorded::WillRetry { run_at } => {
+                delays.push((run_at - before).num_milliseconds());
+                make_due(&pool, id).await;
+            }
+            FailureRecorded::Failed => assert_eq!(attempt, 3, "fails only on the last attempt"),
+        }
+    }
+    assert_eq!(delays.len(), 2);
+    assert!(
+        (4_500..=5_500).contains(&delays[0]),
+        "first retry after ~5 s: {delays:?}"
+    );
+    assert!(
+        (9_500..=10_500).contains(&delays[1]),
+        "second retry after ~10 s: {delays:?}"
+    );
+    let row = queue.get(id).await.unwrap();
+    assert_eq!(row.state, JobState::Failed);
+    assert_eq!(row.failed_attempts, 3);
+    assert!(
+        row.last_error
+            .unwrap()
+            .contains("gave up after 3 failed attempts; last error: boom 3")
+    );
+    let outcomes: Vec<String> = queue
+        .attempts(id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|a| a.outcome)
+        .collect();
+    assert_eq!(outcomes, ["retry", "retry", "failed"]);
+}
+
+#[sqlx::test]
+async fn retry_after_delays_the_next_attempt_by_the_time_given(pool: PgPool) {
+    let queue = Queue::new(pool.clone());
+    Queue::enqueue(&pool, &NoopArgs::default().job())
+        .await
+        .unwrap();
+    let job = queue
+        .claim(WorkerId::random(), 1, LEASE)
+        .await
+        .unwrap()
+        .pop()
+        .unwrap();
+    let before = Utc::now();
+    let err = JobError::retry_after(Duration::from_secs(90), "429 from the provider");
+    let FailureRecorded::WillRetry { run_at } =
+        queue.fail(&job, &err, &exact_policy()).await.unwrap()
+    else {
+        panic!("a retry-after is retried");
+    };
+    let waited = (run_at - before).num_seconds();
+    assert!((89..=91).contains(&waited), "waits as told: {waited} s");
+    assert!(
+        queue
+            .claim(WorkerId::random(), 1, LEASE)
+            .await
+            .unwrap()
+            .is_empty(),
+        "not claimable before then"
+    );
+}
+
+#[sqlx::test]
+async fn fatal_errors_fail_the_job_at_once_with_the_error_kept(pool: PgPool) {
+    let queue = Queue::new(pool.clone());
+    let id = Queue::enqueue(&pool, &NoopArgs::default().job())
+        .await
+        .unwrap()
+        .id();
+    let job = queue
+        .claim(WorkerId::random(), 1, LEASE)
+        .await
+        .unwrap()
+        .pop()
+        .unwrap();
+    let recorded = queue
+        .fail(
+            &job,
+            &JobError::fatal("401: token revoked"),
+            &exact_policy(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(recorded, FailureRecorded::Failed);
+    let row = queue.get(id).await.unwrap();
+    assert_eq!(
+        (row.state, row.last_error.as_deref()),
+        (JobState::Failed, Some("401: token revoked"))
+    );
+}
+
+#[sqlx::test]
+async fn a_late_write_from_an_expired_attempt_changes_nothing(pool: PgPool) {
+    let queue = Queue::new(pool.clone());
+    let id = Queue::enqueue(&pool, &NoopArgs::default().job())
+        .await
+        .unwrap()
+        .id();
+    let stale = queue
+        .claim(WorkerId::random(), 1, LEASE)
+        .await
+        .unwrap()
+        .pop()
+        .unwrap();
+    sqlx::query("update jobs set lease_expires_at = now() - interval '1 second' where id = $1")
+        .bind(id.get())
+        .execute(&pool)
+        .await
+        .unwrap();
+    assert_eq!(queue.rescue_expired().await.unwrap(), Some(1));
+    let fresh = queue
+        .claim(WorkerId::random(), 1, LEASE)
+        .await
+        .unwrap()
+        .pop()
+        .unwrap();
+    assert_eq!(fresh.lease.attempt, 2);
+
+    // The stale attempt wakes up and tries every kind of write.
+    assert_eq!(
+        Queue::complete_many(&pool, &[stale.lease]).await.unwrap(),
+        0
+    );
+    assert!(matches!(
+        queue
+            .fail(&stale, &JobError::fatal("late"), &exact_policy())
+            .await,
+        Err(Error::LeaseLost(_))
+    ));
+    let mut tx = pool.begin().await.unwrap();
+    assert!(matches!(
+        Queue::fence(&mut tx, stale.lease).await,
+        Err(Error::LeaseLost(_))
+    ));
+    drop(tx);
+
+    let row = queue.get(id).await.unwrap();
+    assert_eq!(
+        (row.state, row.attempt, row.last_error.is_some()),
+        (JobState::Running, 2, true)
+    );
+    let history = queue.attempts(id).await.unwrap();
+    assert_eq!(history.len(), 1);
+    assert_eq!(history[0].outcome, "lease_expired");
+    // The fresh attempt still completes.
+    assert_eq!(
+        Queue::complete_many(&pool, &[fresh.lease]).await.unwrap(),
+        1
+    );
+    assert_eq!(state_of(&pool, id).await, JobState::Succeeded);
+}
+
+#[sqlx::test]
+async fn the_rescuer_fails_a_job_whose_leases_lapsed_max_attempts_times(pool: PgPool) {
+    let queue = Queue::new(pool.clone());
+    let id = Queue::enqueue(&pool, &NoopArgs::default().job().max_attempts(2))
+        .await
+        .unwrap()
+        .id();
+    for _ in 0..2 {
+        queue.claim(WorkerId::random(), 1, LEASE).await.unwrap();
+        sqlx::query("update jobs set lease_expires_at = now() - interval '1 second' where id = $1")
+            .bind(id.get())
+            .execute(&pool)
+            .await
+            .unwrap();
+        queue.rescue_expired().await.unwrap();
+    }
+    let row = queue.get(id).await.unwrap();
+    assert_eq!(row.state, JobState::Failed);
+    assert!(row.last_error.unwrap().contains("lease expired"));
+}
+
+#[sqlx::test]
+async fn cancel_stops_a_queued_job_and_fences_out_a_running_one(pool: PgPool) {
+    let queue = Queue::new(pool.clone());
+    let worker = WorkerId::random();
+    let running = Queue::enqueue(&pool, &NoopArgs::default().job())
+        .await
+        .unwrap()
+        .id();
+    let job = queue.claim(worker, 1, LEASE).await.unwrap().pop().unwrap();
+    let queued = Queue::enqueue(&pool, &NoopArgs::default().job())
+        .await
+        .unwrap()
+        .id();
+
+    queue.cancel(queued).await.unwrap();
+    queue.cancel(running).await.unwrap();
+
+    assert_eq!(state_of(&pool, queued).await, JobState::Cancelled);
+    assert_eq!(state_of(&pool, running).await, JobState::Cancelled);
+    assert!(
+        queue.heartbeat(worker, LEASE).await.unwrap().is_empty(),
+        "the worker sees it lost the job"
+    );
+    assert_eq!(Queue::complete_many(&pool, &[job.lease]).await.unwrap(), 0);
+    assert_eq!(state_of(&pool, running).await, JobState::Cancelled);
+    assert!(matches!(
+        queue.cancel(queued).await,
+        Err(Error::InvalidState { .. })
+    ));
+
+    queue.retry(queued).await.unwrap();
+    assert_eq!(state_of(&pool, queued).await, JobState::Queued);
+}
+
+#[sqlx::test]
+async fn an_unfinished_job_with_the_same_dedupe_key_is_returned_instead_of_a_new_one(pool: PgPool) {
+    let job = NewJob::new("noop", serde_json::json!({})).dedupe_key("review:g/p!1");
+    let first = Queue::enqueue(&pool, &job).await.unwrap();
+    let again = Queue::enqueue(&pool, &job).await.unwrap();
+    assert!(matches!(first, Enqueued::New(_)));
+    assert_eq!(again, Enqueued::Existing(first.id()));
+
+    let queue = Queue::new(pool.clone());
+    let claimed = queue.claim(WorkerId::random(), 1, LEASE).await.unwrap();
+    Queue::complete_many(&pool, &[claimed[0].lease])
+        .await
+        .unwrap();
+    let after = Queue::enqueue(&pool, &job).await.unwrap();
+    assert!(
+        matches!(after, Enqueued::New(id) if id != first.id()),
+        "a finished job does not block"
+    );
+}
+
+#[sqlx::test]
+async fn a_parent_runs_exactly_once_more_after_its_last_child_ends(pool: PgPool) {
+    let queue = Queue::new(pool.clone());
+    let args = NoopArgs {
+        children: 3,
+        child: Some(Box::new(NoopArgs {
+            fail_times: 1,
+            ..NoopArgs::default()
+        })),
+        ..NoopArgs::default()
+    };
+    let parent = Queue::enqueue(&pool, &args.job()).await.unwrap().id();
+    let worker = Worker::new(
+        queue.clone(),
+        Dispatcher::new(),
+        WorkerConfig {
+            retry: exact_policy(),
+            ..WorkerConfig::default()
+        },
+    );
+
+    // First run spawns the children; the parent then waits with nothing runnable for it.
+    let ran = worker.drain().await.unwrap();
+    assert_eq!(
+        ran.len(),
+        4,
+        "the parent and its three children ran: {ran:?}"
+    );
+    assert_eq!(
+        queue.child_counts(parent).await.unwrap().queued,
+        3,
+        "children wait for their retry"
+    );
+    assert_eq!(queue.get(parent).await.unwrap().pending_children, 3);
+
+    // Children retry and succeed; the last one releases the parent, which runs once.
+    sqlx::query("update jobs set run_at = now() where parent_id = $1")
+        .bind(parent.get())
+        .execute(&pool)
+        .await
+        .unwrap();
+    let ran = worker.drain().await.unwrap();
+    let parent_runs = ran
+        .iter()
+        .filter(|p| matches!(p, Processed::Ran { id, .. } if *id == parent))
+        .count();
+    assert_eq!(parent_runs, 1);
+    assert_eq!(ran.len(), 4);
+    let row = queue.get(parent).await.unwrap();
+    assert_eq!(
+        (row.state, row.attempt, row.pending_children),
+        (JobState::Succeeded, 2, 0)
+    );
+    let outcomes: Vec<String> = queue
+        .attempts(parent)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|a| a.outcome)
+        .collect();
+    assert_eq!(outcomes, ["awaiting_children", "succeeded"]);
+    assert_eq!(queue.child_counts(parent).await.unwrap().succeeded, 3);
+    assert_eq!(worker.process_next().await.unwrap(), Processed::QueueEmpty);
+}
+
+#[sqlx::test]
+async fn a_parent_still_runs_when_its_children_fail_for_good(pool: PgPool) {
+    let queue = Queue::new(pool.clone());
+    let args = NoopArgs {
+        children: 2,
+        child: Some(Box::new(NoopArgs {
+            fatal: true,
+            ..NoopArgs::default()
+        })),
+        ..NoopArgs::default()
+    };
+    let parent = Queue::enqueue(&pool, &args.job()).await.unwrap().id();
+    let worker = Worker::new(queue.clone(), Dispatcher::new(), WorkerConfig::default());
+    let ran = worker.drain().await.unwrap();
+    assert_eq!(ran.len(), 4);
+    assert_eq!(queue.child_counts(parent).await.unwrap().failed, 2);
+    assert_eq!(state_of(&pool, parent).await, JobState::Succeeded);
+}
+
+#[sqlx::test]
+async fn the_fleet_limit_admits_no_more_holders_than_its_capacity(pool: PgPool) {
+    use reviewq::queue::Limiter;
+    use std::sync::Arc;
+    let queue = Queue::new(pool.clone());
+    Limiter::set_capacity(&pool, "llm", 2).await.unwrap();
+    let jobs = Queue::enqueue_many(&pool, &vec![NoopArgs::default().job(); 3])
+        .await
+        .unwrap();
+    let worker = WorkerId::random();
+    let claimed = queue.claim(worker, 3, LEASE).await.unwrap();
+    assert_eq!(claimed.len(), jobs.len());
+    let limiter = Limiter::new(pool.clone(), "llm", Arc::default(), LEASE);
+    let a = limiter.try_acquire(claimed[0].lease, worker).await.unwrap();
+    let b = limiter.try_acquire(claimed[1].lease, worker).await.unwrap();
+    let c = limiter.try_acquire(claimed[2].lease, worker).await.unwrap();
+    assert!(
+        a.is_some() && b.is_some() && c.is_none(),
+        "third holder refused"
+    );
+    a.unwrap().release().await.unwrap();
+    assert!(
+        limiter
+            .try_acquire(claimed[2].lease, worker)
+            .await
+            .unwrap()
+            .is_some()
+    );
+
+    // A holder whose lease lapsed frees its slot without releasing it.
+    sqlx::query("update limit_slots set lease_expires_at = now() - interval '1 second' where holder_job_id = $1")
+        .bind(claimed[1].id().get())
+        .execute(&pool)
+        .await
+        .unwrap();
+    // Forgotten, not dropped: nothing releases it, as when its worker was killed.
+    std::mem::forget(b);
+    let d = Queue::enqueue(&pool, &NoopArgs::default().job())
+        .await
+        .unwrap()
+        .id();
+    let job_d = queue.claim(worker, 1, LEASE).await.unwrap().pop().unwrap();
+    assert_eq!(job_d.id(), d);
+    assert!(
+        limiter
+            .try_acquire(job_d.lease, worker)
+            .await
+            .unwrap()
+            .is_some()
+    );
+
+    // A holder that no longer runs cannot take a slot.
+    Queue::complete_many(&pool, &[claimed[0].lease])
+        .await
+        .unwrap();
+    assert!(matches!(
+        limiter.try_acquire(claimed[0].lease, worker).await,
+        Err(Error::LeaseLost(_))
+    ));
+}
