@@ -1,7 +1,5 @@
 //! How a failed operation should be handled, decided where the error happens.
-
 use std::time::Duration;
-
 /// What the caller should do about a failure. Clients classify their own errors into this;
 /// the queue turns it into retry/fail decisions without looking at messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

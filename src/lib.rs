@@ -7,6 +7,10 @@
 //!   GitLab, LLMs or reviews.
 //! - [`jobs`]: the job kinds and the dispatcher the worker calls; the only place that
 //!   wires the queue to the rest.
+//! - [`gitlab`], [`llm`]: HTTP clients for GitLab and OpenAI-compatible LLM endpoints.
+//!   They know nothing of the queue; each classifies its own errors.
+//! - [`review`]: the pure review domain (diff parsing, skipping, chunking, prompts,
+//!   findings, anchoring, rendering). No I/O.
 //! - [`mr_ref`]: merge-request references as users type them.
 //! - [`disposition`]: how a failure should be handled, decided where it happens.
 //! - [`localdb`]: a private PostgreSQL cluster from the local binaries.
@@ -19,10 +23,13 @@ pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod disposition;
+pub mod gitlab;
 pub mod jobs;
+pub mod llm;
 pub mod localdb;
 pub mod mr_ref;
 pub mod queue;
+pub mod review;
 pub mod shutdown;
 pub mod telemetry;
 

@@ -2,6 +2,9 @@
 //! `#[sqlx::test]`), real worker processes, fake servers over real HTTP.
 
 mod cli;
+mod gitlab;
 mod helpers;
+mod llm;
 mod processes;
 mod queue;
+mod tls;

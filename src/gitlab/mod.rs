@@ -1,0 +1,500 @@
+//! GitLab REST v4 client. Knows nothing of the queue: it fetches MRs and diffs, posts and
+//! lists comments, and classifies its own failures ([`Error::disposition`]).
+//!
+//! The base URL is injectable (tests point it at a fake server on loopback); auth is the
+//! `PRIVATE-TOKEN` header; every response body is read with a size limit and every request
+//! has a timeout.
+
+mod error;
+mod http;
+mod types;
+
+use std::time::Duration;
+
+use reqwest::Method;
+use secrecy::SecretString;
+use serde::{Serialize, de::DeserializeOwned};
+use url::Url;
+
+pub use self::{
+    error::Error,
+    types::{
+        Author, DiffFile, DiffRefs, DiffShas, Discussion, LineAnchor, MergeRequest, MrVersion,
+        Note, NotePosition, ParseProjectRefError, Position, PostedDiscussion, ProjectRef,
+    },
+};
+use self::{
+    http::Reply,
+    types::{PositionBody, encode_path_segment},
+};
+
+/// Result alias for this module.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// GitLab caps `per_page` at 100; the largest page means the fewest requests.
+const PER_PAGE: &str = "100";
+
+/// Guard against a server whose `x-next-page` never ends: 1000 pages of 100 items is far
+/// beyond any MR (GitLab's own diff limit is 1000 files).
+const MAX_PAGES: u32 = 1000;
+
+/// Default body limit. A diffs page holds up to 100 files of up to 200 KB each by default
+/// (20 MB, more on self-managed instances that raise the limit), plus JSON escaping.
+pub const DEFAULT_MAX_RESPONSE_BYTES: u64 = 64 * 1024 * 1024;
+
+/// `GITLAB_TIMEOUT` default from the interface.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// `diff_refs` is usually filled within seconds of MR creation; five tries two seconds apart
+/// cover that without holding a worker long (the queue retries after that anyway).
+const DEFAULT_DIFF_REFS_ATTEMPTS: u32 = 5;
+const DEFAULT_DIFF_REFS_DELAY: Duration = Duration::from_secs(2);
+
+/// Settings of a [`GitLabClient`].
+#[derive(Debug, Clone)]
+pub struct GitLabConfig {
+    /// Instance URL (`GITLAB_URL`), e.g. `https://gitlab.example.com` or
+    /// `https://example.com/gitlab`; `/api/v4` is appended unless already present.
+    pub base_url: Url,
+    /// Token with `api` scope (`GITLAB_TOKEN`), sent as `PRIVATE-TOKEN`.
+    pub token: SecretString,
+    /// Whole-request timeout, body included (`GITLAB_TIMEOUT`).
+    pub timeout: Duration,
+    /// Extra PEM root certificate(s) for self-hosted instances with a private CA; they are
+    /// trusted in addition to the system roots.
+    pub ca_cert_pem: Option<Vec<u8>>,
+    /// Largest response body read before giving up with [`Error::BodyTooLarge`].
+    pub max_response_bytes: u64,
+    /// How many times [`GitLabClient::merge_request_with_diff_refs`] fetches the MR.
+    pub diff_refs_attempts: u32,
+    /// Pause between those fetches.
+    pub diff_refs_delay: Duration,
+}
+
+impl GitLabConfig {
+    /// Settings with the documented defaults for everything but URL and token.
+    pub fn new(base_url: Url, token: SecretString) -> Self {
+        GitLabConfig {
+            base_url,
+            token,
+            timeout: DEFAULT_TIMEOUT,
+            ca_cert_pem: None,
+            max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
+            diff_refs_attempts: DEFAULT_DIFF_REFS_ATTEMPTS,
+            diff_refs_delay: DEFAULT_DIFF_REFS_DELAY,
+        }
+    }
+}
+
+/// A GitLab API client. Cheap to clone (the connection pool is shared).
+#[derive(Debug, Clone)]
+pub struct GitLabClient {
+    http: http::Http,
+    /// `.../api/v4` without a trailing slash; paths are appended as text so that the
+    /// `%2F` of project paths survives (URL builders would re-encode the `%`).
+    api_base: String,
+    /// Fetches of an MR whose `diff_refs` are still empty.
+    diff_refs_attempts: u32,
+    /// Pause between those fetches.
+    diff_refs_delay: Duration,
+}
+
+/// `POST .../notes` and `PUT .../notes/:id` body.
+#[derive(Serialize)]
+struct NoteBody<'a> {
+    body: &'a str,
+}
+
+/// `POST .../discussions` body.
+#[derive(Serialize)]
+struct DiscussionBody<'a> {
+    body: &'a str,
+    position: PositionBody<'a>,
+}
+
+impl GitLabClient {
+    /// Builds a client.
+    ///
+    /// # Errors
+    /// [`Error::Config`] when the URL is not http(s) or carries credentials, the token is not a
+    /// valid header value, or the CA certificate is not PEM.
+    pub fn new(config: GitLabConfig) -> Result<Self> {
+        let base = &config.base_url;
+        if !base.username().is_empty() || base.password().is_some() {
+            return Err(Error::Config(
+                "GITLAB_URL must not contain credentials; use GITLAB_TOKEN".to_owned(),
+            ));
+        }
+        if !matches!(base.scheme(), "http" | "https") || base.cannot_be_a_base() {
+            return Err(Error::Config(format!(
+                "GITLAB_URL must be an http(s) URL, got {base}"
+            )));
+        }
+        let mut root = base.clone();
+        root.set_query(None);
+        root.set_fragment(None);
+        let root = root.as_str().trim_end_matches('/');
+        let api_base = if root.ends_with("/api/v4") {
+            root.to_owned()
+        } else {
+            format!("{root}/api/v4")
+        };
+        Ok(GitLabClient {
+            http: http::Http::new(&config)?,
+            api_base,
+            diff_refs_attempts: config.diff_refs_attempts.max(1),
+            diff_refs_delay: config.diff_refs_delay,
+        })
+    }
+
+    /// `GET /projects/:id/merge_requests/:iid`.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] for an unknown project or MR; otherwise see [`Error`].
+    pub async fn merge_request(&self, project: &ProjectRef, iid: u64) -> Result<MergeRequest> {
+        let what = format!("merge request {project}!{iid}");
+        let url = self.url(&mr_path(project, iid), &[])?;
+        let reply = self.http.send(Method::GET, url, None, &what).await?;
+        decode(&reply, &what)
+    }
+
+    /// Fetches the MR until its `diff_refs` are filled in (they are empty right after
+    /// creation), waiting `diff_refs_delay` between `diff_refs_attempts` tries.
+    ///
+    /// # Errors
+    /// [`Error::DiffRefsPending`] (retryable) if they are still empty; see also [`Self::merge_request`].
+    pub async fn merge_request_with_diff_refs(
+        &self,
+        project: &ProjectRef,
+        iid: u64,
+    ) -> Result<(MergeRequest, DiffShas)> {
+        for attempt in 1..=self.diff_refs_attempts {
+            let mr = self.merge_request(project, iid).await?;
+            if let Some(shas) = mr.diff_shas() {
+                return Ok((mr, shas));
+            }
+            tracing::debug!(%project, iid, attempt, "diff_refs still empty; waiting");
+            if attempt < self.diff_refs_attempts {
+                tokio::time::sleep(self.diff_refs_delay).await;
+            }
+        }
+        Err(Error::DiffRefsPending {
+            what: format!("{project}!{iid}"),
+            attempts: self.diff_refs_attempts,
+        })
+    }
+
+    /// `GET .../merge_requests/:iid/versions`, all pages, newest first.
+    ///
+    /// # Errors
+    /// See [`Error`].
+    pub async fn versions(&self, project: &ProjectRef, iid: u64) -> Result<Vec<MrVersion>> {
+        let what = format!("versions of merge request {project}!{iid}");
+        self.get_all(&format!("{}/versions", mr_path(project, iid)), &[], &what)
+            .await
+    }
+
+    /// The newest diff version: the SHAs inline positions must use.
+    ///
+    /// # Errors
+    /// [`Error::DiffRefsPending`] (retryable) when GitLab lists no version yet.
+    pub async fn latest_version(&self, project: &ProjectRef, iid: u64) -> Result<MrVersion> {
+        let what = format!("versions of merge request {project}!{iid}");
+        let url = self.url(
+            &format!("{}/versions", mr_path(project, iid)),
+            &[("per_page", "1")],
+        )?;
+        let reply = self.http.send(Method::GET, url, None, &what).await?;
+        let versions: Vec<MrVersion> = decode(&reply, &what)?;
+        versions
+            .into_iter()
+            .next()
+            .ok_or_else(|| Error::DiffRefsPending {
+                what: format!("{project}!{iid}"),
+                attempts: 1,
+            })
+    }
+
+    /// `GET .../merge_requests/:iid/diffs`, all pages (never the deprecated `/changes`).
+    ///
+    /// # Errors
+    /// See [`Error`].
+    pub async fn diffs(&self, project: &ProjectRef, iid: u64) -> Result<Vec<DiffFile>> {
+        let what = format!("diffs of merge request {project}!{iid}");
+        self.get_all(&format!("{}/diffs", mr_path(project, iid)), &[], &what)
+            .await
+    }
+
+    /// Starts an inline thread (`POST .../discussions`) and checks GitLab made it a `DiffNote`.
+    ///
+    /// A timeout or 5xx is classified retryable, but GitLab may have created the thread
+    /// anyway: before retrying, look for the body's marker with [`Self::discussions`].
+    ///
+    /// # Errors
+    /// - [`Error::PositionRejected`]: GitLab (or a local check) refused the anchor; post the
+    ///   finding in the summary instead.
+    /// - [`Error::NotDiffNote`]: the thread exists but is not inline; do not retry.
+    /// - [`Error::UnsafeBody`]: a line of `body` starts with `/`.
+    pub async fn post_discussion(
+        &self,
+        project: &ProjectRef,
+        iid: u64,
+        body: &str,
+        position: &Position,
+    ) -> Result<PostedDiscussion> {
+        check_body(body)?;
+        check_position(position)?;
+        let what = format!("new discussion on merge request {project}!{iid}");
+        let url = self.url(&format!("{}/discussions", mr_path(project, iid)), &[])?;
+        let payload = DiscussionBody {
+            body,
+            position: PositionBody::from(position),
+        };
+        let reply = self
+            .http
+            .send(Method::POST, url, Some(to_json(&payload)?), &what)
+            .await
+            .map_err(Error::into_position_rejected)?;
+        let discussion: Discussion = decode(&reply, &what)?;
+        let Some(note) = discussion.notes.first() else {
+            return Err(Error::InvalidResponse {
+                what,
+                message: format!("discussion {} has no notes", discussion.id),
+            });
+        };
+        if !note.is_diff_note() {
+            return Err(Error::NotDiffNote {
+                discussion_id: discussion.id,
+                note_id: note.id,
+                note_type: note.note_type.clone(),
+            });
+        }
+        Ok(PostedDiscussion {
+            note_id: note.id,
+            discussion_id: discussion.id,
+        })
+    }
+
+    /// Posts an overview note (`POST .../notes`) and returns it.
+    ///
+    /// As with [`Self::post_discussion`], a retryable failure may hide a created note:
+    /// check for the marker with [`Self::notes`] before retrying.
+    ///
+    /// # Errors
+    /// [`Error::UnsafeBody`] if a line starts with `/`; otherwise see [`Error`].
+    pub async fn post_note(&self, project: &ProjectRef, iid: u64, body: &str) -> Result<Note> {
+        check_body(body)?;
+        let what = format!("new note on merge request {project}!{iid}");
+        let url = self.url(&format!("{}/notes", mr_path(project, iid)), &[])?;
+        let reply = self
+            .http
+            .send(Method::POST, url, Some(to_json(&NoteBody { body })?), &what)
+            .await?;
+        decode(&reply, &what)
+    }
+
+    /// Edits a note in place (`PUT .../notes/:note_id`).
+    ///
+    /// # Errors
+    /// [`Error::UnsafeBody`] if a line starts with `/`; [`Error::NotFound`] for an unknown note.
+    pub async fn update_note(
+        &self,
+        project: &ProjectRef,
+        iid: u64,
+        note_id: u64,
+        body: &str,
+    ) -> Result<Note> {
+        check_body(body)?;
+        let what = format!("note {note_id} on merge request {project}!{iid}");
+        let url = self.url(&format!("{}/notes/{note_id}", mr_path(project, iid)), &[])?;
+        let reply = self
+            .http
+            .send(Method::PUT, url, Some(to_json(&NoteBody { body })?), &what)
+            .await?;
+        decode(&reply, &what)
+    }
+
+    /// Resolves or unresolves a thread (`PUT .../discussions/:id?resolved=`).
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] for an unknown discussion; otherwise see [`Error`].
+    pub async fn resolve_discussion(
+        &self,
+        project: &ProjectRef,
+        iid: u64,
+        discussion_id: &str,
+        resolved: bool,
+    ) -> Result<Discussion> {
+        let what = format!("discussion {discussion_id} on merge request {project}!{iid}");
+        let path = format!(
+            "{}/discussions/{}",
+            mr_path(project, iid),
+            encode_path_segment(discussion_id)
+        );
+        let url = self.url(
+            &path,
+            &[("resolved", if resolved { "true" } else { "false" })],
+        )?;
+        let reply = self.http.send(Method::PUT, url, None, &what).await?;
+        decode(&reply, &what)
+    }
+
+    /// All notes of the MR, oldest first (`GET .../notes?sort=asc`), system notes included
+    /// (see [`Note::system`]).
+    ///
+    /// # Errors
+    /// See [`Error`].
+    pub async fn notes(&self, project: &ProjectRef, iid: u64) -> Result<Vec<Note>> {
+        let what = format!("notes of merge request {project}!{iid}");
+        self.get_all(
+            &format!("{}/notes", mr_path(project, iid)),
+            &[("sort", "asc"), ("order_by", "created_at")],
+            &what,
+        )
+        .await
+    }
+
+    /// All discussions (threads) of the MR (`GET .../discussions`).
+    ///
+    /// # Errors
+    /// See [`Error`].
+    pub async fn discussions(&self, project: &ProjectRef, iid: u64) -> Result<Vec<Discussion>> {
+        let what = format!("discussions of merge request {project}!{iid}");
+        self.get_all(
+            &format!("{}/discussions", mr_path(project, iid)),
+            &[],
+            &what,
+        )
+        .await
+    }
+
+    /// A file's raw content at a commit, branch or tag
+    /// (`GET /projects/:id/repository/files/:path/raw?ref=`).
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] when the file does not exist at that ref; [`Error::BodyTooLarge`]
+    /// above the configured limit.
+    pub async fn get_file_raw(
+        &self,
+        project: &ProjectRef,
+        file_path: &str,
+        git_ref: &str,
+    ) -> Result<Vec<u8>> {
+        let what = format!("file {file_path} at {git_ref} in project {project}");
+        let path = format!(
+            "/projects/{}/repository/files/{}/raw",
+            project.to_path_segment(),
+            encode_path_segment(file_path)
+        );
+        let url = self.url(&path, &[("ref", git_ref)])?;
+        let reply = self.http.send(Method::GET, url, None, &what).await?;
+        Ok(reply.body)
+    }
+
+    /// GETs every page of a list endpoint, following `x-next-page` until it is empty.
+    async fn get_all<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        query: &[(&str, &str)],
+        what: &str,
+    ) -> Result<Vec<T>> {
+        let mut items = Vec::new();
+        let mut page: u32 = 1;
+        loop {
+            let page_text = page.to_string();
+            let mut params = query.to_vec();
+            params.push(("per_page", PER_PAGE));
+            params.push(("page", &page_text));
+            let url = self.url(path, &params)?;
+            let reply = self.http.send(Method::GET, url, None, what).await?;
+            let batch: Vec<T> = decode(&reply, what)?;
+            items.extend(batch);
+            match next_page(&reply, what)? {
+                None => return Ok(items),
+                Some(next) if next > page && next <= MAX_PAGES => page = next,
+                Some(next) => {
+                    return Err(Error::InvalidResponse {
+                        what: what.to_owned(),
+                        message: format!(
+                            "x-next-page {next} after page {page} does not advance (or exceeds {MAX_PAGES} pages)"
+                        ),
+                    });
+                }
+            }
+        }
+    }
+
+    /// `api_base + path` with query parameters.
+    fn url(&self, path: &str, query: &[(&str, &str)]) -> Result<Url> {
+        let mut url = Url::parse(&format!("{}{path}", self.api_base))
+            .map_err(|e| Error::Config(format!("cannot build a URL for {path}: {e}")))?;
+        if !query.is_empty() {
+            url.query_pairs_mut().extend_pairs(query);
+        }
+        Ok(url)
+    }
+}
+
+/// `/projects/:id/merge_requests/:iid`.
+fn mr_path(project: &ProjectRef, iid: u64) -> String {
+    format!(
+        "/projects/{}/merge_requests/{iid}",
+        project.to_path_segment()
+    )
+}
+
+/// The `x-next-page` header: `None` when absent or empty (the last page).
+fn next_page(reply: &Reply, what: &str) -> Result<Option<u32>> {
+    let Some(value) = reply.headers.get("x-next-page") else {
+        return Ok(None);
+    };
+    let text = value.to_str().unwrap_or("").trim();
+    if text.is_empty() {
+        return Ok(None);
+    }
+    text.parse().map(Some).map_err(|_| Error::InvalidResponse {
+        what: what.to_owned(),
+        message: format!("x-next-page is not a page number: {text:?}"),
+    })
+}
+
+fn decode<T: DeserializeOwned>(reply: &Reply, what: &str) -> Result<T> {
+    serde_json::from_slice(&reply.body).map_err(|source| Error::Decode {
+        what: what.to_owned(),
+        source,
+    })
+}
+
+fn to_json<T: Serialize>(value: &T) -> Result<Vec<u8>> {
+    serde_json::to_vec(value).map_err(|e| Error::Config(format!("cannot encode request: {e}")))
+}
+
+/// GitLab runs quick actions (`/merge`, `/approve`, `/close`...) found at the start of a line
+/// of a note body; an LLM-written body must never trigger one.
+fn check_body(body: &str) -> Result<()> {
+    match body.lines().position(|line| line.starts_with('/')) {
+        Some(index) => Err(Error::UnsafeBody { line: index + 1 }),
+        None => Ok(()),
+    }
+}
+
+/// Refuses positions GitLab would reject (or answer 500 to, for `0` line numbers) before
+/// spending a request on them.
+fn check_position(position: &Position) -> Result<()> {
+    let reject = |message: &str| {
+        Err(Error::PositionRejected {
+            message: message.to_owned(),
+        })
+    };
+    if position.line.old_line() == Some(0) || position.line.new_line() == Some(0) {
+        return reject("line numbers start at 1");
+    }
+    if position.old_path.is_empty() || position.new_path.is_empty() {
+        return reject("old_path and new_path are both required");
+    }
+    let shas = &position.shas;
+    if shas.base_sha.is_empty() || shas.start_sha.is_empty() || shas.head_sha.is_empty() {
+        return reject("base_sha, start_sha and head_sha are all required");
+    }
+    Ok(())
+}

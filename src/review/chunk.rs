@@ -1,0 +1,683 @@
+//! Packing reviewable files into chunks, one prompt each, under a token budget.
+//!
+//! The guarantee: every prompt [`prompt::render`] builds for a chunk of a [`ChunkPlan`] has an
+//! estimated size ([`Prompt::estimated_tokens`](crate::review::prompt::Prompt::estimated_tokens))
+//! of at most [`ChunkBudget::max_prompt_tokens`], whatever the input, and every diff line of
+//! every reviewed file appears in exactly one chunk, in order.
+//!
+//! How: each file, hunk header and line is costed with the same text the prompt will contain,
+//! and the estimate is sub-additive, so the sum of the pieces bounds the whole. Files are packed
+//! greedily in GitLab's order (related files stay together and the result is deterministic). A
+//! file too big for one chunk is split at hunk boundaries into parts labelled "part i of n",
+//! each repeating the file header; a hunk too big for one chunk is split by lines, each piece
+//! repeating the hunk's section heading.
+
+use serde::{Deserialize, Serialize};
+
+use crate::review::{
+    diff::{ChangeKind, FileDiff, Hunk, ParsedFile},
+    prompt,
+    skip::{Screening, SkipReason, SkipRules, SkippedFile},
+    tokens::estimate_tokens,
+};
+
+/// The most a prompt (system + user message) may cost, in estimated tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkBudget {
+    max_prompt_tokens: usize,
+}
+
+/// Default prompt budget: 24k estimated tokens (roughly 17–20k real GLM tokens, since the
+/// estimate is pessimistic).
+///
+/// GLM-4.6 accepts 200k, but a modest budget is better: models follow the output format and find
+/// issues less reliably as context grows (peers report models "forgetting the format" on long
+/// prompts); answers are capped by `max_tokens`, so one huge chunk loses more findings to
+/// truncation than several small ones; smaller chunks run in parallel, retry cheaply and fit the
+/// 120 s chunk timeout; and 24k plus a generous answer fits every 128k-context GLM variant with
+/// thinking enabled.
+pub const DEFAULT_MAX_PROMPT_TOKENS: usize = 24_000;
+
+/// Smallest accepted budget. The fixed part of a prompt (instructions, capped title and
+/// description) plus the largest possible single-line piece (capped path, section and line text)
+/// costs about 6k estimated tokens; below this a line could fail to fit. A test checks the
+/// arithmetic.
+pub const MIN_PROMPT_TOKENS: usize = 8_000;
+
+/// Default cap on chunks per review: 50 chunks of 24k is at most 1.2M prompt tokens (about
+/// US$0.72 at glm-4.6's list price) and about 17 minutes at 3 requests in flight. Files beyond
+/// it are listed as skipped rather than letting one giant MR burn the day's quota.
+pub const DEFAULT_MAX_CHUNKS: usize = 50;
+
+/// A budget outside the accepted range.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("prompt budget of {0} tokens is below the minimum of {MIN_PROMPT_TOKENS}")]
+pub struct BudgetTooSmall(pub usize);
+
+impl ChunkBudget {
+    /// A budget of `max_prompt_tokens` estimated tokens per prompt.
+    ///
+    /// # Errors
+    /// [`BudgetTooSmall`] below [`MIN_PROMPT_TOKENS`].
+    pub fn new(max_prompt_tokens: usize) -> Result<Self, BudgetTooSmall> {
+        if max_prompt_tokens < MIN_PROMPT_TOKENS {
+            return Err(BudgetTooSmall(max_prompt_tokens));
+        }
+        Ok(ChunkBudget { max_prompt_tokens })
+    }
+
+    /// The most a prompt may cost, in estimated tokens.
+    pub fn max_prompt_tokens(self) -> usize {
+        self.max_prompt_tokens
+    }
+}
+
+impl Default for ChunkBudget {
+    fn default() -> Self {
+        ChunkBudget {
+            max_prompt_tokens: DEFAULT_MAX_PROMPT_TOKENS,
+        }
+    }
+}
+
+/// Everything [`plan`] needs to know.
+#[derive(Debug, Clone)]
+pub struct ChunkConfig {
+    /// Per-prompt token budget.
+    pub budget: ChunkBudget,
+    /// Which files to skip.
+    pub skip: SkipRules,
+    /// At most this many chunks per review ([`DEFAULT_MAX_CHUNKS`]).
+    pub max_chunks: usize,
+}
+
+impl Default for ChunkConfig {
+    fn default() -> Self {
+        ChunkConfig {
+            budget: ChunkBudget::default(),
+            skip: SkipRules::default(),
+            max_chunks: DEFAULT_MAX_CHUNKS,
+        }
+    }
+}
+
+/// Which part of a split file a [`ChunkFile`] holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FilePart {
+    /// 1-based part number.
+    pub number: usize,
+    /// How many parts the file was split into.
+    pub of: usize,
+}
+
+/// A file, or one part of a file, inside a chunk.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkFile {
+    /// Path before the change.
+    pub old_path: String,
+    /// Path after the change.
+    pub new_path: String,
+    /// What happened to the file.
+    pub change: ChangeKind,
+    /// `Some` when the file was split across chunks.
+    pub part: Option<FilePart>,
+    /// The hunks (or pieces of hunks) in this part.
+    pub hunks: Vec<Hunk>,
+}
+
+/// The files of one prompt.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Chunk {
+    /// 0-based position in the plan.
+    pub index: usize,
+    /// Number of chunks in the plan, so the prompt can say "part 2 of 5".
+    pub total: usize,
+    /// The files, in GitLab's order.
+    pub files: Vec<ChunkFile>,
+}
+
+/// The outcome of [`plan`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChunkPlan {
+    /// The prompts to send, in order.
+    pub chunks: Vec<Chunk>,
+    /// Files not reviewed, with reasons, in GitLab's order.
+    pub skipped: Vec<SkippedFile>,
+    /// The files that are in `chunks`, whole, for anchoring findings.
+    pub reviewed: Vec<ParsedFile>,
+}
+
+/// Screens `diffs` and packs the reviewable ones into chunks. Deterministic: the same input and
+/// configuration always give the same plan.
+pub fn plan(diffs: &[FileDiff], config: &ChunkConfig) -> ChunkPlan {
+    let capacity = config
+        .budget
+        .max_prompt_tokens()
+        .saturating_sub(prompt::fixed_overhead_tokens());
+    let mut packer = Packer::new(capacity, config.max_chunks);
+    let mut skipped = Vec::new();
+    let mut reviewed = Vec::new();
+
+    for diff in diffs {
+        let parsed = match config.skip.screen(diff) {
+            Screening::Skip(file) => {
+                skipped.push(file);
+                continue;
+            }
+            Screening::Review(parsed) => parsed,
+        };
+        let reason = match split_file(&parsed, capacity) {
+            None => Some(SkipReason::DoesNotFitBudget),
+            Some(units) => (!packer.place(units)).then_some(SkipReason::ChunkLimit {
+                max_chunks: config.max_chunks,
+            }),
+        };
+        match reason {
+            Some(reason) => skipped.push(SkippedFile {
+                path: parsed.display_path().to_owned(),
+                reason,
+            }),
+            None => reviewed.push(parsed),
+        }
+    }
+
+    ChunkPlan {
+        chunks: packer.finish(),
+        skipped,
+        reviewed,
+    }
+}
+
+/// A file or file part with its cost in estimated tokens (headers included).
+struct Unit {
+    file: ChunkFile,
+    cost: usize,
+}
+
+/// Greedy packing of units into chunks of at most `capacity`.
+struct Packer {
+    capacity: usize,
+    max_chunks: usize,
+    chunks: Vec<Vec<ChunkFile>>,
+    /// Cost already in the last chunk.
+    last_cost: usize,
+}
+
+impl Packer {
+    fn new(capacity: usize, max_chunks: usize) -> Self {
+        Packer {
+            capacity,
+            max_chunks,
+            chunks: Vec::new(),
+            last_cost: 0,
+        }
+    }
+
+    /// Where each unit would go: `true` to join the last chunk, `false` to open a new one.
+    /// Returns `None` if that would exceed the chunk limit.
+    fn layout(&self, units: &[Unit]) -> Option<Vec<bool>> {
+        let mut count = self.chunks.len();
+        let mut cost = self.last_cost;
+        let mut joins = Vec::with_capacity(units.len());
+        for unit in units {
+            let join = count > 0 && cost + unit.cost <= self.capacity;
+            if join {
+                cost += unit.cost;
+            } else {
+                count += 1;
+                cost = unit.cost;
+            }
+            joins.push(join);
+        }
+        (count <= self.max_chunks).then_some(joins)
+    }
+
+    /// Places all of a file's units, or none of them if the chunk limit would be exceeded.
+    fn place(&mut self, units: Vec<Unit>) -> bool {
+        let Some(joins) = self.layout(&units) else {
+            return false;
+        };
+        for (unit, join) in units.into_iter().zip(joins) {
+            match self.chunks.last_mut() {
+                Some(chunk) if join => {
+                    chunk.push(unit.file);
+                    self.last_cost += unit.cost;
+                }
+                _ => {
+                    self.chunks.push(vec![unit.file]);
+                    self.last_cost = unit.cost;
+                }
+            }
+        }
+        true
+    }
+
+    fn finish(self) -> Vec<Chunk> {
+        let total = self.chunks.len();
+        self.chunks
+            .into_iter()
+            .enumerate()
+            .map(|(index, files)| Chunk {
+                index,
+                total,
+                files,
+            })
+            .collect()
+    }
+}
+
+/// The widest part label, used to cost file headers before the number of parts is known.
+const WIDEST_PART: FilePart = FilePart {
+    number: usize::MAX,
+    of: usize::MAX,
+};
+
+fn chunk_file(file: &ParsedFile, part: Option<FilePart>, hunks: Vec<Hunk>) -> ChunkFile {
+    ChunkFile {
+        old_path: file.old_path.clone(),
+        new_path: file.new_path.clone(),
+        change: file.change,
+        part,
+        hunks,
+    }
+}
+
+fn file_header_cost(file: &ParsedFile, part: Option<FilePart>) -> usize {
+    estimate_tokens(&prompt::file_header(&chunk_file(file, part, Vec::new())))
+}
+
+/// Cost of a hunk's lines, without its header.
+fn lines_cost(hunk: &Hunk) -> usize {
+    hunk.lines
+        .iter()
+        .map(|l| estimate_tokens(&prompt::diff_line(l)))
+        .sum()
+}
+
+/// Turns a file into one unit, or into labelled parts when it does not fit `capacity` whole.
+/// `None` if even a single line does not fit.
+fn split_file(file: &ParsedFile, capacity: usize) -> Option<Vec<Unit>> {
+    let hunk_costs: Vec<usize> = file
+        .hunks
+        .iter()
+        .map(|h| prompt::hunk_header_cost_bound(&h.section) + lines_cost(h))
+        .collect();
+    let whole = file_header_cost(file, None) + hunk_costs.iter().sum::<usize>();
+    if whole <= capacity {
+        return Some(vec![Unit {
+            file: chunk_file(file, None, file.hunks.clone()),
+            cost: whole,
+        }]);
+    }
+
+    let header = file_header_cost(file, Some(WIDEST_PART));
+    let room = capacity.checked_sub(header)?;
+    let mut pieces: Vec<(Hunk, usize)> = Vec::new();
+    for (hunk, &cost) in file.hunks.iter().zip(&hunk_costs) {
+        if cost <= room {
+            pieces.push((hunk.clone(), cost));
+        } else {
+            pieces.extend(split_hunk(hunk, room)?);
+        }
+    }
+
+    let mut parts: Vec<(Vec<Hunk>, usize)> = Vec::new();
+    for (piece, cost) in pieces {
+        match parts.last_mut() {
+            Some((hunks, used)) if *used + cost <= room => {
+                hunks.push(piece);
+                *used += cost;
+            }
+            _ => parts.push((vec![piece], cost)),
+        }
+    }
+    let of = parts.len();
+    Some(
+        parts
+            .into_iter()
+            .enumerate()
+            .map(|(i, (hunks, used))| Unit {
+                file: chunk_file(file, Some(FilePart { number: i + 1, of }), hunks),
+                cost: header + used,
+            })
+            .collect(),
+    )
+}
+
+/// Splits a hunk by lines into pieces costing at most `room` each (header included). `None` if
+/// one line with a header does not fit.
+fn split_hunk(hunk: &Hunk, room: usize) -> Option<Vec<(Hunk, usize)>> {
+    let header = prompt::hunk_header_cost_bound(&hunk.section);
+    let mut pieces = Vec::new();
+    let mut lines = Vec::new();
+    let mut used = header;
+    for line in &hunk.lines {
+        let cost = estimate_tokens(&prompt::diff_line(line));
+        if header + cost > room {
+            return None;
+        }
+        if used + cost > room {
+            pieces.push((
+                Hunk::from_lines(&hunk.section, std::mem::take(&mut lines)),
+                used,
+            ));
+            used = header;
+        }
+        lines.push(line.clone());
+        used += cost;
+    }
+    if !lines.is_empty() {
+        pieces.push((Hunk::from_lines(&hunk.section, lines), used));
+    }
+    Some(pieces)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::review::{
+        diff::{DiffLine, LineKind},
+        fixtures,
+        prompt::render,
+        review_type::ReviewType,
+    };
+
+    fn modified(path: &str, diff: String) -> FileDiff {
+        FileDiff {
+            old_path: path.into(),
+            new_path: path.into(),
+            diff,
+            ..FileDiff::default()
+        }
+    }
+
+    /// A diff of `hunks` hunks of `lines` added lines each, every line `width` chars wide.
+    fn big_diff(hunks: usize, lines: usize, width: usize) -> String {
+        let mut text = String::new();
+        for h in 0..hunks {
+            let start = 1 + h * (lines + 10);
+            text.push_str(&format!("@@ -{start},0 +{start},{lines} @@ fn f{h}()\n"));
+            for l in 0..lines {
+                text.push('+');
+                text.push_str(&format!("{l:>width$}"));
+                text.push('\n');
+            }
+        }
+        text
+    }
+
+    fn budget(tokens: usize) -> ChunkConfig {
+        ChunkConfig {
+            budget: ChunkBudget::new(tokens).expect("valid budget"),
+            ..ChunkConfig::default()
+        }
+    }
+
+    fn all_prompts_fit(plan: &ChunkPlan, config: &ChunkConfig) -> bool {
+        plan.chunks.iter().all(|chunk| {
+            ReviewType::ALL.into_iter().all(|t| {
+                let prompt = render(t, chunk, &"T".repeat(10_000), &"界\n".repeat(10_000));
+                prompt.estimated_tokens() <= config.budget.max_prompt_tokens()
+            })
+        })
+    }
+
+    /// Lines per file path, concatenated across chunks in order.
+    fn lines_by_path(plan: &ChunkPlan) -> BTreeMap<String, Vec<DiffLine>> {
+        let mut map: BTreeMap<String, Vec<DiffLine>> = BTreeMap::new();
+        for chunk in &plan.chunks {
+            for file in &chunk.files {
+                map.entry(file.new_path.clone())
+                    .or_default()
+                    .extend(file.hunks.iter().flat_map(|h| h.lines.iter().cloned()));
+            }
+        }
+        map
+    }
+
+    #[test]
+    fn budgets_below_the_minimum_are_rejected() {
+        assert_eq!(ChunkBudget::new(100), Err(BudgetTooSmall(100)));
+        assert!(ChunkBudget::new(MIN_PROMPT_TOKENS).is_ok());
+    }
+
+    #[test]
+    fn the_minimum_budget_fits_the_largest_possible_single_line_piece() {
+        let path = "界".repeat(10_000);
+        let hunk = Hunk {
+            old_start: u32::MAX,
+            old_len: u32::MAX,
+            new_start: u32::MAX,
+            new_len: u32::MAX,
+            section: "界".repeat(10_000),
+            lines: vec![DiffLine {
+                kind: LineKind::Context,
+                old_line: Some(u32::MAX),
+                new_line: Some(u32::MAX),
+                text: "界".repeat(100_000),
+                no_newline_at_eof: true,
+            }],
+        };
+        let chunk = Chunk {
+            index: usize::MAX - 1,
+            total: usize::MAX,
+            files: vec![ChunkFile {
+                old_path: path.clone(),
+                new_path: path + "x",
+                change: ChangeKind::Renamed,
+                part: Some(WIDEST_PART),
+                hunks: vec![hunk],
+            }],
+        };
+        for t in ReviewType::ALL {
+            let prompt = render(t, &chunk, &"界".repeat(10_000), &"界\n".repeat(10_000));
+            assert!(
+                prompt.estimated_tokens() <= MIN_PROMPT_TOKENS,
+                "{t}: {} tokens",
+                prompt.estimated_tokens()
+            );
+        }
+    }
+
+    #[test]
+    fn small_files_share_one_chunk_in_gitlab_order() {
+        let diffs: Vec<FileDiff> = ["a.rs", "b.rs", "c.rs"]
+            .iter()
+            .map(|p| modified(p, big_diff(1, 3, 10)))
+            .collect();
+        let plan = plan(&diffs, &ChunkConfig::default());
+        assert_eq!(plan.chunks.len(), 1);
+        let paths: Vec<&str> = plan.chunks[0]
+            .files
+            .iter()
+            .map(|f| f.new_path.as_str())
+            .collect();
+        assert_eq!(paths, vec!["a.rs", "b.rs", "c.rs"]);
+        assert!(plan.chunks[0].files.iter().all(|f| f.part.is_none()));
+    }
+
+    #[test]
+    fn a_file_too_big_for_one_chunk_is_split_at_hunk_boundaries_into_labelled_parts() {
+        let config = budget(MIN_PROMPT_TOKENS);
+        // Each hunk ~ 60 lines * ~30 tokens = ~1.8k tokens; 10 hunks need several chunks.
+        let diffs = vec![modified("src/big.rs", big_diff(10, 60, 80))];
+        let plan = plan(&diffs, &config);
+        assert!(plan.chunks.len() > 1);
+        let parts: Vec<FilePart> = plan
+            .chunks
+            .iter()
+            .flat_map(|c| c.files.iter().filter_map(|f| f.part))
+            .collect();
+        let of = parts.len();
+        assert!(
+            parts
+                .iter()
+                .enumerate()
+                .all(|(i, p)| p.number == i + 1 && p.of == of)
+        );
+        // Hunks were not cut: every piece is a whole original hunk.
+        for chunk in &plan.chunks {
+            for file in &chunk.files {
+                assert!(file.hunks.iter().all(|h| h.lines.len() == 60));
+            }
+        }
+        assert!(all_prompts_fit(&plan, &config));
+    }
+
+    #[test]
+    fn a_hunk_too_big_for_one_chunk_is_split_by_lines() {
+        let config = budget(MIN_PROMPT_TOKENS);
+        let diffs = vec![modified("src/huge.rs", big_diff(1, 2_000, 60))];
+        let plan = plan(&diffs, &config);
+        assert!(plan.chunks.len() > 1);
+        assert!(plan.skipped.is_empty());
+        let lines = lines_by_path(&plan);
+        let news: Vec<u32> = lines["src/huge.rs"]
+            .iter()
+            .filter_map(|l| l.new_line)
+            .collect();
+        assert_eq!(news, (1..=2_000).collect::<Vec<u32>>());
+        assert!(all_prompts_fit(&plan, &config));
+    }
+
+    #[test]
+    fn files_beyond_the_chunk_limit_are_skipped_whole_and_listed() {
+        let config = ChunkConfig {
+            max_chunks: 1,
+            ..budget(MIN_PROMPT_TOKENS)
+        };
+        let diffs = vec![
+            modified("a.rs", big_diff(1, 5, 10)),
+            modified("big.rs", big_diff(10, 60, 80)),
+            modified("c.rs", big_diff(1, 5, 10)),
+        ];
+        let plan = plan(&diffs, &config);
+        assert_eq!(plan.chunks.len(), 1);
+        let in_chunks: Vec<&str> = plan.chunks[0]
+            .files
+            .iter()
+            .map(|f| f.new_path.as_str())
+            .collect();
+        assert_eq!(in_chunks, vec!["a.rs", "c.rs"]);
+        assert_eq!(
+            plan.skipped,
+            vec![SkippedFile {
+                path: "big.rs".into(),
+                reason: SkipReason::ChunkLimit { max_chunks: 1 }
+            }]
+        );
+    }
+
+    #[test]
+    fn thousands_of_files_are_planned_quickly_and_none_is_lost() {
+        let diffs: Vec<FileDiff> = (0..3_000)
+            .map(|i| modified(&format!("src/m{i}.rs"), big_diff(1, 4, 20)))
+            .collect();
+        let config = ChunkConfig {
+            max_chunks: usize::MAX,
+            ..ChunkConfig::default()
+        };
+        let plan = plan(&diffs, &config);
+        assert_eq!(plan.reviewed.len() + plan.skipped.len(), 3_000);
+        assert_eq!(lines_by_path(&plan).len(), 3_000);
+        assert!(plan.chunks.iter().all(|c| c.total == plan.chunks.len()));
+    }
+
+    #[test]
+    fn fixture_plan_reviews_three_files_and_lists_five_skipped() {
+        let plan = plan(&fixtures::gitlab_diffs(), &ChunkConfig::default());
+        assert_eq!(plan.chunks.len(), 1);
+        let reviewed: Vec<&str> = plan.reviewed.iter().map(|f| f.display_path()).collect();
+        assert_eq!(
+            reviewed,
+            vec!["src/app.rs", "src/new_module.rs", "src/new_name.rs"]
+        );
+        assert_eq!(plan.skipped.len(), 5);
+    }
+
+    fn arbitrary_file() -> impl Strategy<Value = FileDiff> {
+        (
+            "[a-c]{1,2}/[a-z]{1,6}\\.(rs|py|go)",
+            1u32..100_000,
+            proptest::collection::vec(
+                proptest::collection::vec(
+                    (
+                        prop_oneof![
+                            Just(LineKind::Added),
+                            Just(LineKind::Removed),
+                            Just(LineKind::Context)
+                        ],
+                        prop_oneof![
+                            8 => "[a-z (){};=]{0,80}",
+                            1 => "[界é\u{fffd}a-z]{0,1500}",
+                        ],
+                    ),
+                    1..120,
+                ),
+                1..6,
+            ),
+        )
+            .prop_map(|(path, start, hunks)| {
+                let (diff, _) = crate::review::fixtures::render_hunks((start, start), &hunks);
+                modified(&path, diff)
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+
+        #[test]
+        fn hostile_input_never_panics_and_never_exceeds_the_budget(
+            files in proptest::collection::vec(
+                (any::<String>(), any::<String>(), any::<[bool; 5]>()).prop_map(|(path, diff, flags)| {
+                    FileDiff {
+                        old_path: path.clone(),
+                        new_path: path,
+                        diff,
+                        new_file: flags[0],
+                        deleted_file: flags[1],
+                        renamed_file: flags[2],
+                        collapsed: flags[3],
+                        too_large: flags[4],
+                        ..FileDiff::default()
+                    }
+                }),
+                0..8,
+            ),
+        ) {
+            let config = budget(MIN_PROMPT_TOKENS);
+            let plan = plan(&files, &config);
+            prop_assert!(all_prompts_fit(&plan, &config));
+            prop_assert_eq!(plan.reviewed.len() + plan.skipped.len(), files.len());
+        }
+
+        #[test]
+        fn no_prompt_exceeds_the_budget_and_no_line_is_lost_or_duplicated(
+            files in proptest::collection::vec(arbitrary_file(), 1..12),
+            tokens in MIN_PROMPT_TOKENS..20_000,
+        ) {
+            // Paths may repeat in generated input; keep the first of each so lines are
+            // attributable.
+            let mut seen = std::collections::HashSet::new();
+            let files: Vec<FileDiff> =
+                files.into_iter().filter(|f| seen.insert(f.new_path.clone())).collect();
+            let config = ChunkConfig { max_chunks: usize::MAX, ..budget(tokens) };
+            let plan = plan(&files, &config);
+
+            prop_assert!(all_prompts_fit(&plan, &config));
+            prop_assert_eq!(plan.reviewed.len() + plan.skipped.len(), files.len());
+            let chunked = lines_by_path(&plan);
+            for file in &plan.reviewed {
+                let expected: Vec<DiffLine> = file.lines().cloned().collect();
+                prop_assert_eq!(chunked.get(&file.new_path), Some(&expected));
+            }
+            prop_assert_eq!(chunked.len(), plan.reviewed.len());
+            // Deterministic.
+            prop_assert_eq!(super::plan(&files, &config), plan);
+        }
+    }
+}

@@ -1,0 +1,52 @@
+//! The review domain: everything between "GitLab gave us these file diffs" and "post these bodies",
+//! with no I/O at all. No async, no HTTP, no SQL: every function here is a pure transformation,
+//! so it is unit- and property-tested without fakes.
+//!
+//! # Layout
+//!
+//! The modules follow the order in which a review job uses them:
+//!
+//! - [`diff`]: GitLab's per-file diff objects ([`FileDiff`]) parsed into hunks and numbered lines
+//!   ([`ParsedFile`]).
+//! - [`skip`]: which files are not worth sending to the model (lock files, generated, vendored,
+//!   minified, binary, too large, user globs), each with a reason for the summary.
+//! - [`tokens`]: the conservative local token estimate every budget decision uses.
+//! - [`chunk`]: packing the reviewable files into prompts that fit a token budget
+//!   ([`plan`] → [`ChunkPlan`]), splitting big files at hunk boundaries and giant hunks by lines.
+//! - [`review_type`]: `general`, `security`, `performance`.
+//! - [`prompt`]: the system and user messages for one chunk, asking for the one JSON answer of
+//!   `interface.md`.
+//! - [`finding`]: the tolerant parser of that answer ([`parse_answer`]) and the stable
+//!   [`FindingKey`] used for de-duplication.
+//! - [`anchor`]: mapping a finding onto a GitLab diff position, or onto the summary when it cannot
+//!   be anchored.
+//! - [`render`]: sanitising model text and rendering inline comment and summary bodies with the
+//!   hidden `<!-- reviewq:... -->` marker, and reading that marker back ([`find_marker`]).
+//!
+//! The wiring layer (the review job) fetches diffs, calls [`plan`], sends each [`prompt::render`]
+//! result to the LLM, feeds the reply to [`parse_answer`], anchors each finding with
+//! [`anchor::anchor`], and posts what [`render`] produces.
+
+pub mod anchor;
+pub mod chunk;
+pub mod diff;
+pub mod finding;
+pub mod prompt;
+pub mod render;
+pub mod review_type;
+pub mod skip;
+pub mod tokens;
+
+pub use anchor::{Anchor, Position, UnanchoredReason};
+pub use chunk::{Chunk, ChunkBudget, ChunkConfig, ChunkFile, ChunkPlan, FilePart, plan};
+pub use diff::{ChangeKind, Content, DiffLine, FileDiff, Hunk, LineKind, ParseIssue, ParsedFile};
+pub use finding::{Answer, AnswerError, Finding, FindingKey, Severity, parse_answer};
+pub use prompt::Prompt;
+pub use render::{
+    FailedChunk, HeadSha, Marker, MarkerKind, SummaryReport, UnanchoredFinding, find_marker,
+};
+pub use review_type::ReviewType;
+pub use skip::{IgnoreGlobs, SkipReason, SkipRules, SkippedFile};
+
+#[cfg(test)]
+mod fixtures;

@@ -1,0 +1,1088 @@
+//! What reaches GitLab: sanitised model text, inline comment bodies, the summary note, and the
+//! hidden marker that identifies our comments.
+//!
+//! # Sanitising model text
+//!
+//! Model output is untrusted (the diff it read may contain prompt injection). Before posting:
+//!
+//! - **Quick actions.** No line may start with `/` once leading whitespace is trimmed, or GitLab
+//!   would run it (`/merge`, `/approve`, `/close`). Outside code, such a line gets a backslash
+//!   before the `/`: CommonMark renders `\/` as `/`, so readers see the original text. Inside code
+//!   (fences, or lines indented four or more columns), where backslashes are shown literally, a
+//!   zero-width space (U+200B) goes before the `/`: invisible when rendered, at the cost of an
+//!   invisible character when copied.
+//! - **Mentions.** Every `@` followed by a name character gets a zero-width space after it, so
+//!   `@all`, `@here`, `@channel` and any `@user` render as text but notify nobody.
+//! - **HTML.** Outside code, `<` before a letter, `/`, `!` or `?` becomes `&lt;`: no raw HTML
+//!   (an unclosed `<details>` could swallow the rest of the note) and no `<!--` that could forge
+//!   our marker. Inside code, `<!--` is broken with a zero-width space for the same reason.
+//! - **Structure.** Line breaks are normalised to `\n` (a lone `\r` or U+2028 must not hide a
+//!   line start), control and bidirectional-override characters are removed, an unclosed code
+//!   fence is closed, and sizes are capped.
+//!
+//! Paths and other text GitLab gave us go through the same functions, since file names can hold
+//! newlines and `@`.
+
+use std::fmt::{self, Write as _};
+
+use serde::{Deserialize, Serialize};
+
+use crate::review::{
+    anchor::{Position, UnanchoredReason},
+    finding::{Finding, FindingKey, Severity},
+    review_type::ReviewType,
+    skip::SkippedFile,
+};
+
+/// Zero-width space: breaks a token for GitLab's parsers, invisible when rendered.
+const ZWSP: char = '\u{200b}';
+
+/// Longest title shown, in characters.
+const MAX_TITLE_CHARS: usize = 200;
+/// Longest finding body in an inline comment, in characters.
+const MAX_BODY_CHARS: usize = 6_000;
+/// Longest finding body repeated in the summary, in characters: the summary lists many.
+const MAX_SUMMARY_BODY_CHARS: usize = 1_500;
+/// Longest suggestion, in characters and lines. A suggestion replaces one line; anything
+/// bigger is a rewrite better shown as plain code, or a runaway answer.
+const MAX_SUGGESTION_CHARS: usize = 4_000;
+const MAX_SUGGESTION_LINES: usize = 60;
+/// Longest single chunk summary, and all of them together, in characters.
+const MAX_CHUNK_SUMMARY_CHARS: usize = 3_000;
+const MAX_SUMMARIES_CHARS: usize = 20_000;
+/// Most entries listed per summary section; the rest are counted. Keeps the note readable and
+/// far under GitLab's 1,000,000-character limit even for MRs with thousands of files.
+const MAX_LISTED_FINDINGS: usize = 50;
+const MAX_LISTED_FILES: usize = 200;
+const MAX_LISTED_CHUNKS: usize = 100;
+/// Longest path shown, in characters.
+const MAX_PATH_CHARS: usize = 300;
+/// Longest failure reason shown, in characters.
+const MAX_REASON_CHARS: usize = 500;
+
+/// Sanitises Markdown written by the model (see the module docs) and caps it at `max_chars`
+/// characters of input, marking the cut.
+pub fn sanitize(text: &str, max_chars: usize) -> String {
+    let normalised = normalise_text(text);
+    let (kept, cut) = truncate_chars(normalised.trim_end(), max_chars);
+    let mut out = String::with_capacity(kept.len() + 16);
+    let mut fence: Option<Fence> = None;
+    for (i, line) in kept.split('\n').enumerate() {
+        if i > 0 {
+            out.push('\n');
+        }
+        let trimmed = line.trim_start();
+        let indent = &line[..line.len() - trimmed.len()];
+        let columns = indent_columns(indent);
+        match &fence {
+            Some(open) if open.is_closed_by(trimmed) => {
+                // Only fence characters and whitespace: nothing to escape.
+                fence = None;
+                out.push_str(line);
+                continue;
+            }
+            // CommonMark opens a fence only with at most three columns of indentation; deeper,
+            // it is an indented code block that ends at the first unindented line.
+            None if columns <= 3 => {
+                if let Some(open) = Fence::opened_by(trimmed) {
+                    fence = Some(open);
+                    out.push_str(indent);
+                    escape_code(trimmed, &mut out);
+                    continue;
+                }
+            }
+            _ => {}
+        }
+        out.push_str(indent);
+        if trimmed.starts_with('/') {
+            // A backslash shows literally in code; an indented line may be code (or, inside a
+            // list item, prose), so it gets the zero-width space that works in both.
+            out.push(if fence.is_some() || columns >= 4 {
+                ZWSP
+            } else {
+                '\\'
+            });
+        }
+        if fence.is_some() {
+            escape_code(trimmed, &mut out);
+        } else {
+            // Indented lines are escaped as prose too: they are code only outside lists, and
+            // over-escaping code is cosmetic while under-escaping prose is not.
+            escape_prose(trimmed, &mut out);
+        }
+    }
+    if let Some(open) = fence {
+        out.push('\n');
+        out.push_str(&open.closer());
+    }
+    if cut {
+        out.push_str("\n\n_(truncated)_");
+    }
+    out
+}
+
+/// [`sanitize`] for text that must stay on one line (titles, paths): line breaks become spaces.
+pub fn sanitize_inline(text: &str, max_chars: usize) -> String {
+    let one_line: String = normalise_text(text)
+        .chars()
+        .map(|c| if c == '\n' { ' ' } else { c })
+        .collect();
+    let (kept, cut) = truncate_chars(one_line.trim(), max_chars);
+    let mut out = String::with_capacity(kept.len() + 4);
+    if kept.starts_with('/') {
+        out.push('\\');
+    }
+    escape_prose(kept, &mut out);
+    if cut {
+        out.push('…');
+    }
+    out
+}
+
+/// `text` as an inline code span, sanitised: for paths.
+fn code_span(text: &str, max_chars: usize) -> String {
+    let one_line: String = normalise_text(text)
+        .chars()
+        .map(|c| if c == '\n' { ' ' } else { c })
+        .collect();
+    let (kept, cut) = truncate_chars(&one_line, max_chars);
+    let ticks = "`".repeat(longest_run(kept, '`') + 1);
+    let pad = if kept.starts_with('`') || kept.ends_with('`') {
+        " "
+    } else {
+        ""
+    };
+    let mut out = format!("{ticks}{pad}");
+    escape_code(kept, &mut out);
+    if cut {
+        out.push('…');
+    }
+    let _ = write!(out, "{pad}{ticks}");
+    out
+}
+
+/// Line breaks of every kind become `\n`; control characters (other than tab) and
+/// bidirectional overrides are dropped.
+fn normalise_text(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\r' => {
+                if chars.peek() == Some(&'\n') {
+                    chars.next();
+                }
+                out.push('\n');
+            }
+            '\n' | '\u{0b}' | '\u{0c}' | '\u{85}' | '\u{2028}' | '\u{2029}' => out.push('\n'),
+            '\t' => out.push('\t'),
+            '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' => {}
+            c if c.is_control() => {}
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// The first `max` characters and whether anything was cut.
+fn truncate_chars(text: &str, max: usize) -> (&str, bool) {
+    match text.char_indices().nth(max) {
+        Some((end, _)) => (&text[..end], true),
+        None => (text, false),
+    }
+}
+
+fn indent_columns(indent: &str) -> usize {
+    indent.chars().map(|c| if c == '\t' { 4 } else { 1 }).sum()
+}
+
+fn longest_run(text: &str, wanted: char) -> usize {
+    let mut longest = 0;
+    let mut current = 0;
+    for c in text.chars() {
+        if c == wanted {
+            current += 1;
+            longest = longest.max(current);
+        } else {
+            current = 0;
+        }
+    }
+    longest
+}
+
+/// An open fenced code block: its character and length.
+struct Fence {
+    marker: char,
+    len: usize,
+}
+
+impl Fence {
+    /// CommonMark's rule: three or more backticks or tildes; a backtick fence's info string
+    /// may not contain a backtick (otherwise the line is an inline code span).
+    fn opened_by(trimmed: &str) -> Option<Fence> {
+        let marker = trimmed.chars().next().filter(|c| matches!(c, '`' | '~'))?;
+        let len = trimmed.chars().take_while(|&c| c == marker).count();
+        let info = &trimmed[len..];
+        let valid = len >= 3 && !(marker == '`' && info.contains('`'));
+        valid.then_some(Fence { marker, len })
+    }
+
+    fn is_closed_by(&self, trimmed: &str) -> bool {
+        let len = trimmed.chars().take_while(|&c| c == self.marker).count();
+        len >= self.len && trimmed[len * self.marker.len_utf8()..].trim().is_empty()
+    }
+
+    fn closer(&self) -> String {
+        self.marker.to_string().repeat(self.len)
+    }
+}
+
+fn is_name_char(c: char) -> bool {
+    c.is_alphanumeric() || matches!(c, '_' | '.' | '-')
+}
+
+/// Code: shown literally, so only mentions and comment openers are broken.
+fn escape_code(text: &str, out: &mut String) {
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        out.push(c);
+        match c {
+            '@' if chars.peek().is_some_and(|&n| is_name_char(n)) => out.push(ZWSP),
+            '<' if chars.peek() == Some(&'!') => out.push(ZWSP),
+            _ => {}
+        }
+    }
+}
+
+/// Prose: inline code spans are treated as code; elsewhere raw HTML is escaped and mentions
+/// broken.
+fn escape_prose(text: &str, out: &mut String) {
+    let mut rest = text;
+    while let Some(c) = rest.chars().next() {
+        if c == '`' {
+            let ticks = rest.chars().take_while(|&t| t == '`').count();
+            let after = &rest[ticks..];
+            if let Some(close) = find_closing_ticks(after, ticks) {
+                out.push_str(&rest[..ticks]);
+                escape_code(&after[..close], out);
+                out.push_str(&rest[..ticks]);
+                rest = &after[close + ticks..];
+            } else {
+                out.push_str(&rest[..ticks]);
+                rest = after;
+            }
+            continue;
+        }
+        let next = rest[c.len_utf8()..].chars().next();
+        if c == '\\' && next == Some('`') {
+            // An escaped backtick opens no code span.
+            out.push_str("\\`");
+            rest = &rest[2..];
+            continue;
+        }
+        match c {
+            '<' if next
+                .is_some_and(|n| n.is_ascii_alphabetic() || matches!(n, '/' | '!' | '?')) =>
+            {
+                out.push_str("&lt;");
+            }
+            '@' if next.is_some_and(is_name_char) => {
+                out.push('@');
+                out.push(ZWSP);
+            }
+            c => out.push(c),
+        }
+        rest = &rest[c.len_utf8()..];
+    }
+}
+
+/// Byte offset in `text` of a run of exactly `ticks` backticks.
+fn find_closing_ticks(text: &str, ticks: usize) -> Option<usize> {
+    let bytes = text.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'`' {
+            let run = bytes[i..].iter().take_while(|&&b| b == b'`').count();
+            if run == ticks {
+                return Some(i);
+            }
+            i += run;
+        } else {
+            i += 1;
+        }
+    }
+    None
+}
+
+/// Last line of defence for bodies we assemble: any line whose first non-blank character is
+/// `/` gets a zero-width space before it. Sanitised parts never trigger it; it exists so that a
+/// future formatting mistake cannot post a quick action.
+fn guard_quick_actions(body: String) -> String {
+    if !body.split('\n').any(|l| l.trim_start().starts_with('/')) {
+        return body;
+    }
+    body.split('\n')
+        .map(|line| {
+            let trimmed = line.trim_start();
+            if trimmed.starts_with('/') {
+                format!("{}{ZWSP}{trimmed}", &line[..line.len() - trimmed.len()])
+            } else {
+                line.to_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// A full commit SHA: 40 (SHA-1) or 64 (SHA-256) lower-case hex characters. Full length only, so
+/// that markers written by different code paths always compare equal.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct HeadSha(String);
+
+/// A string that is not a full commit SHA.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid commit SHA {0:?}: expected 40 or 64 hex characters")]
+pub struct InvalidHeadSha(pub String);
+
+impl HeadSha {
+    /// Parses a SHA, accepting upper case.
+    ///
+    /// # Errors
+    /// [`InvalidHeadSha`] unless the text is 40 or 64 hex characters.
+    pub fn parse(text: &str) -> Result<HeadSha, InvalidHeadSha> {
+        let valid = matches!(text.len(), 40 | 64) && text.bytes().all(|b| b.is_ascii_hexdigit());
+        if valid {
+            Ok(HeadSha(text.to_ascii_lowercase()))
+        } else {
+            Err(InvalidHeadSha(text.to_owned()))
+        }
+    }
+
+    /// The SHA's text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for HeadSha {
+    type Error = InvalidHeadSha;
+
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        HeadSha::parse(&value)
+    }
+}
+
+impl From<HeadSha> for String {
+    fn from(sha: HeadSha) -> String {
+        sha.0
+    }
+}
+
+impl fmt::Display for HeadSha {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// What a marked comment is.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MarkerKind {
+    /// The review's summary note.
+    Summary,
+    /// One finding's comment.
+    Finding(FindingKey),
+}
+
+/// The hidden identity of a comment we posted:
+/// `<!-- reviewq:v1 type=security head=<sha> finding=<key> -->` or
+/// `<!-- reviewq:v1 type=general head=<sha> summary -->`.
+///
+/// The wiring layer lists the MR's notes, reads markers back with [`find_marker`] and skips
+/// anything already posted for the same head commit. Sanitised model text can never contain a
+/// marker, but any user can type one, so matches should also be checked against the bot's
+/// username.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Marker {
+    /// The review type that produced the comment.
+    pub review_type: ReviewType,
+    /// The MR head commit the review was of.
+    pub head_sha: HeadSha,
+    /// Summary or which finding.
+    pub kind: MarkerKind,
+}
+
+const MARKER_OPEN: &str = "<!-- reviewq:v1 ";
+const MARKER_CLOSE: &str = " -->";
+
+impl fmt::Display for Marker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{MARKER_OPEN}type={} head={} ",
+            self.review_type, self.head_sha
+        )?;
+        match &self.kind {
+            MarkerKind::Summary => f.write_str("summary")?,
+            MarkerKind::Finding(key) => write!(f, "finding={key}")?,
+        }
+        f.write_str(MARKER_CLOSE)
+    }
+}
+
+/// The first well-formed marker in a note body, if any.
+pub fn find_marker(body: &str) -> Option<Marker> {
+    body.match_indices(MARKER_OPEN).find_map(|(start, _)| {
+        let rest = &body[start + MARKER_OPEN.len()..];
+        let end = rest.find(MARKER_CLOSE)?;
+        parse_marker_fields(&rest[..end])
+    })
+}
+
+fn parse_marker_fields(fields: &str) -> Option<Marker> {
+    let mut review_type = None;
+    let mut head_sha = None;
+    let mut kind = None;
+    for field in fields.split(' ') {
+        match field.split_once('=') {
+            Some(("type", v)) => review_type = v.parse().ok(),
+            Some(("head", v)) => head_sha = HeadSha::parse(v).ok(),
+            Some(("finding", v)) => kind = FindingKey::parse(v).ok().map(MarkerKind::Finding),
+            None if field == "summary" => kind = Some(MarkerKind::Summary),
+            _ => return None,
+        }
+    }
+    Some(Marker {
+        review_type: review_type?,
+        head_sha: head_sha?,
+        kind: kind?,
+    })
+}
+
+fn severity_badge(severity: Severity) -> &'static str {
+    match severity {
+        Severity::Critical => "🔴 Critical",
+        Severity::Major => "🟠 Major",
+        Severity::Minor => "🟡 Minor",
+        Severity::Info => "🔵 Info",
+    }
+}
+
+/// The body of one inline discussion: severity and title, the explanation, the suggestion (as a
+/// GitLab ```` ```suggestion:-0+0 ```` block when it can be applied safely, as plain code
+/// otherwise), and the marker.
+pub fn inline_comment(finding: &Finding, position: &Position, marker: &Marker) -> String {
+    let mut body = format!(
+        "**{}:** {}",
+        severity_badge(finding.severity),
+        sanitize_inline(&finding.title, MAX_TITLE_CHARS)
+    );
+    let explanation = sanitize(&finding.body, MAX_BODY_CHARS);
+    if !explanation.is_empty() {
+        body.push_str("\n\n");
+        body.push_str(&explanation);
+    }
+    if let Some(code) = &finding.suggestion {
+        body.push_str("\n\n");
+        body.push_str(&suggestion_block(code, finding, position));
+    }
+    body.push_str("\n\n");
+    body.push_str(&marker.to_string());
+    guard_quick_actions(body)
+}
+
+/// Why a suggestion is shown as plain code rather than as an applicable GitLab suggestion.
+fn suggestion_obstacle(code: &str, finding: &Finding, position: &Position) -> Option<&'static str> {
+    if position.new_line.is_none() {
+        return Some("it is about a removed line");
+    }
+    if finding.line_end.is_some() {
+        return Some("it spans several lines");
+    }
+    if code.chars().count() > MAX_SUGGESTION_CHARS || code.lines().count() > MAX_SUGGESTION_LINES {
+        return Some("it is too long");
+    }
+    if code.lines().any(|l| l.trim_start().starts_with('/')) {
+        return Some("some lines start with `/`, which GitLab could run as quick actions");
+    }
+    if code.contains("<!--") || has_mass_mention(code) {
+        return Some("it contains text GitLab would interpret");
+    }
+    None
+}
+
+/// `@all`, `@here`, `@channel` or `@everyone` as a whole word, in any case.
+fn has_mass_mention(text: &str) -> bool {
+    text.match_indices('@').any(|(i, _)| {
+        let word: String = text[i + 1..]
+            .chars()
+            .take_while(|&c| is_name_char(c))
+            .collect::<String>()
+            .to_lowercase();
+        matches!(word.as_str(), "all" | "here" | "channel" | "everyone")
+    })
+}
+
+fn suggestion_block(raw: &str, finding: &Finding, position: &Position) -> String {
+    let code = normalise_text(raw);
+    let code = code
+        .trim_end_matches(['\n', ' ', '\t'])
+        .trim_start_matches('\n');
+    let fence = "`".repeat(longest_run(code, '`').max(2) + 1);
+    match suggestion_obstacle(code, finding, position) {
+        None => format!("{fence}suggestion:-0+0\n{code}\n{fence}"),
+        Some(reason) => {
+            let (kept, _) = truncate_chars(code, MAX_SUGGESTION_CHARS);
+            format!(
+                "Suggested code (not offered as a one-click suggestion: {reason}):\n\n{}",
+                sanitize(
+                    &format!("{fence}\n{kept}\n{fence}"),
+                    MAX_SUGGESTION_CHARS + 64
+                )
+            )
+        }
+    }
+}
+
+/// A finding that goes to the summary instead of an inline discussion.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnanchoredFinding {
+    /// The finding.
+    pub finding: Finding,
+    /// Why it is not inline.
+    pub reason: UnanchoredReason,
+}
+
+/// A chunk whose review failed for good (after retries).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FailedChunk {
+    /// 0-based chunk index.
+    pub index: usize,
+    /// Chunks in the plan.
+    pub total: usize,
+    /// Paths of the files in the chunk.
+    pub paths: Vec<String>,
+    /// What went wrong, for humans (e.g. "the model's answer contains no JSON object").
+    pub reason: String,
+}
+
+/// Everything the summary note reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SummaryReport {
+    /// The review type.
+    pub review_type: ReviewType,
+    /// The reviewed head commit.
+    pub head_sha: HeadSha,
+    /// The model's summary of each successfully reviewed chunk, in chunk order.
+    pub chunk_summaries: Vec<String>,
+    /// Severities of the findings posted inline (for the counts).
+    pub inline_severities: Vec<Severity>,
+    /// Findings that could not be posted inline.
+    pub unanchored: Vec<UnanchoredFinding>,
+    /// Files not reviewed.
+    pub skipped: Vec<SkippedFile>,
+    /// Chunks that could not be reviewed.
+    pub failed_chunks: Vec<FailedChunk>,
+    /// Findings the answer parser dropped (malformed, or over the cap).
+    pub dropped_findings: usize,
+}
+
+/// The body of the review's summary note.
+pub fn summary_note(report: &SummaryReport) -> String {
+    let mut body = format!("## reviewq: {} review\n", report.review_type);
+
+    let mut summaries_left = MAX_SUMMARIES_CHARS;
+    let mut omitted_summaries = 0;
+    for summary in &report.chunk_summaries {
+        if summary.trim().is_empty() {
+            continue;
+        }
+        if summaries_left == 0 {
+            omitted_summaries += 1;
+            continue;
+        }
+        let cap = MAX_CHUNK_SUMMARY_CHARS.min(summaries_left);
+        summaries_left -= summary.chars().count().min(cap);
+        let _ = write!(body, "\n{}\n", sanitize(summary, cap));
+    }
+    if omitted_summaries > 0 {
+        let _ = write!(
+            body,
+            "\n_({omitted_summaries} more part summaries not shown.)_\n"
+        );
+    }
+
+    body.push('\n');
+    body.push_str(&counts_line(report));
+    body.push('\n');
+
+    if !report.unanchored.is_empty() {
+        let _ = write!(
+            body,
+            "\n### Findings not attached to a line ({})\n",
+            report.unanchored.len()
+        );
+        for item in report.unanchored.iter().take(MAX_LISTED_FINDINGS) {
+            body.push_str(&unanchored_entry(item));
+        }
+        more(
+            &mut body,
+            report.unanchored.len(),
+            MAX_LISTED_FINDINGS,
+            "findings",
+        );
+    }
+
+    if !report.skipped.is_empty() {
+        let _ = write!(
+            body,
+            "\n### Files not reviewed ({})\n\n",
+            report.skipped.len()
+        );
+        for file in report.skipped.iter().take(MAX_LISTED_FILES) {
+            let _ = writeln!(
+                body,
+                "- {}: {}",
+                code_span(&file.path, MAX_PATH_CHARS),
+                sanitize_inline(&file.reason.to_string(), MAX_REASON_CHARS)
+            );
+        }
+        more(&mut body, report.skipped.len(), MAX_LISTED_FILES, "files");
+    }
+
+    if !report.failed_chunks.is_empty() {
+        let _ = write!(
+            body,
+            "\n### Parts that could not be reviewed ({})\n\n",
+            report.failed_chunks.len()
+        );
+        for chunk in report.failed_chunks.iter().take(MAX_LISTED_CHUNKS) {
+            let paths: Vec<String> = chunk
+                .paths
+                .iter()
+                .take(10)
+                .map(|p| code_span(p, MAX_PATH_CHARS))
+                .collect();
+            let extra = chunk.paths.len().saturating_sub(paths.len());
+            let extra = if extra > 0 {
+                format!(" and {extra} more")
+            } else {
+                String::new()
+            };
+            let _ = writeln!(
+                body,
+                "- Part {} of {} ({}{extra}): {}",
+                chunk.index.saturating_add(1),
+                chunk.total,
+                paths.join(", "),
+                sanitize_inline(&chunk.reason, MAX_REASON_CHARS)
+            );
+        }
+        more(
+            &mut body,
+            report.failed_chunks.len(),
+            MAX_LISTED_CHUNKS,
+            "parts",
+        );
+    }
+
+    if report.dropped_findings > 0 {
+        let _ = write!(
+            body,
+            "\n_{} malformed or excess findings in the model's answers were ignored._\n",
+            report.dropped_findings
+        );
+    }
+
+    let marker = Marker {
+        review_type: report.review_type,
+        head_sha: report.head_sha.clone(),
+        kind: MarkerKind::Summary,
+    };
+    let _ = write!(body, "\n{marker}");
+    guard_quick_actions(body)
+}
+
+fn counts_line(report: &SummaryReport) -> String {
+    let severities = report
+        .inline_severities
+        .iter()
+        .copied()
+        .chain(report.unanchored.iter().map(|u| u.finding.severity));
+    let mut counts = [0usize; Severity::ALL.len()];
+    for severity in severities {
+        if let Some(i) = Severity::ALL.iter().position(|&s| s == severity) {
+            counts[i] += 1;
+        }
+    }
+    if counts.iter().all(|&n| n == 0) {
+        return "**Findings:** none.".to_owned();
+    }
+    let parts: Vec<String> = Severity::ALL
+        .iter()
+        .zip(counts)
+        .map(|(s, n)| format!("{n} {s}"))
+        .collect();
+    format!(
+        "**Findings:** {} ({} inline, {} listed below).",
+        parts.join(" · "),
+        report.inline_severities.len(),
+        report.unanchored.len()
+    )
+}
+
+fn unanchored_entry(item: &UnanchoredFinding) -> String {
+    let finding = &item.finding;
+    let location = match (finding.path.trim(), finding.line.or(finding.old_line)) {
+        ("", _) => "no file".to_owned(),
+        (path, None) => code_span(path, MAX_PATH_CHARS),
+        (path, Some(line)) => format!("{} line {line}", code_span(path, MAX_PATH_CHARS)),
+    };
+    let mut entry = format!(
+        "\n#### {}: {}\n\n{location} (not attached: {})\n",
+        severity_badge(finding.severity),
+        sanitize_inline(&finding.title, MAX_TITLE_CHARS),
+        sanitize_inline(&item.reason.to_string(), MAX_REASON_CHARS)
+    );
+    let explanation = sanitize(&finding.body, MAX_SUMMARY_BODY_CHARS);
+    if !explanation.is_empty() {
+        let _ = write!(entry, "\n{explanation}\n");
+    }
+    entry
+}
+
+fn more(body: &mut String, total: usize, shown: usize, what: &str) {
+    if total > shown {
+        let _ = write!(
+            body,
+            "\n_...and {} more {what} not listed._\n",
+            total - shown
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::review::{anchor::Anchor, skip::SkipReason};
+
+    const SHA: &str = "0123456789abcdef0123456789abcdef01234567";
+
+    fn head() -> HeadSha {
+        HeadSha::parse(SHA).expect("valid sha")
+    }
+
+    fn lines_start_safely(text: &str) -> bool {
+        text.split('\n').all(|l| !l.trim_start().starts_with('/'))
+    }
+
+    fn finding(body: &str, suggestion: Option<&str>) -> Finding {
+        Finding {
+            path: "src/app.rs".into(),
+            line: Some(11),
+            line_end: None,
+            old_line: None,
+            severity: Severity::Major,
+            title: "Unchecked input".into(),
+            body: body.into(),
+            suggestion: suggestion.map(str::to_owned),
+        }
+    }
+
+    fn added(line: u32) -> Position {
+        Position {
+            old_path: "src/app.rs".into(),
+            new_path: "src/app.rs".into(),
+            old_line: None,
+            new_line: Some(line),
+        }
+    }
+
+    fn marker_for(finding: &Finding, position: &Position) -> Marker {
+        Marker {
+            review_type: ReviewType::General,
+            head_sha: head(),
+            kind: MarkerKind::Finding(FindingKey::derive(
+                ReviewType::General,
+                finding,
+                &Anchor::Inline(position.clone()),
+            )),
+        }
+    }
+
+    #[test]
+    fn quick_actions_in_prose_are_escaped_with_a_backslash() {
+        let out = sanitize("Looks good.\n/merge\n  /approve now", 1000);
+        assert_eq!(out, "Looks good.\n\\/merge\n  \\/approve now");
+    }
+
+    #[test]
+    fn quick_actions_in_code_are_escaped_with_a_zero_width_space() {
+        let out = sanitize("```rust\n// comment\n```\n    /close", 1000);
+        assert_eq!(out, "```rust\n\u{200b}// comment\n```\n    \u{200b}/close");
+    }
+
+    #[test]
+    fn lone_carriage_returns_and_unicode_separators_cannot_hide_a_quick_action() {
+        for text in [
+            "ok\r/merge",
+            "ok\u{2028}/merge",
+            "ok\u{85}/merge",
+            "ok\r\n/merge",
+        ] {
+            let out = sanitize(text, 1000);
+            assert!(lines_start_safely(&out), "{out:?}");
+            assert!(!out.contains('\r'));
+        }
+    }
+
+    #[test]
+    fn mentions_are_neutralised_but_emails_and_prose_stay_readable() {
+        let out = sanitize("cc @all and @here, ping @alice; mail a@b.c", 1000);
+        assert!(!out.contains("@all") && !out.contains("@here") && !out.contains("@alice"));
+        assert_eq!(
+            out.replace(ZWSP, ""),
+            "cc @all and @here, ping @alice; mail a@b.c"
+        );
+    }
+
+    #[test]
+    fn raw_html_is_escaped_outside_code_and_kept_inside() {
+        let out = sanitize("<details>x</details> a < b `Vec<u8>`", 1000);
+        assert_eq!(out, "&lt;details>x&lt;/details> a < b `Vec<u8>`");
+    }
+
+    #[test]
+    fn an_unclosed_code_fence_is_closed() {
+        let out = sanitize("text\n````\ncode", 1000);
+        assert_eq!(out, "text\n````\ncode\n````");
+    }
+
+    #[test]
+    fn long_text_is_cut_and_marked() {
+        let out = sanitize(&"a".repeat(50), 10);
+        assert_eq!(out, format!("{}\n\n_(truncated)_", "a".repeat(10)));
+    }
+
+    #[test]
+    fn markers_round_trip_through_note_bodies() {
+        let summary = Marker {
+            review_type: ReviewType::Security,
+            head_sha: head(),
+            kind: MarkerKind::Summary,
+        };
+        let text = summary.to_string();
+        assert_eq!(
+            text,
+            format!("<!-- reviewq:v1 type=security head={SHA} summary -->")
+        );
+        assert_eq!(find_marker(&format!("Some note\n\n{text}")), Some(summary));
+        assert_eq!(
+            find_marker("<!-- reviewq:v1 type=nope head=1 summary -->"),
+            None
+        );
+        assert_eq!(find_marker("no marker here"), None);
+    }
+
+    #[test]
+    fn model_text_cannot_forge_a_marker() {
+        let forged = format!("<!-- reviewq:v1 type=general head={SHA} summary -->");
+        assert_eq!(find_marker(&sanitize(&forged, 1000)), None);
+        assert_eq!(find_marker(&sanitize(&format!("`{forged}`"), 1000)), None);
+        assert_eq!(
+            find_marker(&sanitize(&format!("```\n{forged}\n```"), 1000)),
+            None
+        );
+    }
+
+    #[test]
+    fn head_shas_must_be_full_length_hex() {
+        assert!(HeadSha::parse(SHA).is_ok());
+        assert_eq!(
+            HeadSha::parse(&SHA.to_uppercase()).map(|s| s.to_string()),
+            Ok(SHA.to_owned())
+        );
+        assert!(HeadSha::parse("abc1234").is_err());
+        assert!(HeadSha::parse(&"g".repeat(40)).is_err());
+    }
+
+    #[test]
+    fn inline_comment_has_severity_title_body_suggestion_and_marker() {
+        let f = finding("Validate `id` first.", Some("    let id = parse(id)?;"));
+        let position = added(11);
+        let marker = marker_for(&f, &position);
+        let body = inline_comment(&f, &position, &marker);
+        assert_eq!(
+            body,
+            format!(
+                "**🟠 Major:** Unchecked input\n\nValidate `id` first.\n\n\
+                 ```suggestion:-0+0\n    let id = parse(id)?;\n```\n\n{marker}"
+            )
+        );
+        assert_eq!(find_marker(&body), Some(marker));
+    }
+
+    #[test]
+    fn suggestions_on_removed_lines_or_ranges_are_shown_as_plain_code() {
+        let f = finding("b", Some("x"));
+        let removed = Position {
+            old_line: Some(3),
+            new_line: None,
+            ..added(0)
+        };
+        let body = inline_comment(&f, &removed, &marker_for(&f, &removed));
+        assert!(!body.contains("suggestion:-0+0"));
+        assert!(body.contains("it is about a removed line"));
+
+        let mut ranged = finding("b", Some("x"));
+        ranged.line_end = Some(20);
+        let body = inline_comment(&ranged, &added(11), &marker_for(&ranged, &added(11)));
+        assert!(body.contains("it spans several lines"));
+    }
+
+    #[test]
+    fn suggestions_with_slash_lines_are_not_applicable_and_are_escaped() {
+        let f = finding("b", Some("// explain\nlet x = 1;"));
+        let body = inline_comment(&f, &added(11), &marker_for(&f, &added(11)));
+        assert!(!body.contains("suggestion:-0+0"));
+        assert!(lines_start_safely(&body), "{body}");
+    }
+
+    #[test]
+    fn suggestions_containing_backtick_fences_get_a_longer_fence() {
+        let f = finding("b", Some("let s = \"```\";"));
+        let body = inline_comment(&f, &added(11), &marker_for(&f, &added(11)));
+        assert!(
+            body.contains("````suggestion:-0+0\nlet s = \"```\";\n````"),
+            "{body}"
+        );
+    }
+
+    fn report() -> SummaryReport {
+        SummaryReport {
+            review_type: ReviewType::General,
+            head_sha: head(),
+            chunk_summaries: vec!["Adds a query path.".into(), "/merge @all".into()],
+            inline_severities: vec![Severity::Critical, Severity::Minor],
+            unanchored: vec![UnanchoredFinding {
+                finding: finding("Explain.\n/close", None),
+                reason: UnanchoredReason::LineNotInDiff {
+                    line: Some(11),
+                    old_line: None,
+                },
+            }],
+            skipped: vec![
+                SkippedFile {
+                    path: "Cargo.lock".into(),
+                    reason: SkipReason::LockFile,
+                },
+                SkippedFile {
+                    path: "evil\n/merge @all".into(),
+                    reason: SkipReason::Binary,
+                },
+            ],
+            failed_chunks: vec![FailedChunk {
+                index: 1,
+                total: 3,
+                paths: vec!["src/a.rs".into()],
+                reason: "the model's answer contains no JSON object".into(),
+            }],
+            dropped_findings: 2,
+        }
+    }
+
+    #[test]
+    fn summary_note_lists_counts_unanchored_skipped_and_failed_parts() {
+        let body = summary_note(&report());
+        assert!(body.starts_with("## reviewq: general review\n\nAdds a query path.\n"));
+        assert!(body.contains(
+            "**Findings:** 1 critical · 1 major · 1 minor · 0 info (2 inline, 1 listed below)."
+        ));
+        assert!(body.contains("#### 🟠 Major: Unchecked input"));
+        assert!(body.contains("(not attached: line 11 is not part of the diff)"));
+        assert!(body.contains("- `Cargo.lock`: lock file"));
+        assert!(
+            body.contains("- Part 2 of 3 (`src/a.rs`): the model's answer contains no JSON object")
+        );
+        assert!(body.contains("2 malformed or excess findings"));
+        assert!(lines_start_safely(&body), "{body}");
+        assert!(!body.contains("@all"));
+        assert_eq!(
+            find_marker(&body),
+            Some(Marker {
+                review_type: ReviewType::General,
+                head_sha: head(),
+                kind: MarkerKind::Summary
+            })
+        );
+    }
+
+    #[test]
+    fn summary_of_a_huge_review_stays_bounded() {
+        let mut big = report();
+        big.skipped = (0..10_000)
+            .map(|i| SkippedFile {
+                path: format!("gen/file{i}.rs"),
+                reason: SkipReason::ChunkLimit { max_chunks: 50 },
+            })
+            .collect();
+        big.unanchored = vec![big.unanchored[0].clone(); 1_000];
+        big.chunk_summaries = vec!["x".repeat(10_000); 100];
+        let body = summary_note(&big);
+        assert!(body.len() < 300_000, "{}", body.len());
+        assert!(body.contains("...and 9800 more files not listed."));
+        assert!(body.contains("...and 950 more findings not listed."));
+    }
+
+    #[test]
+    fn a_review_without_findings_says_so() {
+        let mut empty = report();
+        empty.inline_severities.clear();
+        empty.unanchored.clear();
+        assert!(summary_note(&empty).contains("**Findings:** none."));
+    }
+
+    proptest! {
+        #[test]
+        fn sanitised_text_never_starts_a_line_with_a_slash_or_mass_mentions(
+            text in "([ \t/@`~<!\r\n\u{2028}a-zA-Z]|all|here|/merge|```|    ){0,60}",
+        ) {
+            let out = sanitize(&text, 10_000);
+            prop_assert!(lines_start_safely(&out), "{:?}", out);
+            let lower = out.to_lowercase();
+            for mention in ["@all", "@here", "@channel"] {
+                prop_assert!(!lower.contains(mention), "{:?}", out);
+            }
+            prop_assert!(find_marker(&out).is_none());
+        }
+
+        #[test]
+        fn sanitising_arbitrary_text_is_safe(text in any::<String>(), max in 0usize..200) {
+            for out in [sanitize(&text, max), sanitize_inline(&text, max)] {
+                prop_assert!(lines_start_safely(&out));
+                prop_assert!(!out.to_lowercase().contains("@all"));
+                prop_assert!(!out.contains('\r'));
+            }
+        }
+
+        #[test]
+        fn inline_comments_always_carry_exactly_their_own_marker(
+            title in any::<String>(),
+            body in any::<String>(),
+            suggestion in proptest::option::of(any::<String>()),
+            line_end in proptest::option::of(1u32..100),
+        ) {
+            let mut f = finding(&body, suggestion.as_deref());
+            f.title = title;
+            f.line_end = line_end;
+            let position = added(11);
+            let marker = marker_for(&f, &position);
+            let out = inline_comment(&f, &position, &marker);
+            prop_assert!(lines_start_safely(&out), "{:?}", out);
+            prop_assert_eq!(find_marker(&out), Some(marker));
+        }
+    }
+}
