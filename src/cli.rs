@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     bench,
-    config::DbArgs,
+    config::{DbArgs, GitLabArgs, LlmArgs},
     jobs::{Dispatcher, review},
     mr_ref::parse_refs,
     queue::{AttemptRow, ChildCounts, JobId, JobRow, Queue, RetryPolicy, Worker, WorkerConfig},
@@ -44,6 +44,9 @@ pub enum Command {
     Enqueue(EnqueueArgs),
     /// Claim and run jobs until SIGINT/SIGTERM.
     Worker(WorkerArgs),
+    /// One-shot (CI): enqueue reviews, then work them in this process until they end;
+    /// exit 0 only if all succeeded.
+    Review(ReviewCommandArgs),
     /// Job states, attempts, errors and per-chunk progress.
     Status(StatusArgs),
     /// Run a failed or cancelled job again (or a waiting one now).
@@ -80,9 +83,43 @@ pub struct EnqueueArgs {
     )]
     pub priority: i16,
 
-    /// The GitLab instance; URL refs must point at it.
-    #[arg(long, env = "GITLAB_URL", default_value = "https://gitlab.com")]
-    pub gitlab_url: url::Url,
+    /// Show progress until the jobs end (exit 0 only if all succeeded).
+    #[arg(long)]
+    pub wait: bool,
+
+    #[command(flatten)]
+    pub gitlab: GitLabArgs,
+}
+
+/// Arguments of `review`.
+#[derive(Debug, Args)]
+pub struct ReviewCommandArgs {
+    /// Merge requests: PROJECT:IID, PROJECT!IID or a merge request URL; comma-separated
+    /// lists are accepted too.
+    #[arg(required = true, value_name = "REF")]
+    pub refs: Vec<String>,
+
+    #[command(flatten)]
+    pub review: review::ReviewOptions,
+
+    /// Priority: higher runs first.
+    #[arg(
+        long,
+        env = "REVIEWQ_PRIORITY",
+        default_value_t = 0,
+        allow_negative_numbers = true
+    )]
+    pub priority: i16,
+
+    /// Jobs run at once by this process (chunks of the reviews).
+    #[arg(long, env = "REVIEWQ_CONCURRENCY", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub concurrency: u32,
+
+    #[command(flatten)]
+    pub gitlab: GitLabArgs,
+
+    #[command(flatten)]
+    pub llm: LlmArgs,
 }
 
 /// Arguments of `worker`.
@@ -95,10 +132,6 @@ pub struct WorkerArgs {
     /// Exit once no job is queued, running or waiting for a retry.
     #[arg(long, env = "REVIEWQ_EXIT_WHEN_IDLE")]
     pub exit_when_idle: bool,
-
-    /// Most LLM requests in flight across all workers sharing the database.
-    #[arg(long, env = "GLM_CONCURRENT_REQUESTS", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=10_000))]
-    pub glm_concurrent_requests: u32,
 
     /// Seconds a claim stays valid without a heartbeat; a killed worker's jobs run again
     /// after about this long.
@@ -117,6 +150,12 @@ pub struct WorkerArgs {
     /// Days finished jobs are kept before they are deleted (the LLM ledger is kept).
     #[arg(long, env = "REVIEWQ_RETENTION_DAYS", default_value_t = 14, value_parser = clap::value_parser!(u64).range(1..=3650))]
     pub retention_days: u64,
+
+    #[command(flatten)]
+    pub gitlab: GitLabArgs,
+
+    #[command(flatten)]
+    pub llm: LlmArgs,
 }
 
 /// Arguments of `status`.
@@ -149,6 +188,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Enqueue(args) => enqueue(&cli.db, args).await,
         Command::Worker(args) => worker(&cli.db, args).await,
+        Command::Review(args) => crate::oneshot::run(&cli.db, args).await,
         Command::Status(args) => status(&cli.db, args).await,
         Command::Retry { id } => {
             let queue = Queue::new(cli.db.pool(2).await?);
@@ -178,37 +218,83 @@ fn state_error(err: crate::queue::Error) -> anyhow::Error {
 
 async fn enqueue(db: &DbArgs, args: EnqueueArgs) -> anyhow::Result<ExitCode> {
     // Validate everything before touching the database.
-    let refs = parse_refs(&args.refs).map_err(|e| UsageError(e.to_string()))?;
-    let gitlab_host = args.gitlab_url.host_str().unwrap_or_default().to_owned();
-    let gitlab_host = match args.gitlab_url.port() {
-        Some(port) => format!("{gitlab_host}:{port}"),
-        None => gitlab_host,
-    };
-    for r in &refs {
-        if let Some(host) = r.host.as_deref().filter(|h| *h != gitlab_host) {
-            return Err(UsageError(format!(
-                "merge request {r} is on {host}, but GITLAB_URL is {}: set GITLAB_URL to that instance",
-                args.gitlab_url
-            ))
-            .into());
+    let refs = parse_checked_refs(&args.refs, &args.gitlab)?;
+    let pool = db.pool(2).await?;
+    let ids = enqueue_reviews(&pool, refs, &args.review, args.priority).await?;
+    {
+        let mut out = std::io::stdout().lock();
+        for id in &ids {
+            writeln!(out, "{id}")?;
         }
     }
-    let pool = db.pool(2).await?;
-    let mut tx = pool.begin().await?;
-    let mut ids = Vec::with_capacity(refs.len());
-    for r in refs {
-        let job = review::ReviewArgs::new(r, &args.review).job(args.priority);
-        ids.push(Queue::enqueue(&mut *tx, &job).await?.id());
-    }
-    tx.commit().await.context("could not commit the new jobs")?;
-    let mut out = std::io::stdout().lock();
-    for id in ids {
-        writeln!(out, "{id}")?;
+    if args.wait {
+        let all_ok = crate::oneshot::wait_for(&Queue::new(pool), &ids).await?;
+        return Ok(if all_ok {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(1)
+        });
     }
     Ok(ExitCode::SUCCESS)
 }
 
+/// Parses REF arguments and checks that URL refs point at the configured GitLab.
+///
+/// # Errors
+/// A usage error naming the bad reference.
+pub fn parse_checked_refs(
+    refs: &[String],
+    gitlab: &GitLabArgs,
+) -> Result<Vec<crate::mr_ref::MrRef>, UsageError> {
+    let refs = parse_refs(refs).map_err(|e| UsageError(e.to_string()))?;
+    let gitlab_host = gitlab.host();
+    for r in &refs {
+        if let Some(host) = r.host.as_deref().filter(|h| *h != gitlab_host) {
+            return Err(UsageError(format!(
+                "merge request {r} is on {host}, but GITLAB_URL is {}: set GITLAB_URL to that instance",
+                gitlab.gitlab_url
+            )));
+        }
+    }
+    Ok(refs)
+}
+
+/// Inserts one review job per MR in one transaction; returns their ids (an unfinished
+/// identical review is reused).
+///
+/// # Errors
+/// Database errors.
+pub async fn enqueue_reviews(
+    pool: &sqlx::PgPool,
+    refs: Vec<crate::mr_ref::MrRef>,
+    options: &review::ReviewOptions,
+    priority: i16,
+) -> anyhow::Result<Vec<JobId>> {
+    let mut tx = pool.begin().await?;
+    let mut ids = Vec::with_capacity(refs.len());
+    for r in refs {
+        let job = review::ReviewArgs::new(r, options).job(priority);
+        ids.push(Queue::enqueue(&mut *tx, &job).await?.id());
+    }
+    tx.commit().await.context("could not commit the new jobs")?;
+    Ok(ids)
+}
+
+/// Builds the review dependencies from the settings.
+///
+/// # Errors
+/// A usage error naming a missing or invalid setting.
+pub fn review_deps(gitlab: &GitLabArgs, llm: &LlmArgs) -> Result<review::ReviewDeps, UsageError> {
+    Ok(review::ReviewDeps {
+        gitlab: gitlab.client()?,
+        llm: llm.client()?,
+        budget: llm.budget()?,
+        chunk_timeout: Duration::from_secs(llm.chunk_timeout),
+    })
+}
+
 async fn worker(db: &DbArgs, args: WorkerArgs) -> anyhow::Result<ExitCode> {
+    let deps = review_deps(&args.gitlab, &args.llm)?;
     let pool = db.pool(args.concurrency / 2 + 5).await?;
     let lease = Duration::from_secs(args.lease_secs);
     let config = WorkerConfig {
@@ -220,9 +306,9 @@ async fn worker(db: &DbArgs, args: WorkerArgs) -> anyhow::Result<ExitCode> {
         retention: Duration::from_secs(args.retention_days * 24 * 3600),
         retry: RetryPolicy::default(),
         exit_when_idle: args.exit_when_idle,
-        limits: vec![(LLM_RESOURCE.to_owned(), args.glm_concurrent_requests)],
+        limits: vec![(LLM_RESOURCE.to_owned(), args.llm.glm_concurrent_requests)],
     };
-    let worker = Worker::new(Queue::new(pool), Dispatcher::new(), config);
+    let worker = Worker::new(Queue::new(pool), Dispatcher::with_review(deps), config);
     let token = CancellationToken::new();
     shutdown::on_signal(token.clone());
     worker.run(token).await?;

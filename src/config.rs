@@ -86,3 +86,133 @@ pub fn redact_error(message: &str, secret: &str) -> String {
         message.replace(secret, "[redacted]")
     }
 }
+
+/// Where GitLab is and how to reach it.
+#[derive(Debug, Clone, Args)]
+pub struct GitLabArgs {
+    /// The GitLab instance.
+    #[arg(long, env = "GITLAB_URL", default_value = "https://gitlab.com")]
+    pub gitlab_url: url::Url,
+
+    /// Token with `api` scope, sent as PRIVATE-TOKEN. Never printed.
+    #[arg(long, env = "GITLAB_TOKEN", hide_env_values = true)]
+    pub gitlab_token: Option<secrecy::SecretString>,
+
+    /// Seconds per GitLab request.
+    #[arg(long, env = "GITLAB_TIMEOUT", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub gitlab_timeout: u64,
+
+    /// Extra PEM CA certificate file for a self-hosted GitLab with a private CA.
+    #[arg(long, env = "GITLAB_CA_CERT")]
+    pub gitlab_ca_cert: Option<std::path::PathBuf>,
+}
+
+impl GitLabArgs {
+    /// The host (and port, if any) of the configured instance, as MR URLs name it.
+    pub fn host(&self) -> String {
+        let host = self.gitlab_url.host_str().unwrap_or_default();
+        match self.gitlab_url.port() {
+            Some(port) => format!("{host}:{port}"),
+            None => host.to_owned(),
+        }
+    }
+
+    /// Builds the client.
+    ///
+    /// # Errors
+    /// A usage error naming what is missing or invalid.
+    pub fn client(&self) -> Result<crate::gitlab::GitLabClient, UsageError> {
+        let token = self.gitlab_token.clone().ok_or_else(|| {
+            UsageError("GITLAB_TOKEN is not set: create a token with the `api` scope and set GITLAB_TOKEN (or --gitlab-token)".into())
+        })?;
+        let mut config = crate::gitlab::GitLabConfig::new(self.gitlab_url.clone(), token);
+        config.timeout = Duration::from_secs(self.gitlab_timeout);
+        if let Some(path) = &self.gitlab_ca_cert {
+            config.ca_cert_pem = Some(std::fs::read(path).map_err(|e| {
+                UsageError(format!(
+                    "cannot read GITLAB_CA_CERT {}: {e}",
+                    path.display()
+                ))
+            })?);
+        }
+        crate::gitlab::GitLabClient::new(config).map_err(|e| UsageError(e.to_string()))
+    }
+}
+
+/// The default LLM endpoint (Zhipu's BigModel, OpenAI-compatible).
+pub const DEFAULT_GLM_BASE_URL: &str = "https://open.bigmodel.cn/api/paas/v4";
+
+/// Which LLM endpoint and model to use.
+#[derive(Debug, Clone, Args)]
+pub struct LlmArgs {
+    /// Key for the LLM endpoint, sent as `Authorization: Bearer`. Never printed. Not
+    /// needed for a local Ollama or vLLM.
+    #[arg(long, env = "GLM_API_KEY", hide_env_values = true)]
+    pub glm_api_key: Option<secrecy::SecretString>,
+
+    /// OpenAI-compatible base URL; `/chat/completions` is appended.
+    #[arg(long, env = "GLM_BASE_URL", default_value = DEFAULT_GLM_BASE_URL)]
+    pub glm_base_url: url::Url,
+
+    /// Model name.
+    #[arg(long, env = "GLM_MODEL", default_value = crate::llm::DEFAULT_MODEL)]
+    pub glm_model: String,
+
+    /// Seconds per LLM request.
+    #[arg(long, env = "GLM_TIMEOUT", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub glm_timeout: u64,
+
+    /// Seconds one chunk may take in all, retries and waiting for a slot included.
+    #[arg(long, env = "CHUNK_TIMEOUT", default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub chunk_timeout: u64,
+
+    /// Most LLM requests in flight across all workers sharing the database.
+    #[arg(long, env = "GLM_CONCURRENT_REQUESTS", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub glm_concurrent_requests: u32,
+
+    /// Send `response_format: json_object` (turn off for servers that reject it).
+    #[arg(long, env = "GLM_JSON_MODE", default_value_t = true, action = clap::ArgAction::Set)]
+    pub glm_json_mode: bool,
+
+    /// Estimated prompt tokens per chunk (the rest of the context is left for the answer).
+    #[arg(long, env = "REVIEWQ_CHUNK_TOKENS", default_value_t = crate::review::chunk::DEFAULT_MAX_PROMPT_TOKENS)]
+    pub chunk_tokens: usize,
+}
+
+impl LlmArgs {
+    /// Builds the client.
+    ///
+    /// # Errors
+    /// A usage error naming what is missing or invalid.
+    pub fn client(&self) -> Result<crate::llm::LlmClient, UsageError> {
+        if self.glm_api_key.is_none()
+            && self.glm_base_url.as_str().trim_end_matches('/') == DEFAULT_GLM_BASE_URL
+        {
+            return Err(UsageError(
+                "GLM_API_KEY is not set: set it to your BigModel/Z.ai key (or point GLM_BASE_URL at a server that needs none, such as Ollama)".into(),
+            ));
+        }
+        if self.glm_model.trim().is_empty() {
+            return Err(UsageError(
+                "GLM_MODEL is empty: name a model such as glm-4.6".into(),
+            ));
+        }
+        let mut config = crate::llm::LlmConfig::new(
+            self.glm_base_url.clone(),
+            self.glm_api_key.clone(),
+            self.glm_model.clone(),
+        );
+        config.timeout = Duration::from_secs(self.glm_timeout);
+        config.json_mode = self.glm_json_mode;
+        crate::llm::LlmClient::new(config).map_err(|e| UsageError(e.to_string()))
+    }
+
+    /// The chunk budget.
+    ///
+    /// # Errors
+    /// A usage error when the budget is too small to hold a prompt.
+    pub fn budget(&self) -> Result<crate::review::ChunkBudget, UsageError> {
+        crate::review::ChunkBudget::new(self.chunk_tokens)
+            .map_err(|e| UsageError(format!("REVIEWQ_CHUNK_TOKENS={}: {e}", self.chunk_tokens)))
+    }
+}

@@ -7,6 +7,8 @@
 pub mod noop;
 pub mod review;
 
+use std::sync::Arc;
+
 use serde::de::DeserializeOwned;
 
 use crate::queue::{JobContext, JobError, JobHandler, JobResult};
@@ -17,6 +19,10 @@ pub enum JobKind {
     /// A job that does nothing (or sleeps, fails or holds a limit slot as told): for
     /// tests, benchmarks and checking a deployment.
     Noop(noop::NoopArgs),
+    /// Review a merge request.
+    Review(review::ReviewArgs),
+    /// Review one chunk of a merge request (a review's subtask).
+    ReviewChunk(review::ChunkArgs),
 }
 
 impl JobKind {
@@ -27,6 +33,8 @@ impl JobKind {
     pub fn parse(kind: &str, payload: &serde_json::Value) -> Result<Self, JobError> {
         match kind {
             noop::KIND => args(kind, payload).map(Self::Noop),
+            review::KIND => args(kind, payload).map(Self::Review),
+            review::CHUNK_KIND => args(kind, payload).map(Self::ReviewChunk),
             other => Err(JobError::fatal(format!(
                 "unknown job kind {other:?}: this worker version cannot run it"
             ))),
@@ -35,7 +43,7 @@ impl JobKind {
 }
 
 fn args<T: DeserializeOwned>(kind: &str, payload: &serde_json::Value) -> Result<T, JobError> {
-    serde_json::from_value(payload.clone())
+    T::deserialize(payload)
         .map_err(|e| JobError::fatal(format!("invalid payload for a {kind} job: {e}")))
 }
 
@@ -43,12 +51,28 @@ fn args<T: DeserializeOwned>(kind: &str, payload: &serde_json::Value) -> Result<
 #[derive(Debug, Clone, Default)]
 pub struct Dispatcher {
     http: reqwest::Client,
+    /// GitLab and LLM clients; `None` on a worker set up for no-op jobs only.
+    review: Option<Arc<review::ReviewDeps>>,
 }
 
 impl Dispatcher {
-    /// A dispatcher for every job kind.
+    /// A dispatcher that runs no-op jobs only (benchmarks, queue tests).
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A dispatcher for every job kind.
+    pub fn with_review(deps: review::ReviewDeps) -> Self {
+        Self {
+            http: reqwest::Client::new(),
+            review: Some(Arc::new(deps)),
+        }
+    }
+
+    fn review_deps(&self) -> Result<&review::ReviewDeps, JobError> {
+        self.review.as_deref().ok_or_else(|| {
+            JobError::fatal("this worker was started without GitLab and LLM settings")
+        })
     }
 }
 
@@ -56,6 +80,8 @@ impl JobHandler for Dispatcher {
     async fn handle(&self, ctx: JobContext) -> JobResult {
         match JobKind::parse(&ctx.job.kind, &ctx.job.payload)? {
             JobKind::Noop(args) => noop::run(&ctx, &self.http, args).await,
+            JobKind::Review(args) => review::run_review(&ctx, self.review_deps()?, args).await,
+            JobKind::ReviewChunk(args) => review::run_chunk(&ctx, self.review_deps()?, args).await,
         }
     }
 }

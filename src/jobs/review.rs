@@ -1,44 +1,68 @@
-//! The review job: its arguments, as producers enqueue them.
+//! The review pipeline on the queue: the one module that wires the queue, the GitLab and
+//! LLM clients, the ledger and the pure review domain together.
+//!
+//! A `review` job runs twice:
+//! 1. **Plan.** Fetch the MR's latest diff version, skip and chunk the files, and in one
+//!    transaction record the review, its chunks and one `review_chunk` child job per chunk;
+//!    the job then waits for its children.
+//! 2. **Post.** When the last chunk ends, anchor every finding, write the comments to the
+//!    outbox, post them (inline first, then one summary note) and finish.
+//!
+//! A `review_chunk` job renders its prompt and calls the LLM under the fleet-wide limit,
+//! recording every HTTP request in the ledger, and stores the answer together with its
+//! completion.
 
-use clap::{Args, ValueEnum};
+use std::{collections::HashMap, time::Duration};
+
+use clap::Args;
 use serde::{Deserialize, Serialize};
+use sqlx::PgPool;
 
 use crate::{
+    cli::LLM_RESOURCE,
+    disposition::Disposition,
+    gitlab::{self, DiffShas, GitLabClient, LineAnchor, ProjectRef},
+    ledger::{self, CallContext},
+    llm::{self, ChatRequest, LlmClient, Message},
     mr_ref::{MrRef, Project},
-    queue::NewJob,
+    queue::{Error as QueueError, JobContext, JobError, JobResult, NewJob, Outcome, Queue},
+    review::{
+        self, Anchor, Chunk, ChunkBudget, ChunkConfig, FileDiff, Finding, FindingKey, HeadSha,
+        Marker, MarkerKind, ParsedFile, ReviewType, Severity, SkippedFile, SummaryReport,
+        UnanchoredFinding, UnanchoredReason,
+        chunk::{DEFAULT_MAX_CHUNKS, split_in_two},
+        diff::Content,
+        render::FailedChunk,
+        skip::SkipRules,
+    },
 };
 
 /// The stable kind name of a merge-request review.
 pub const KIND: &str = "review";
+/// The stable kind name of one chunk of a review.
+pub const CHUNK_KIND: &str = "review_chunk";
 
-/// What the review looks for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum ReviewType {
-    /// Correctness, clarity and maintainability.
-    General,
-    /// Vulnerabilities and unsafe handling of input and secrets.
-    Security,
-    /// Algorithmic cost, allocations, queries and I/O.
-    Performance,
-}
-
-impl ReviewType {
-    /// The name as stored and shown.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::General => "general",
-            Self::Security => "security",
-            Self::Performance => "performance",
-        }
-    }
-}
+/// Attempts a review gets: each one re-reads the MR, and failing chunks have their own
+/// budgets, so a handful is plenty.
+const REVIEW_MAX_ATTEMPTS: i32 = 5;
+/// Attempts a chunk gets at the queue level. Each attempt also retries transient LLM
+/// errors itself (see [`LLM_TRIES_PER_ATTEMPT`]).
+const CHUNK_MAX_ATTEMPTS: i32 = 4;
+/// LLM requests one chunk attempt makes for transient errors (rate limit, overload, 5xx)
+/// before handing the retry to the queue's slower backoff.
+const LLM_TRIES_PER_ATTEMPT: u32 = 4;
+/// Answers that are not the JSON object asked for: retried once, then reported.
+const UNUSABLE_ANSWERS_TOLERATED: u32 = 1;
+/// A `Retry-After` longer than this is not slept inside the job: the job is rescheduled.
+const MAX_INLINE_WAIT: Duration = Duration::from_secs(20);
+/// Output cap per chunk answer: room for ten findings with suggestions.
+const MAX_ANSWER_TOKENS: u32 = 4096;
 
 /// Options shared by `enqueue` and `review`.
 #[derive(Debug, Clone, Args)]
 pub struct ReviewOptions {
-    /// What the review looks for.
-    #[arg(long, env = "REVIEWQ_REVIEW_TYPE", value_enum, default_value_t = ReviewType::General)]
+    /// What the review looks for: general, security or performance.
+    #[arg(long, env = "REVIEWQ_REVIEW_TYPE", default_value = "general")]
     pub review_type: ReviewType,
 
     /// Review, but post nothing: print the comments instead.
@@ -67,10 +91,6 @@ pub struct ReviewArgs {
     pub force: bool,
 }
 
-/// Attempts a review gets: each one re-reads the MR, and failing chunks have their own
-/// budgets, so a handful is plenty.
-const REVIEW_MAX_ATTEMPTS: i32 = 5;
-
 impl ReviewArgs {
     /// Arguments for reviewing `mr` with `options`.
     pub fn new(mr: MrRef, options: &ReviewOptions) -> Self {
@@ -96,9 +116,1057 @@ impl ReviewArgs {
         .max_attempts(REVIEW_MAX_ATTEMPTS)
         .dedupe_key(format!(
             "{KIND}:{}!{}:{}:{mode}",
-            self.project,
-            self.iid,
-            self.review_type.as_str()
+            self.project, self.iid, self.review_type
         ))
     }
+
+    fn project_ref(&self) -> Result<ProjectRef, JobError> {
+        self.project
+            .to_string()
+            .parse()
+            .map_err(|e| JobError::fatal(format!("invalid project {}: {e}", self.project)))
+    }
+}
+
+/// A chunk job's payload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkArgs {
+    /// The review.
+    pub review_id: i64,
+    /// Which chunk.
+    pub chunk_index: i32,
+}
+
+impl ChunkArgs {
+    fn job(self, priority: i16) -> NewJob {
+        NewJob::new(
+            CHUNK_KIND,
+            serde_json::to_value(self).expect("chunk args serialize"),
+        )
+        .priority(priority)
+        .max_attempts(CHUNK_MAX_ATTEMPTS)
+    }
+}
+
+/// What a review needs besides the queue: the two clients and their settings.
+#[derive(Debug, Clone)]
+pub struct ReviewDeps {
+    pub gitlab: GitLabClient,
+    pub llm: LlmClient,
+    /// Per-prompt token budget.
+    pub budget: ChunkBudget,
+    /// Longest a chunk may take in all (waiting for a slot and retries included).
+    pub chunk_timeout: Duration,
+}
+
+fn gitlab_error(err: gitlab::Error) -> JobError {
+    JobError::new(err.disposition(), err)
+}
+
+fn db(err: sqlx::Error) -> JobError {
+    JobError::retryable(format!("database error: {err}"))
+}
+
+// ---------------------------------------------------------------------------------------
+// The review job.
+
+/// The review row as the job needs it.
+#[derive(Debug, Clone)]
+struct ReviewRow {
+    id: i64,
+    state: String,
+    head_sha: String,
+    base_sha: String,
+    start_sha: String,
+    skipped: serde_json::Value,
+    chunk_count: i32,
+}
+
+/// Runs a review job (either phase).
+///
+/// # Errors
+/// Classified failures of GitLab, the database or the plan.
+pub async fn run_review(ctx: &JobContext, deps: &ReviewDeps, args: ReviewArgs) -> JobResult {
+    let pool = ctx.queue().pool().clone();
+    let existing = sqlx::query_as!(
+        ReviewRow,
+        r#"select id, state, head_sha, base_sha, start_sha, skipped, chunk_count
+           from reviews where job_id = $1"#,
+        ctx.job.id().get()
+    )
+    .fetch_optional(&pool)
+    .await
+    .map_err(db)?;
+    let review = match existing {
+        Some(review) => review,
+        None => match plan(ctx, deps, &args).await? {
+            Planned::Waiting => return Ok(Outcome::Settled),
+            Planned::AlreadyReviewed => return Ok(Outcome::Succeeded),
+            Planned::NothingToReview(review) => review,
+        },
+    };
+    if review.state == "reviewing" {
+        build_outbox(ctx, &args, &review).await?;
+    }
+    post(ctx, deps, &args, &review).await
+}
+
+enum Planned {
+    /// Chunk jobs were created; the review job waits for them.
+    Waiting,
+    /// This head was reviewed before (and `--force` was not given).
+    AlreadyReviewed,
+    /// Every file was skipped: go straight to posting the summary.
+    NothingToReview(ReviewRow),
+}
+
+fn to_review_diff(file: gitlab::DiffFile) -> FileDiff {
+    FileDiff {
+        old_path: file.old_path,
+        new_path: file.new_path,
+        a_mode: file.a_mode,
+        b_mode: file.b_mode,
+        diff: file.diff,
+        new_file: file.new_file,
+        renamed_file: file.renamed_file,
+        deleted_file: file.deleted_file,
+        generated_file: file.generated_file,
+        collapsed: file.collapsed,
+        too_large: file.too_large,
+    }
+}
+
+async fn plan(ctx: &JobContext, deps: &ReviewDeps, args: &ReviewArgs) -> Result<Planned, JobError> {
+    let project = args.project_ref()?;
+    let (mr, _) = deps
+        .gitlab
+        .merge_request_with_diff_refs(&project, args.iid)
+        .await
+        .map_err(gitlab_error)?;
+    let version = deps
+        .gitlab
+        .latest_version(&project, args.iid)
+        .await
+        .map_err(gitlab_error)?;
+    let shas = DiffShas::from(&version);
+    let pool = ctx.queue().pool();
+    let review_type = args.review_type.as_str();
+    let project_text = args.project.to_string();
+    let iid = i64::try_from(args.iid).map_err(JobError::fatal)?;
+
+    if !args.force && !args.dry_run {
+        let reviewed = sqlx::query_scalar!(
+            r#"select exists (select 1 from reviews where project = $1 and mr_iid = $2
+                   and head_sha = $3 and review_type = $4 and state = 'done' and not dry_run)
+               as "e!""#,
+            project_text,
+            iid,
+            shas.head_sha,
+            review_type,
+        )
+        .fetch_one(pool)
+        .await
+        .map_err(db)?;
+        if reviewed {
+            tracing::info!(mr = %args.mr, head = %shas.head_sha, "head already reviewed; --force reviews it again");
+            return Ok(Planned::AlreadyReviewed);
+        }
+    }
+
+    let diffs: Vec<FileDiff> = deps
+        .gitlab
+        .diffs(&project, args.iid)
+        .await
+        .map_err(gitlab_error)?
+        .into_iter()
+        .map(to_review_diff)
+        .collect();
+    let config = ChunkConfig {
+        budget: deps.budget,
+        skip: SkipRules::default(),
+        max_chunks: DEFAULT_MAX_CHUNKS,
+    };
+    // Parsing and packing a giant MR is CPU work: keep it off the async thread.
+    let plan = tokio::task::spawn_blocking(move || review::plan(&diffs, &config))
+        .await
+        .map_err(|e| JobError::retryable(format!("planning the chunks failed: {e}")))?;
+    let skipped = serde_json::to_value(&plan.skipped).map_err(JobError::fatal)?;
+    let chunk_count = i32::try_from(plan.chunks.len()).unwrap_or(i32::MAX);
+
+    let mut tx = pool.begin().await.map_err(db)?;
+    Queue::fence(&mut tx, ctx.lease()).await?;
+    let review_id = sqlx::query_scalar!(
+        r#"
+        insert into reviews (job_id, project, mr_iid, review_type, dry_run, head_sha, base_sha,
+            start_sha, mr_title, mr_description, skipped, chunk_count)
+        values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+        returning id
+        "#,
+        ctx.job.id().get(),
+        project_text,
+        iid,
+        review_type,
+        args.dry_run,
+        shas.head_sha,
+        shas.base_sha,
+        shas.start_sha,
+        mr.title,
+        mr.description.clone().unwrap_or_default(),
+        skipped,
+        chunk_count,
+    )
+    .fetch_one(&mut *tx)
+    .await
+    .map_err(db)?;
+    tracing::info!(mr = %args.mr, review.id = review_id, chunks = chunk_count, skipped = plan.skipped.len(), "review planned");
+
+    if plan.chunks.is_empty() {
+        tx.commit().await.map_err(db)?;
+        return Ok(Planned::NothingToReview(ReviewRow {
+            id: review_id,
+            state: "reviewing".into(),
+            head_sha: shas.head_sha,
+            base_sha: shas.base_sha,
+            start_sha: shas.start_sha,
+            skipped: serde_json::to_value(&plan.skipped).map_err(JobError::fatal)?,
+            chunk_count: 0,
+        }));
+    }
+    let priority = job_priority(pool, ctx).await?;
+    let jobs: Vec<NewJob> = (0..chunk_count)
+        .map(|chunk_index| {
+            ChunkArgs {
+                review_id,
+                chunk_index,
+            }
+            .job(priority)
+        })
+        .collect();
+    let ids = Queue::await_children(&mut tx, ctx.lease(), &jobs).await?;
+    for (chunk, job_id) in plan.chunks.iter().zip(&ids) {
+        insert_chunk(&mut tx, review_id, chunk, job_id.get()).await?;
+    }
+    tx.commit().await.map_err(db)?;
+    Ok(Planned::Waiting)
+}
+
+async fn job_priority(pool: &PgPool, ctx: &JobContext) -> Result<i16, JobError> {
+    sqlx::query_scalar!(
+        "select priority from jobs where id = $1",
+        ctx.job.id().get()
+    )
+    .fetch_one(pool)
+    .await
+    .map_err(db)
+}
+
+async fn insert_chunk(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    review_id: i64,
+    chunk: &Chunk,
+    job_id: i64,
+) -> Result<(), JobError> {
+    let index = i32::try_from(chunk.index).map_err(JobError::fatal)?;
+    sqlx::query!(
+        "insert into review_chunks (review_id, chunk_index, job_id, chunk) values ($1, $2, $3, $4)",
+        review_id,
+        index,
+        job_id,
+        serde_json::to_value(chunk).map_err(JobError::fatal)?,
+    )
+    .execute(&mut **tx)
+    .await
+    .map_err(db)?;
+    Ok(())
+}
+
+/// One stored chunk with its result and its job's fate.
+struct ChunkResult {
+    chunk: Chunk,
+    summary: Option<String>,
+    findings: Option<Vec<Finding>>,
+    dropped: i32,
+    job_state: String,
+    job_error: Option<String>,
+}
+
+async fn chunk_results(pool: &PgPool, review_id: i64) -> Result<Vec<ChunkResult>, JobError> {
+    let rows = sqlx::query!(
+        r#"
+        select c.chunk, c.summary, c.findings, coalesce(c.dropped_findings, 0) as "dropped!",
+               coalesce(j.state::text, 'failed') as "job_state!", j.last_error
+        from review_chunks c left join jobs j on j.id = c.job_id
+        where c.review_id = $1 and not c.superseded
+        order by c.chunk_index
+        "#,
+        review_id
+    )
+    .fetch_all(pool)
+    .await
+    .map_err(db)?;
+    rows.into_iter()
+        .map(|r| {
+            Ok(ChunkResult {
+                chunk: serde_json::from_value(r.chunk).map_err(JobError::fatal)?,
+                summary: r.summary,
+                findings: r
+                    .findings
+                    .map(serde_json::from_value)
+                    .transpose()
+                    .map_err(JobError::fatal)?,
+                dropped: r.dropped,
+                job_state: r.job_state,
+                job_error: r.last_error,
+            })
+        })
+        .collect()
+}
+
+/// The reviewed files, rebuilt from the chunks (a file split across chunks is joined).
+fn reviewed_files(chunks: &[ChunkResult]) -> Vec<ParsedFile> {
+    let mut files: Vec<ParsedFile> = Vec::new();
+    for c in chunks {
+        for f in &c.chunk.files {
+            match files
+                .iter_mut()
+                .find(|p| p.old_path == f.old_path && p.new_path == f.new_path)
+            {
+                Some(p) => p.hunks.extend(f.hunks.iter().cloned()),
+                None => files.push(ParsedFile {
+                    old_path: f.old_path.clone(),
+                    new_path: f.new_path.clone(),
+                    change: f.change,
+                    content: Content::Text,
+                    hunks: f.hunks.clone(),
+                    issues: Vec::new(),
+                }),
+            }
+        }
+    }
+    files
+}
+
+fn marker(review_type: ReviewType, head: &HeadSha, kind: MarkerKind) -> Marker {
+    Marker {
+        review_type,
+        head_sha: head.clone(),
+        kind,
+    }
+}
+
+fn head_sha(review: &ReviewRow) -> Result<HeadSha, JobError> {
+    HeadSha::parse(&review.head_sha).map_err(JobError::fatal)
+}
+
+/// Anchors every finding and writes the comments to the outbox (inline ones with their
+/// body and position, unanchorable ones for the summary), then moves to posting.
+async fn build_outbox(
+    ctx: &JobContext,
+    args: &ReviewArgs,
+    review: &ReviewRow,
+) -> Result<(), JobError> {
+    let pool = ctx.queue().pool();
+    let chunks = chunk_results(pool, review.id).await?;
+    let files = reviewed_files(&chunks);
+    let head = head_sha(review)?;
+    let mut tx = pool.begin().await.map_err(db)?;
+    Queue::fence(&mut tx, ctx.lease()).await?;
+    for finding in chunks.iter().flat_map(|c| c.findings.iter().flatten()) {
+        let anchor = review::anchor::anchor(&files, finding);
+        let key = FindingKey::derive(args.review_type, finding, &anchor);
+        let (kind, position, body) = match &anchor {
+            Anchor::Inline(position) => (
+                "inline",
+                Some(serde_json::to_value(position).map_err(JobError::fatal)?),
+                review::render::inline_comment(
+                    finding,
+                    position,
+                    &marker(args.review_type, &head, MarkerKind::Finding(key.clone())),
+                ),
+            ),
+            Anchor::Summary(reason) => (
+                "summary",
+                None,
+                serde_json::to_string(reason).map_err(JobError::fatal)?,
+            ),
+        };
+        // A finding repeated by two chunks (a file split in parts) is posted once.
+        sqlx::query!(
+            r#"
+            insert into outbox (review_id, key, kind, severity, finding, position, body)
+            values ($1, $2, $3, $4, $5, $6, $7)
+            on conflict (review_id, key) do nothing
+            "#,
+            review.id,
+            key.as_str(),
+            if kind == "inline" {
+                "inline"
+            } else {
+                "summary"
+            },
+            finding.severity.as_str(),
+            serde_json::to_value(finding).map_err(JobError::fatal)?,
+            position,
+            body,
+        )
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
+    }
+    sqlx::query!(
+        "update reviews set state = 'posting' where id = $1",
+        review.id
+    )
+    .execute(&mut *tx)
+    .await
+    .map_err(db)?;
+    tx.commit().await.map_err(db)?;
+    Ok(())
+}
+
+/// A comment to post, as the outbox holds it.
+struct OutboxRow {
+    key: String,
+    kind: String,
+    severity: Option<String>,
+    finding: Option<serde_json::Value>,
+    position: Option<serde_json::Value>,
+    body: String,
+    state: String,
+    error: Option<String>,
+}
+
+async fn outbox(pool: &PgPool, review_id: i64) -> Result<Vec<OutboxRow>, JobError> {
+    sqlx::query_as!(
+        OutboxRow,
+        r#"select key, kind, severity, finding, position, body, state, error
+           from outbox where review_id = $1 and key <> 'summary'
+           order by position->>'new_path', (position->>'new_line')::int, key"#,
+        review_id
+    )
+    .fetch_all(pool)
+    .await
+    .map_err(db)
+}
+
+/// Our markers already on the MR: marker text to (note id, discussion id).
+async fn posted_markers(
+    deps: &ReviewDeps,
+    project: &ProjectRef,
+    iid: u64,
+) -> Result<HashMap<Marker, (u64, Option<String>)>, JobError> {
+    let mut found = HashMap::new();
+    for discussion in deps
+        .gitlab
+        .discussions(project, iid)
+        .await
+        .map_err(gitlab_error)?
+    {
+        for note in &discussion.notes {
+            if let Some(m) = review::find_marker(&note.body) {
+                found
+                    .entry(m)
+                    .or_insert((note.id, Some(discussion.id.clone())));
+            }
+        }
+    }
+    Ok(found)
+}
+
+async fn mark_posted(
+    ctx: &JobContext,
+    review_id: i64,
+    key: &str,
+    note_id: u64,
+    discussion_id: Option<&str>,
+) -> Result<(), JobError> {
+    let mut tx = ctx.queue().pool().begin().await.map_err(db)?;
+    Queue::fence(&mut tx, ctx.lease()).await?;
+    sqlx::query!(
+        r#"update outbox set state = 'posted', gitlab_note_id = $3, gitlab_discussion_id = $4,
+               posted_at = now(), error = null
+           where review_id = $1 and key = $2"#,
+        review_id,
+        key,
+        i64::try_from(note_id).unwrap_or(i64::MAX),
+        discussion_id,
+    )
+    .execute(&mut *tx)
+    .await
+    .map_err(db)?;
+    tx.commit().await.map_err(db)
+}
+
+/// Records that a POST is about to go out, so a crash leaves a trace of the unknown outcome.
+async fn mark_attempted(ctx: &JobContext, review_id: i64, key: &str) -> Result<(), JobError> {
+    let mut tx = ctx.queue().pool().begin().await.map_err(db)?;
+    Queue::fence(&mut tx, ctx.lease()).await?;
+    sqlx::query!(
+        "update outbox set attempted_at = now() where review_id = $1 and key = $2",
+        review_id,
+        key
+    )
+    .execute(&mut *tx)
+    .await
+    .map_err(db)?;
+    tx.commit().await.map_err(db)
+}
+
+fn line_anchor(position: &review::Position) -> Option<LineAnchor> {
+    match (position.old_line, position.new_line) {
+        (None, Some(new_line)) => Some(LineAnchor::Added { new_line }),
+        (Some(old_line), None) => Some(LineAnchor::Removed { old_line }),
+        (Some(old_line), Some(new_line)) => Some(LineAnchor::Unchanged { old_line, new_line }),
+        (None, None) => None,
+    }
+}
+
+/// Posts the outbox: inline comments first, then the summary note; then finishes the
+/// review. Safe to run again after any crash: posted rows are skipped, and a comment whose
+/// earlier POST had an unknown outcome is looked up by its marker before it is re-sent.
+async fn post(
+    ctx: &JobContext,
+    deps: &ReviewDeps,
+    args: &ReviewArgs,
+    review: &ReviewRow,
+) -> Result<Outcome, JobError> {
+    let pool = ctx.queue().pool().clone();
+    let project = args.project_ref()?;
+    let head = head_sha(review)?;
+    let shas = DiffShas {
+        base_sha: review.base_sha.clone(),
+        start_sha: review.start_sha.clone(),
+        head_sha: review.head_sha.clone(),
+    };
+    let existing = if args.dry_run {
+        HashMap::new()
+    } else {
+        posted_markers(deps, &project, args.iid).await?
+    };
+
+    for row in outbox(&pool, review.id).await? {
+        if row.kind != "inline" || row.state != "pending" {
+            continue;
+        }
+        if args.dry_run {
+            set_state(ctx, review.id, &row.key, "dry_run", None).await?;
+            continue;
+        }
+        let key = FindingKey::parse(&row.key).map_err(JobError::fatal)?;
+        let m = marker(args.review_type, &head, MarkerKind::Finding(key));
+        if let Some((note_id, discussion)) = existing.get(&m) {
+            mark_posted(ctx, review.id, &row.key, *note_id, discussion.as_deref()).await?;
+            continue;
+        }
+        let position: review::Position =
+            serde_json::from_value(row.position.clone().unwrap_or_default())
+                .map_err(JobError::fatal)?;
+        let Some(line) = line_anchor(&position) else {
+            set_state(
+                ctx,
+                review.id,
+                &row.key,
+                "downgraded",
+                Some("no line to anchor to"),
+            )
+            .await?;
+            continue;
+        };
+        let gitlab_position = gitlab::Position {
+            shas: shas.clone(),
+            old_path: position.old_path.clone(),
+            new_path: position.new_path.clone(),
+            line,
+        };
+        mark_attempted(ctx, review.id, &row.key).await?;
+        match deps
+            .gitlab
+            .post_discussion(&project, args.iid, &row.body, &gitlab_position)
+            .await
+        {
+            Ok(posted) => {
+                mark_posted(
+                    ctx,
+                    review.id,
+                    &row.key,
+                    posted.note_id,
+                    Some(&posted.discussion_id),
+                )
+                .await?;
+            }
+            Err(err @ gitlab::Error::PositionRejected { .. }) => {
+                tracing::info!(error = %err, path = %position.new_path, "GitLab refused the position; the finding goes to the summary");
+                set_state(
+                    ctx,
+                    review.id,
+                    &row.key,
+                    "downgraded",
+                    Some(&err.to_string()),
+                )
+                .await?;
+            }
+            Err(gitlab::Error::NotDiffNote {
+                discussion_id,
+                note_id,
+                ..
+            }) => {
+                // The comment exists, just not inline: never post it twice.
+                mark_posted(ctx, review.id, &row.key, note_id, Some(&discussion_id)).await?;
+            }
+            Err(err) => return Err(gitlab_error(err)),
+        }
+    }
+
+    let summary = summary_body(&pool, args, review, &head).await?;
+    post_summary(
+        ctx, deps, args, review, &project, &head, &summary, &existing,
+    )
+    .await?;
+    finish(ctx, deps, args, review, &project).await
+}
+
+async fn set_state(
+    ctx: &JobContext,
+    review_id: i64,
+    key: &str,
+    state: &str,
+    error: Option<&str>,
+) -> Result<(), JobError> {
+    let mut tx = ctx.queue().pool().begin().await.map_err(db)?;
+    Queue::fence(&mut tx, ctx.lease()).await?;
+    sqlx::query!(
+        "update outbox set state = $3, error = $4 where review_id = $1 and key = $2",
+        review_id,
+        key,
+        state,
+        error
+    )
+    .execute(&mut *tx)
+    .await
+    .map_err(db)?;
+    tx.commit().await.map_err(db)
+}
+
+async fn summary_body(
+    pool: &PgPool,
+    args: &ReviewArgs,
+    review: &ReviewRow,
+    head: &HeadSha,
+) -> Result<String, JobError> {
+    let chunks = chunk_results(pool, review.id).await?;
+    let rows = outbox(pool, review.id).await?;
+    let mut inline_severities = Vec::new();
+    let mut unanchored = Vec::new();
+    for row in &rows {
+        let finding: Option<Finding> = row
+            .finding
+            .clone()
+            .map(serde_json::from_value)
+            .transpose()
+            .map_err(JobError::fatal)?;
+        match (row.kind.as_str(), row.state.as_str(), finding) {
+            ("inline", "posted" | "dry_run" | "pending", _) => inline_severities.push(
+                row.severity
+                    .as_deref()
+                    .map(Severity::lenient)
+                    .unwrap_or(Severity::Info),
+            ),
+            ("inline", _, Some(finding)) => unanchored.push(UnanchoredFinding {
+                finding,
+                reason: UnanchoredReason::RejectedByGitLab {
+                    message: row.error.clone().unwrap_or_default(),
+                },
+            }),
+            (_, _, Some(finding)) => unanchored.push(UnanchoredFinding {
+                finding,
+                reason: serde_json::from_str(&row.body).unwrap_or(UnanchoredReason::UnknownPath),
+            }),
+            _ => {}
+        }
+    }
+    let failed_chunks = chunks
+        .iter()
+        .filter(|c| c.job_state != "succeeded")
+        .map(|c| FailedChunk {
+            index: c.chunk.index,
+            total: c.chunk.total,
+            paths: c.chunk.files.iter().map(|f| f.new_path.clone()).collect(),
+            reason: c
+                .job_error
+                .clone()
+                .unwrap_or_else(|| format!("the chunk job ended {}", c.job_state)),
+        })
+        .collect();
+    let skipped: Vec<SkippedFile> =
+        serde_json::from_value(review.skipped.clone()).map_err(JobError::fatal)?;
+    let report = SummaryReport {
+        review_type: args.review_type,
+        head_sha: head.clone(),
+        chunk_summaries: chunks.iter().filter_map(|c| c.summary.clone()).collect(),
+        inline_severities,
+        unanchored,
+        skipped,
+        failed_chunks,
+        dropped_findings: chunks
+            .iter()
+            .map(|c| usize::try_from(c.dropped).unwrap_or(0))
+            .sum(),
+    };
+    Ok(review::render::summary_note(&report))
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn post_summary(
+    ctx: &JobContext,
+    deps: &ReviewDeps,
+    args: &ReviewArgs,
+    review: &ReviewRow,
+    project: &ProjectRef,
+    head: &HeadSha,
+    body: &str,
+    existing: &HashMap<Marker, (u64, Option<String>)>,
+) -> Result<(), JobError> {
+    let pool = ctx.queue().pool();
+    let state = sqlx::query_scalar!(
+        "select state from outbox where review_id = $1 and key = 'summary'",
+        review.id
+    )
+    .fetch_optional(pool)
+    .await
+    .map_err(db)?;
+    if matches!(state.as_deref(), Some("posted" | "dry_run")) {
+        return Ok(());
+    }
+    {
+        let mut tx = pool.begin().await.map_err(db)?;
+        Queue::fence(&mut tx, ctx.lease()).await?;
+        sqlx::query!(
+            r#"insert into outbox (review_id, key, kind, body) values ($1, 'summary', 'summary', $2)
+               on conflict (review_id, key) do update set body = excluded.body"#,
+            review.id,
+            body
+        )
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
+        tx.commit().await.map_err(db)?;
+    }
+    if args.dry_run {
+        return set_state(ctx, review.id, "summary", "dry_run", None).await;
+    }
+    let m = marker(args.review_type, head, MarkerKind::Summary);
+    let found = match existing.get(&m) {
+        Some(found) => Some(found.clone()),
+        // Overview notes are not always listed as discussions on older GitLab.
+        None => deps
+            .gitlab
+            .notes(project, args.iid)
+            .await
+            .map_err(gitlab_error)?
+            .into_iter()
+            .find(|n| review::find_marker(&n.body).as_ref() == Some(&m))
+            .map(|n| (n.id, None)),
+    };
+    if let Some((note_id, discussion)) = found {
+        return mark_posted(ctx, review.id, "summary", note_id, discussion.as_deref()).await;
+    }
+    mark_attempted(ctx, review.id, "summary").await?;
+    let note = deps
+        .gitlab
+        .post_note(project, args.iid, body)
+        .await
+        .map_err(gitlab_error)?;
+    mark_posted(ctx, review.id, "summary", note.id, None).await
+}
+
+/// Marks the review done and completes the job in one transaction; if the MR moved on
+/// while it was reviewed, enqueues a review of the new head in that same transaction.
+async fn finish(
+    ctx: &JobContext,
+    deps: &ReviewDeps,
+    args: &ReviewArgs,
+    review: &ReviewRow,
+    project: &ProjectRef,
+) -> Result<Outcome, JobError> {
+    let current = deps
+        .gitlab
+        .merge_request(project, args.iid)
+        .await
+        .map_err(gitlab_error)?;
+    let moved = current
+        .sha
+        .as_deref()
+        .is_some_and(|sha| sha != review.head_sha)
+        && current.state == "opened";
+    let pool = ctx.queue().pool();
+    let mut tx = pool.begin().await.map_err(db)?;
+    sqlx::query!(
+        "update reviews set state = 'done', finished_at = now() where id = $1",
+        review.id
+    )
+    .execute(&mut *tx)
+    .await
+    .map_err(db)?;
+    Queue::complete(&mut tx, ctx.lease()).await?;
+    if moved {
+        let next = ReviewArgs {
+            force: false,
+            ..args.clone()
+        };
+        let priority = job_priority(pool, ctx).await?;
+        let id = Queue::enqueue(&mut *tx, &next.job(priority)).await?.id();
+        tracing::info!(mr = %args.mr, next.job = %id, "the MR moved on during the review; reviewing the new head next");
+    }
+    tx.commit().await.map_err(db)?;
+    tracing::info!(mr = %args.mr, review.id = review.id, chunks = review.chunk_count, "review done");
+    Ok(Outcome::Settled)
+}
+
+// ---------------------------------------------------------------------------------------
+// The chunk job.
+
+struct ChunkRow {
+    chunk: serde_json::Value,
+    summary: Option<String>,
+    superseded: bool,
+    project: String,
+    mr_iid: i64,
+    head_sha: String,
+    review_type: String,
+    mr_title: String,
+    mr_description: String,
+}
+
+/// Runs a chunk job: one LLM review of one chunk, under the fleet limit and the chunk
+/// timeout.
+///
+/// # Errors
+/// Classified LLM, database and timeout failures.
+pub async fn run_chunk(ctx: &JobContext, deps: &ReviewDeps, args: ChunkArgs) -> JobResult {
+    match tokio::time::timeout(deps.chunk_timeout, review_chunk(ctx, deps, args)).await {
+        Ok(result) => result,
+        Err(_) => Err(JobError::retryable(format!(
+            "the chunk took longer than CHUNK_TIMEOUT ({} s)",
+            deps.chunk_timeout.as_secs()
+        ))),
+    }
+}
+
+async fn review_chunk(ctx: &JobContext, deps: &ReviewDeps, args: ChunkArgs) -> JobResult {
+    let pool = ctx.queue().pool().clone();
+    let row = sqlx::query_as!(
+        ChunkRow,
+        r#"
+        select c.chunk, c.summary, c.superseded, r.project, r.mr_iid, r.head_sha, r.review_type,
+               r.mr_title, r.mr_description
+        from review_chunks c join reviews r on r.id = c.review_id
+        where c.review_id = $1 and c.chunk_index = $2
+        "#,
+        args.review_id,
+        args.chunk_index
+    )
+    .fetch_optional(&pool)
+    .await
+    .map_err(db)?
+    .ok_or_else(|| {
+        JobError::fatal(format!(
+            "chunk {} of review {} does not exist",
+            args.chunk_index, args.review_id
+        ))
+    })?;
+    if row.summary.is_some() || row.superseded {
+        return Ok(Outcome::Succeeded);
+    }
+    let chunk: Chunk = serde_json::from_value(row.chunk).map_err(JobError::fatal)?;
+    let review_type: ReviewType = row.review_type.parse().map_err(JobError::fatal)?;
+    let prompt = review::prompt::render(review_type, &chunk, &row.mr_title, &row.mr_description);
+    let mut request = ChatRequest::new(vec![
+        Message::system(prompt.system),
+        Message::user(prompt.user),
+    ]);
+    request.json_object = true;
+    request.temperature = Some(0.2);
+    request.max_tokens = Some(MAX_ANSWER_TOKENS);
+    let call = CallContext {
+        lease: ctx.lease(),
+        review_id: Some(args.review_id),
+        chunk_index: Some(args.chunk_index),
+        project: row.project,
+        mr_iid: row.mr_iid,
+        head_sha: row.head_sha,
+        review_type: row.review_type,
+        model: deps.llm.model().to_owned(),
+    };
+
+    let mut transient_tries = 0;
+    let mut unusable = 0;
+    loop {
+        let permit = ctx.acquire(LLM_RESOURCE).await?;
+        let call_id = ledger::start(&pool, &call).await?;
+        let result = deps.llm.complete(&request).await;
+        // Free the slot before the bookkeeping: another chunk may start its call now.
+        if let Err(err) = permit.release().await {
+            tracing::warn!(error = %err, "could not release the LLM slot; it frees itself when the lease lapses");
+        }
+        match result {
+            Ok(done) => match review::parse_answer(&done.content) {
+                Ok(answer) => {
+                    return store_answer(ctx, args, call_id, &done, answer).await;
+                }
+                Err(err) => {
+                    ledger::unusable(&pool, call_id, &done, &err.to_string()).await?;
+                    unusable += 1;
+                    if unusable > UNUSABLE_ANSWERS_TOLERATED {
+                        return Err(JobError::fatal(format!(
+                            "the model's answer was not the JSON object asked for, twice: {err}"
+                        )));
+                    }
+                    tracing::warn!(error = %err, "unusable answer; asking once more");
+                }
+            },
+            Err(err) => {
+                ledger::failed(&pool, call_id, &err).await?;
+                if err.kind == llm::ErrorKind::ContextTooLong {
+                    return split(ctx, args, &chunk, &err).await;
+                }
+                transient_tries += 1;
+                match err.disposition() {
+                    Disposition::Fatal => return Err(JobError::fatal(describe_llm_error(&err))),
+                    _ if transient_tries >= LLM_TRIES_PER_ATTEMPT => {
+                        return Err(JobError::new(err.disposition(), describe_llm_error(&err)));
+                    }
+                    Disposition::RetryAfter(wait) if wait > MAX_INLINE_WAIT => {
+                        return Err(JobError::retry_after(wait, describe_llm_error(&err)));
+                    }
+                    Disposition::RetryAfter(wait) => tokio::time::sleep(wait).await,
+                    Disposition::Retry => tokio::time::sleep(backoff(transient_tries)).await,
+                }
+                tracing::info!(error = %err, try_number = transient_tries, "transient LLM error; retrying");
+            }
+        }
+    }
+}
+
+/// Backoff between LLM tries inside one attempt: 1 s, 2 s, 4 s, with full jitter on top.
+fn backoff(tries: u32) -> Duration {
+    use backon::{BackoffBuilder, ExponentialBuilder};
+    ExponentialBuilder::new()
+        .with_min_delay(Duration::from_secs(1))
+        .with_max_delay(Duration::from_secs(8))
+        .with_jitter()
+        .build()
+        .nth(tries.saturating_sub(1) as usize)
+        .unwrap_or(Duration::from_secs(8))
+}
+
+fn describe_llm_error(err: &llm::Error) -> String {
+    let what = match err.kind {
+        llm::ErrorKind::QuotaExhausted => {
+            "the LLM account is out of balance or over its quota; top it up or raise the limit"
+        }
+        llm::ErrorKind::Auth => "the LLM endpoint refused GLM_API_KEY; check the key",
+        llm::ErrorKind::ContentFiltered => "the provider's content filter refused this chunk",
+        llm::ErrorKind::RateLimited => "the LLM rate limit was hit",
+        llm::ErrorKind::Overloaded => "the model is overloaded",
+        _ => "the LLM call failed",
+    };
+    format!("{what} ({err})")
+}
+
+/// Stores a chunk's answer and its usage with the job's completion, in one transaction.
+/// If the lease was lost meanwhile, only the usage is recorded: the tokens were spent.
+async fn store_answer(
+    ctx: &JobContext,
+    args: ChunkArgs,
+    call_id: ledger::CallId,
+    done: &llm::Completion,
+    answer: review::Answer,
+) -> JobResult {
+    let pool = ctx.queue().pool();
+    let mut tx = pool.begin().await.map_err(db)?;
+    match Queue::fence(&mut tx, ctx.lease()).await {
+        Ok(()) => {}
+        Err(QueueError::LeaseLost(lease)) => {
+            drop(tx);
+            ledger::succeeded(pool, call_id, done).await?;
+            return Err(QueueError::LeaseLost(lease).into());
+        }
+        Err(other) => return Err(other.into()),
+    }
+    ledger::succeeded(&mut *tx, call_id, done).await?;
+    sqlx::query!(
+        r#"update review_chunks set summary = $3, findings = $4, dropped_findings = $5,
+               finished_at = now()
+           where review_id = $1 and chunk_index = $2"#,
+        args.review_id,
+        args.chunk_index,
+        answer.summary,
+        serde_json::to_value(&answer.findings).map_err(JobError::fatal)?,
+        i32::try_from(answer.dropped_findings).unwrap_or(i32::MAX),
+    )
+    .execute(&mut *tx)
+    .await
+    .map_err(db)?;
+    Queue::complete(&mut tx, ctx.lease()).await?;
+    tx.commit().await.map_err(db)?;
+    Ok(Outcome::Settled)
+}
+
+/// The model found the chunk too big: replace it by two halves, each with its own job
+/// under the same review, and complete this one.
+async fn split(ctx: &JobContext, args: ChunkArgs, chunk: &Chunk, err: &llm::Error) -> JobResult {
+    let Some((first, second)) = split_in_two(chunk) else {
+        return Err(JobError::fatal(format!(
+            "the chunk is too big for the model even as a single line ({err})"
+        )));
+    };
+    let pool = ctx.queue().pool();
+    let parent = ctx
+        .job
+        .parent_id
+        .ok_or_else(|| JobError::fatal("a chunk job has no parent review"))?;
+    let mut tx = pool.begin().await.map_err(db)?;
+    Queue::fence(&mut tx, ctx.lease()).await?;
+    let next = sqlx::query_scalar!(
+        r#"select coalesce(max(chunk_index), 0) + 1 as "next!" from review_chunks where review_id = $1"#,
+        args.review_id
+    )
+    .fetch_one(&mut *tx)
+    .await
+    .map_err(db)?;
+    let priority = job_priority(pool, ctx).await?;
+    let halves = [(next, first), (next + 1, second)];
+    let jobs: Vec<NewJob> = halves
+        .iter()
+        .map(|(index, _)| {
+            ChunkArgs {
+                review_id: args.review_id,
+                chunk_index: *index,
+            }
+            .job(priority)
+        })
+        .collect();
+    let ids = Queue::add_children(&mut tx, parent, &jobs).await?;
+    for ((index, half), job_id) in halves.into_iter().zip(ids) {
+        let half = Chunk {
+            index: usize::try_from(index).unwrap_or(usize::MAX),
+            ..half
+        };
+        insert_chunk(&mut tx, args.review_id, &half, job_id.get()).await?;
+    }
+    sqlx::query!(
+        "update review_chunks set superseded = true, finished_at = now() where review_id = $1 and chunk_index = $2",
+        args.review_id,
+        args.chunk_index
+    )
+    .execute(&mut *tx)
+    .await
+    .map_err(db)?;
+    Queue::complete(&mut tx, ctx.lease()).await?;
+    tx.commit().await.map_err(db)?;
+    tracing::info!(
+        chunk = args.chunk_index,
+        "chunk too big for the model; split in two"
+    );
+    Ok(Outcome::Settled)
 }

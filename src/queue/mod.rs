@@ -285,6 +285,48 @@ impl Queue {
         Ok(ids)
     }
 
+    /// Adds `children` to `parent`, which must still be waiting for children, in `tx`. A
+    /// running child uses this to hand part of its work to new siblings (then completes).
+    ///
+    /// # Errors
+    /// [`Error::InvalidState`] if the parent is not waiting; database errors.
+    pub async fn add_children(
+        tx: &mut Transaction<'_, Postgres>,
+        parent: JobId,
+        children: &[NewJob],
+    ) -> Result<Vec<JobId>> {
+        let count = i32::try_from(children.len()).unwrap_or(i32::MAX);
+        let waiting = sqlx::query_scalar!(
+            r#"
+            update jobs set pending_children = pending_children + $2, updated_at = now()
+            where id = $1 and state = 'queued' and pending_children > 0
+            returning id
+            "#,
+            parent.get(),
+            count,
+        )
+        .fetch_optional(&mut **tx)
+        .await?;
+        if waiting.is_none() {
+            let state = Self::lock_state(tx, parent).await?;
+            return Err(Error::InvalidState {
+                id: parent,
+                state,
+                hint: "children can only be added to a parent that waits for its children",
+            });
+        }
+        let ids = Self::enqueue_many(&mut **tx, children).await?;
+        let raw: Vec<i64> = ids.iter().map(|id| id.get()).collect();
+        sqlx::query!(
+            "update jobs set parent_id = $1 where id = any($2)",
+            parent.get(),
+            &raw
+        )
+        .execute(&mut **tx)
+        .await?;
+        Ok(ids)
+    }
+
     /// Claims up to `limit` runnable jobs for `worker` under a lease of `lease` and commits
     /// at once. Highest priority first, then oldest `run_at`.
     ///

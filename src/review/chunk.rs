@@ -372,6 +372,50 @@ fn split_hunk(hunk: &Hunk, room: usize) -> Option<Vec<(Hunk, usize)>> {
     Some(pieces)
 }
 
+/// Splits a chunk the model found too big (GLM 1261, or an answer cut off at its length
+/// limit) into two halves: by files, else by hunks, else by lines. `None` when the chunk is
+/// a single line and cannot be split further. The halves keep the chunk's `total`.
+pub fn split_in_two(chunk: &Chunk) -> Option<(Chunk, Chunk)> {
+    let halves = |files: (Vec<ChunkFile>, Vec<ChunkFile>)| {
+        let first = Chunk {
+            index: chunk.index,
+            total: chunk.total,
+            files: files.0,
+        };
+        let second = Chunk {
+            index: chunk.index,
+            total: chunk.total,
+            files: files.1,
+        };
+        Some((first, second))
+    };
+    if chunk.files.len() >= 2 {
+        let mut first = chunk.files.clone();
+        let second = first.split_off(first.len() / 2);
+        return halves((first, second));
+    }
+    let file = chunk.files.first()?;
+    let with_hunks = |hunks: Vec<Hunk>| ChunkFile {
+        hunks,
+        ..file.clone()
+    };
+    if file.hunks.len() >= 2 {
+        let mut first = file.hunks.clone();
+        let second = first.split_off(first.len() / 2);
+        return halves((vec![with_hunks(first)], vec![with_hunks(second)]));
+    }
+    let hunk = file.hunks.first()?;
+    if hunk.lines.len() < 2 {
+        return None;
+    }
+    let mut first = hunk.lines.clone();
+    let second = first.split_off(first.len() / 2);
+    halves((
+        vec![with_hunks(vec![Hunk::from_lines(&hunk.section, first)])],
+        vec![with_hunks(vec![Hunk::from_lines(&hunk.section, second)])],
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
@@ -679,5 +723,35 @@ mod tests {
             // Deterministic.
             prop_assert_eq!(super::plan(&files, &config), plan);
         }
+    }
+
+    #[test]
+    fn a_chunk_splits_in_two_by_files_then_hunks_then_lines_and_loses_no_line() {
+        let config = budget(24_000);
+        let diffs = vec![
+            modified("a.rs", big_diff(2, 3, 10)),
+            modified("b.rs", big_diff(1, 4, 10)),
+        ];
+        let plan = plan(&diffs, &config);
+        let chunk = &plan.chunks[0];
+        let count = |c: &Chunk| -> usize {
+            c.files
+                .iter()
+                .flat_map(|f| &f.hunks)
+                .map(|h| h.lines.len())
+                .sum()
+        };
+        let (a, b) = split_in_two(chunk).expect("two files split");
+        assert_eq!((a.files.len(), b.files.len()), (1, 1));
+        assert_eq!(count(&a) + count(&b), count(chunk));
+        let (a1, a2) = split_in_two(&a).expect("two hunks split");
+        assert_eq!((a1.files[0].hunks.len(), a2.files[0].hunks.len()), (1, 1));
+        let (l1, l2) = split_in_two(&a1).expect("three lines split");
+        assert_eq!((count(&l1), count(&l2)), (1, 2));
+        assert_eq!(
+            l2.files[0].hunks[0].lines[0].new_line,
+            a1.files[0].hunks[0].lines[1].new_line
+        );
+        assert!(split_in_two(&l1).is_none(), "one line cannot be split");
     }
 }

@@ -47,8 +47,18 @@ pub fn url_of(pool: &PgPool) -> String {
 /// The `reviewq` binary built for these tests.
 pub fn reviewq() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_reviewq"));
-    cmd.env_remove("DATABASE_URL")
-        .env("RUST_LOG", "info")
+    for var in [
+        "DATABASE_URL",
+        "GITLAB_URL",
+        "GITLAB_TOKEN",
+        "GLM_API_KEY",
+        "GLM_BASE_URL",
+        "GLM_MODEL",
+        "GLM_CONCURRENT_REQUESTS",
+    ] {
+        cmd.env_remove(var);
+    }
+    cmd.env("RUST_LOG", "info")
         .stdin(Stdio::null())
         .kill_on_drop(true);
     cmd
@@ -66,6 +76,10 @@ impl WorkerProcess {
             .arg("worker")
             .args(args)
             .env("DATABASE_URL", url)
+            // Settings a worker needs; these tests run no-op jobs, which never use them.
+            .env("GITLAB_URL", "http://127.0.0.1:9")
+            .env("GITLAB_TOKEN", "unused-gitlab-token")
+            .env("GLM_API_KEY", "unused-glm-key")
             .stdout(Stdio::null())
             .stderr(if std::env::var_os("TEST_LOG").is_some() {
                 Stdio::inherit()

@@ -1,0 +1,202 @@
+//! `reviewq review` (one-shot, for CI) and `enqueue --wait`: run or watch given review jobs
+//! until they end, showing progress, then report what reached GitLab.
+
+use std::{collections::HashMap, io::Write, process::ExitCode, time::Duration};
+
+use anyhow::Context;
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    cli::{LLM_RESOURCE, ReviewCommandArgs, enqueue_reviews, parse_checked_refs, review_deps},
+    config::DbArgs,
+    jobs::Dispatcher,
+    queue::{JobId, JobState, Queue, Worker, WorkerConfig},
+    shutdown,
+};
+
+/// How often progress is read from the database.
+const PROGRESS_EVERY: Duration = Duration::from_millis(250);
+
+/// Runs `reviewq review`.
+///
+/// # Errors
+/// Usage errors for bad input or settings (nothing written); runtime failures.
+pub async fn run(db: &DbArgs, args: ReviewCommandArgs) -> anyhow::Result<ExitCode> {
+    let refs = parse_checked_refs(&args.refs, &args.gitlab)?;
+    let deps = review_deps(&args.gitlab, &args.llm)?;
+    let pool = db.pool(args.concurrency / 2 + 5).await?;
+    crate::migrate(&pool)
+        .await
+        .context("could not apply migrations")?;
+    let ids = enqueue_reviews(&pool, refs, &args.review, args.priority).await?;
+    let queue = Queue::new(pool.clone());
+    let config = WorkerConfig {
+        concurrency: args.concurrency as usize,
+        limits: vec![(LLM_RESOURCE.to_owned(), args.llm.glm_concurrent_requests)],
+        ..WorkerConfig::default()
+    };
+    let worker = Worker::new(queue.clone(), Dispatcher::with_review(deps), config);
+    let stop = CancellationToken::new();
+    shutdown::on_signal(stop.clone());
+    let running = tokio::spawn(worker.run(stop.clone()));
+    let all_ok = tokio::select! {
+        ok = wait_for(&queue, &ids) => ok?,
+        () = stop.cancelled() => false,
+    };
+    stop.cancel();
+    running.await.context("the worker task panicked")??;
+    report(&pool, &ids).await?;
+    Ok(if all_ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+/// Progress of one review job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Progress {
+    state: JobState,
+    chunks_done: i64,
+    chunks: i64,
+    posted: i64,
+    comments: i64,
+}
+
+async fn progress(pool: &PgPool, id: JobId) -> anyhow::Result<Progress> {
+    let r = sqlx::query!(
+        r#"
+        select j.state as "state: JobState",
+            (select count(*) from jobs c where c.parent_id = j.id
+                and c.state in ('succeeded', 'failed', 'cancelled')) as "chunks_done!",
+            (select count(*) from jobs c where c.parent_id = j.id) as "chunks!",
+            (select count(*) from outbox o join reviews r on r.id = o.review_id
+                where r.job_id = j.id and o.state in ('posted', 'dry_run')) as "posted!",
+            (select count(*) from outbox o join reviews r on r.id = o.review_id
+                where r.job_id = j.id and (o.kind = 'inline' or o.key = 'summary')) as "comments!"
+        from jobs j where j.id = $1
+        "#,
+        id.get()
+    )
+    .fetch_one(pool)
+    .await?;
+    Ok(Progress {
+        state: r.state,
+        chunks_done: r.chunks_done,
+        chunks: r.chunks,
+        posted: r.posted,
+        comments: r.comments,
+    })
+}
+
+/// Prints a line whenever a job's progress changes, until every job has ended. Returns
+/// whether all succeeded.
+///
+/// # Errors
+/// Database errors.
+pub async fn wait_for(queue: &Queue, ids: &[JobId]) -> anyhow::Result<bool> {
+    let mut last: HashMap<JobId, Progress> = HashMap::new();
+    loop {
+        let mut all_done = true;
+        let mut all_ok = true;
+        for &id in ids {
+            let p = progress(queue.pool(), id).await?;
+            if last.get(&id) != Some(&p) {
+                let mut out = std::io::stderr().lock();
+                writeln!(
+                    out,
+                    "job {id}: {:<9} chunks {}/{}  comments posted {}/{}",
+                    p.state, p.chunks_done, p.chunks, p.posted, p.comments
+                )?;
+                last.insert(id, p.clone());
+            }
+            all_done &= p.state.is_finished();
+            all_ok &= p.state == JobState::Succeeded;
+        }
+        if all_done {
+            return Ok(all_ok);
+        }
+        tokio::time::sleep(PROGRESS_EVERY).await;
+    }
+}
+
+/// Prints each job's outcome, and the comments of dry runs.
+async fn report(pool: &PgPool, ids: &[JobId]) -> anyhow::Result<()> {
+    let queue = Queue::new(pool.clone());
+    let mut out = std::io::stdout().lock();
+    for &id in ids {
+        let job = queue.get(id).await?;
+        let mr = job
+            .payload
+            .get("mr")
+            .and_then(|v| v.as_str())
+            .unwrap_or("?");
+        let review = sqlx::query!(
+            "select id, head_sha, dry_run from reviews where job_id = $1",
+            id.get()
+        )
+        .fetch_optional(pool)
+        .await?;
+        match (job.state, review) {
+            (JobState::Succeeded, None) => {
+                writeln!(
+                    out,
+                    "{mr}: already reviewed at this head commit; --force reviews it again"
+                )?;
+            }
+            (state, Some(review)) => {
+                let rows = sqlx::query!(
+                    r#"select key, kind, state, body, position from outbox
+                       where review_id = $1 and (kind = 'inline' or key = 'summary')
+                       order by key = 'summary', key"#,
+                    review.id
+                )
+                .fetch_all(pool)
+                .await?;
+                let posted = rows.iter().filter(|r| r.state == "posted").count();
+                let downgraded = rows.iter().filter(|r| r.state == "downgraded").count();
+                writeln!(
+                    out,
+                    "{mr}: {state} at {}: {posted} comments posted, {downgraded} moved to the summary{}",
+                    &review.head_sha[..review.head_sha.len().min(12)],
+                    job.last_error
+                        .as_deref()
+                        .map(|e| format!(" ({e})"))
+                        .unwrap_or_default()
+                )?;
+                if review.dry_run {
+                    writeln!(out, "--dry-run: nothing was posted. The comments would be:")?;
+                    for r in rows {
+                        let place = r
+                            .position
+                            .as_ref()
+                            .map(|p| {
+                                format!(
+                                    "{}:{}",
+                                    p["new_path"].as_str().unwrap_or("?"),
+                                    p["new_line"]
+                                        .as_u64()
+                                        .or(p["old_line"].as_u64())
+                                        .unwrap_or(0)
+                                )
+                            })
+                            .unwrap_or_else(|| "summary note".into());
+                        writeln!(out, "\n--- {place} ---\n{}", r.body)?;
+                    }
+                }
+            }
+            (state, None) => {
+                writeln!(
+                    out,
+                    "{mr}: {state}{}",
+                    job.last_error
+                        .as_deref()
+                        .map(|e| format!(": {e}"))
+                        .unwrap_or_default()
+                )?;
+            }
+        }
+    }
+    Ok(())
+}
