@@ -204,6 +204,9 @@ async fn drain(
     }
     let insert_secs = started.elapsed().as_secs_f64();
     report.insert_jobs_per_s = Some(f64::from(args.jobs) / insert_secs);
+    // After a bulk load, as Postgres advises: fresh statistics for the claim's plan
+    // (otherwise they arrive with autovacuum, up to a minute later).
+    sqlx::query!("analyze jobs").execute(queue.pool()).await?;
 
     let worker = Worker::new(queue.clone(), Dispatcher::new(), config(args.concurrency));
     let processed = worker.processed_counter();

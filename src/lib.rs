@@ -16,6 +16,7 @@
 //! - [`localdb`]: a private PostgreSQL cluster from the local binaries.
 //! - [`cli`], [`config`], [`telemetry`], [`shutdown`]: the edges.
 //! - [`bench`]: the built-in benchmarks.
+//! - [`sim`]: simulated GitLab and GLM servers on loopback, for `demo`, `bench e2e` and tests.
 
 #![forbid(unsafe_code)]
 
@@ -33,6 +34,7 @@ pub mod oneshot;
 pub mod queue;
 pub mod review;
 pub mod shutdown;
+pub mod sim;
 pub mod telemetry;
 
 /// The schema migrations, embedded in the binary.

@@ -899,7 +899,23 @@ async fn finish(
         .is_some_and(|sha| sha != review.head_sha)
         && current.state == "opened";
     let pool = ctx.queue().pool();
+    // Every chunk failed: the summary says why, and the job fails with that reason so that
+    // `reviewq review` in CI exits non-zero instead of reporting an empty review as done.
+    let all_failed = sqlx::query_scalar!(
+        r#"
+        select c.last_error from review_chunks rc join jobs c on c.id = rc.job_id
+        where rc.review_id = $1 and not rc.superseded and c.state <> 'succeeded'
+          and not exists (select 1 from review_chunks ok join jobs oj on oj.id = ok.job_id
+                          where ok.review_id = $1 and not ok.superseded and oj.state = 'succeeded')
+        limit 1
+        "#,
+        review.id
+    )
+    .fetch_optional(pool)
+    .await
+    .map_err(db)?;
     let mut tx = pool.begin().await.map_err(db)?;
+    Queue::fence(&mut tx, ctx.lease()).await?;
     sqlx::query!(
         "update reviews set state = 'done', finished_at = now() where id = $1",
         review.id
@@ -907,6 +923,13 @@ async fn finish(
     .execute(&mut *tx)
     .await
     .map_err(db)?;
+    if let Some(reason) = all_failed {
+        tx.commit().await.map_err(db)?;
+        return Err(JobError::fatal(format!(
+            "no chunk could be reviewed: {}",
+            reason.unwrap_or_else(|| "the chunk jobs failed".into())
+        )));
+    }
     Queue::complete(&mut tx, ctx.lease()).await?;
     if moved {
         let next = ReviewArgs {

@@ -721,6 +721,30 @@ impl Queue {
         Ok(Some(u64::try_from(n).unwrap_or(0)))
     }
 
+    /// Runs `ANALYZE jobs` when more than a fifth of the table (and at least 1,000 rows)
+    /// changed since the last analyze. The claim's plan depends on knowing how many jobs
+    /// are queued; after a bulk enqueue into a fresh table, autovacuum's analyze can be a
+    /// minute away, and until then the planner may sort every queued row on each claim.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn refresh_stats_if_stale(&self) -> Result<bool> {
+        let stale = sqlx::query_scalar!(
+            r#"
+            select coalesce(s.n_mod_since_analyze > greatest(1000, 0.2 * greatest(c.reltuples, 0)), false)
+                as "stale!"
+            from pg_class c left join pg_stat_user_tables s on s.relid = c.oid
+            where c.oid = 'jobs'::regclass
+            "#
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        if stale {
+            sqlx::query!("analyze jobs").execute(&self.pool).await?;
+        }
+        Ok(stale)
+    }
+
     /// Deletes jobs that finished more than `retention` ago, with their attempt history
     /// and children. The LLM ledger is not touched: it is the audit record.
     ///

@@ -587,8 +587,16 @@ async fn maintain(queue: Queue, every: Duration, retention: Duration, stop: Canc
             _ = tick.tick() => {}
         }
         match queue.rescue_expired().await {
-            Ok(Some(n)) if n > 0 => tracing::warn!(rescued = n, "requeued jobs whose lease lapsed"),
-            Ok(_) => {}
+            Ok(Some(n)) => {
+                if n > 0 {
+                    tracing::warn!(rescued = n, "requeued jobs whose lease lapsed");
+                }
+                // Only the elected rescuer keeps the statistics fresh.
+                if let Err(err) = queue.refresh_stats_if_stale().await {
+                    tracing::warn!(error = %err, "could not refresh the jobs table's statistics");
+                }
+            }
+            Ok(None) => {}
             Err(err) => tracing::warn!(error = %err, "rescue pass failed"),
         }
         if last_prune.is_none_or(|t| t.elapsed() >= PRUNE_EVERY) {

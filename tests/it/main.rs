@@ -5,6 +5,8 @@ mod cli;
 mod gitlab;
 mod helpers;
 mod llm;
+mod pipeline;
 mod processes;
 mod queue;
+mod sim;
 mod tls;

@@ -1,0 +1,972 @@
+//! What the simulated GitLab stores, the rules it applies to writes, and the JSON it answers.
+//! Everything here is synchronous and runs under one mutex; the HTTP glue is in `routes.rs`.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::{Mutex, MutexGuard},
+    time::Duration,
+};
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde_json::{Value, json};
+
+use super::{
+    BOT_USERNAME, FileSpec, GitLabFault, MrSpec, RequestRecord, Route, StoredDiscussion,
+    StoredNote, StoredPosition,
+    diff::{FileLines, LineKind},
+    fake_sha,
+};
+use crate::sim::{Error, server::Stopper};
+
+/// GitLab's answer to a position it cannot turn into a line code: the wrong side of a line,
+/// a line outside every hunk, an unknown path or SHAs of another version.
+pub(super) const LINE_CODE_ERROR: &str =
+    "400 Bad request - Note {:line_code=>[\"can't be blank\", \"must be a valid line code\"]}";
+
+/// GitLab's note length limit (characters).
+const MAX_NOTE_CHARS: usize = 1_000_000;
+
+/// Ids of the bot and of seeded human authors; distinct so `author.id` comparisons work.
+const BOT_USER_ID: u64 = 2;
+
+/// State shared by the handle and the handlers.
+#[derive(Debug)]
+pub(super) struct Inner {
+    /// `http://127.0.0.1:PORT`, for `web_url`s and pagination `Link` headers.
+    pub(super) base_url: String,
+    /// The only accepted token.
+    pub(super) token: String,
+    /// Cuts simulated delays short on shutdown.
+    pub(super) stopper: Stopper,
+    /// Everything mutable. A std mutex: it is never held across an `.await`.
+    pub(super) state: Mutex<State>,
+}
+
+impl Inner {
+    /// Locks the state. A panic while locked (a bug in a handler) must not turn every later
+    /// request into a poisoned-lock panic, so poisoning is ignored.
+    pub(super) fn lock(&self) -> MutexGuard<'_, State> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// A pending fault: applies to the next `remaining` requests of `route` (any route if `None`).
+#[derive(Debug, Clone)]
+pub(super) struct FaultRule {
+    pub(super) route: Option<Route>,
+    pub(super) remaining: u32,
+    pub(super) fault: GitLabFault,
+}
+
+/// An error answer: status plus GitLab's JSON body.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) struct ApiError {
+    pub(super) status: u16,
+    pub(super) body: Value,
+}
+
+impl ApiError {
+    /// `{"message": text}`, GitLab's usual error shape.
+    pub(super) fn message(status: u16, text: &str) -> Self {
+        ApiError {
+            status,
+            body: json!({ "message": text }),
+        }
+    }
+
+    /// `{"error": text}`, Grape's parameter-validation shape.
+    pub(super) fn grape(text: &str) -> Self {
+        ApiError {
+            status: 400,
+            body: json!({ "error": text }),
+        }
+    }
+
+    pub(super) fn line_code() -> Self {
+        ApiError::message(400, LINE_CODE_ERROR)
+    }
+
+    pub(super) fn not_found() -> Self {
+        ApiError::message(404, "404 Not found")
+    }
+
+    pub(super) fn internal() -> Self {
+        ApiError::message(500, "500 Internal Server Error")
+    }
+}
+
+/// A merge request and its history.
+#[derive(Debug, Clone)]
+pub(super) struct Mr {
+    id: u64,
+    iid: u64,
+    project_id: u64,
+    title: String,
+    description: String,
+    source_branch: String,
+    target_branch: String,
+    /// Oldest first; never empty (a push appends).
+    versions: Vec<Version>,
+    /// GETs left that answer `diff_refs: null`.
+    pub(super) diff_refs_pending_gets: u32,
+    /// Threads, oldest first (overview notes are individual-note threads).
+    pub(super) discussions: Vec<StoredDiscussion>,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+}
+
+/// One diff version (what a push creates).
+#[derive(Debug, Clone)]
+struct Version {
+    id: u64,
+    head_sha: String,
+    base_sha: String,
+    start_sha: String,
+    files: Vec<VersionFile>,
+    created_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone)]
+struct VersionFile {
+    spec: FileSpec,
+    /// Parsed once, for position validation.
+    lines: FileLines,
+}
+
+impl Mr {
+    fn latest(&self) -> &Version {
+        // `versions` is never empty: built with one, only ever appended to.
+        &self.versions[self.versions.len() - 1]
+    }
+
+    fn discussion_mut(&mut self, id: &str) -> Result<&mut StoredDiscussion, ApiError> {
+        self.discussions
+            .iter_mut()
+            .find(|d| d.id == id)
+            .ok_or_else(ApiError::not_found)
+    }
+}
+
+/// Everything the simulated instance holds.
+#[derive(Debug, Default)]
+pub(super) struct State {
+    /// Project id → full path.
+    projects: BTreeMap<u64, String>,
+    /// (project id, iid) → MR.
+    pub(super) mrs: BTreeMap<(u64, u64), Mr>,
+    /// (project id, ref, path) → raw content.
+    files: HashMap<(u64, String, String), Vec<u8>>,
+    /// Pending faults, consumed in order.
+    pub(super) faults: Vec<FaultRule>,
+    /// Added to every request.
+    pub(super) latency: Duration,
+    /// Traffic log.
+    pub(super) requests: Vec<RequestRecord>,
+    /// `POST .../discussions` that stored a thread.
+    pub(super) posted_discussions: u64,
+    /// `POST .../notes` that stored a note.
+    pub(super) posted_notes: u64,
+    /// Id sequences (GitLab ids are instance-wide).
+    last_note_id: u64,
+    last_discussion: u64,
+    last_version_id: u64,
+    last_mr_id: u64,
+}
+
+impl State {
+    /// The fault for this request, if a rule applies (consuming one use of it).
+    pub(super) fn take_fault(&mut self, route: Route) -> Option<GitLabFault> {
+        let rule = self
+            .faults
+            .iter_mut()
+            .find(|r| r.remaining > 0 && r.route.is_none_or(|r| r == route))?;
+        rule.remaining -= 1;
+        let fault = rule.fault.clone();
+        self.faults.retain(|r| r.remaining > 0);
+        Some(fault)
+    }
+
+    /// A project id from `:id` as given (number or path, already percent-decoded).
+    pub(super) fn project_id(&self, project: &str) -> Option<u64> {
+        if let Ok(id) = project.parse::<u64>() {
+            return self.projects.contains_key(&id).then_some(id);
+        }
+        self.projects
+            .iter()
+            .find(|(_, path)| path.as_str() == project)
+            .map(|(id, _)| *id)
+    }
+
+    pub(super) fn project_path(&self, id: u64) -> &str {
+        self.projects.get(&id).map_or("", String::as_str)
+    }
+
+    /// The MR an API request names: 404 with GitLab's texts otherwise.
+    pub(super) fn api_mr(&self, project: &str, iid: &str) -> Result<(u64, u64), ApiError> {
+        let project_id = self
+            .project_id(project)
+            .ok_or_else(|| ApiError::message(404, "404 Project Not Found"))?;
+        let iid: u64 = iid.parse().map_err(|_| ApiError::not_found())?;
+        if self.mrs.contains_key(&(project_id, iid)) {
+            Ok((project_id, iid))
+        } else {
+            Err(ApiError::not_found())
+        }
+    }
+
+    fn api_mr_mut(&mut self, key: (u64, u64)) -> Result<&mut Mr, ApiError> {
+        self.mrs.get_mut(&key).ok_or_else(ApiError::not_found)
+    }
+
+    fn api_mr_ref(&self, key: (u64, u64)) -> Result<&Mr, ApiError> {
+        self.mrs.get(&key).ok_or_else(ApiError::not_found)
+    }
+
+    /// The MR for the test-facing accessors.
+    pub(super) fn mr(&self, project: &str, iid: u64) -> Result<&Mr, Error> {
+        self.project_id(project)
+            .and_then(|id| self.mrs.get(&(id, iid)))
+            .ok_or_else(|| Error::UnknownMergeRequest {
+                project: project.to_owned(),
+                iid,
+            })
+    }
+
+    pub(super) fn mr_mut(&mut self, project: &str, iid: u64) -> Result<&mut Mr, Error> {
+        let id = self.project_id(project);
+        id.and_then(|id| self.mrs.get_mut(&(id, iid)))
+            .ok_or_else(|| Error::UnknownMergeRequest {
+                project: project.to_owned(),
+                iid,
+            })
+    }
+
+    fn next_note_id(&mut self) -> u64 {
+        self.last_note_id += 1;
+        1000 + self.last_note_id
+    }
+
+    fn next_discussion_id(&mut self) -> String {
+        self.last_discussion += 1;
+        fake_sha(&format!("discussion-{}", self.last_discussion))
+    }
+
+    fn new_version(&mut self, spec: VersionSpec) -> Result<Version, Error> {
+        let files = spec
+            .files
+            .into_iter()
+            .map(|mut file| {
+                // GitLab lists added and deleted files with both paths equal.
+                if file.new_file {
+                    file.old_path.clone_from(&file.new_path);
+                } else if file.deleted_file {
+                    file.new_path.clone_from(&file.old_path);
+                }
+                let lines = FileLines::parse(&file.diff).map_err(|reason| Error::InvalidDiff {
+                    path: file.new_path.clone(),
+                    reason,
+                })?;
+                Ok(VersionFile { spec: file, lines })
+            })
+            .collect::<Result<Vec<_>, Error>>()?;
+        self.last_version_id += 1;
+        Ok(Version {
+            id: 100 + self.last_version_id,
+            head_sha: spec.head_sha,
+            base_sha: spec.base_sha,
+            start_sha: spec.start_sha,
+            files,
+            created_at: Utc::now(),
+        })
+    }
+
+    pub(super) fn add_merge_request(&mut self, spec: MrSpec) -> Result<(), Error> {
+        let version = self.new_version(VersionSpec {
+            files: spec.files,
+            head_sha: spec.head_sha,
+            base_sha: spec.base_sha,
+            start_sha: spec.start_sha,
+        })?;
+        self.projects
+            .insert(spec.project_id, spec.project_path.clone());
+        self.last_mr_id += 1;
+        let now = Utc::now();
+        let mr = Mr {
+            id: 500 + self.last_mr_id,
+            iid: spec.iid,
+            project_id: spec.project_id,
+            title: spec.title,
+            description: spec.description,
+            source_branch: spec.source_branch,
+            target_branch: spec.target_branch,
+            versions: vec![version],
+            diff_refs_pending_gets: spec.diff_refs_pending_gets,
+            discussions: Vec::new(),
+            created_at: now,
+            updated_at: now,
+        };
+        self.mrs.insert((spec.project_id, spec.iid), mr);
+        Ok(())
+    }
+
+    pub(super) fn push(
+        &mut self,
+        project: &str,
+        iid: u64,
+        files: Vec<FileSpec>,
+        head_sha: &str,
+    ) -> Result<(), Error> {
+        let latest = self.mr(project, iid)?.latest();
+        let spec = VersionSpec {
+            files,
+            head_sha: head_sha.to_owned(),
+            base_sha: latest.base_sha.clone(),
+            start_sha: latest.start_sha.clone(),
+        };
+        let version = self.new_version(spec)?;
+        let mr = self.mr_mut(project, iid)?;
+        mr.updated_at = version.created_at;
+        mr.versions.push(version);
+        Ok(())
+    }
+
+    pub(super) fn add_file(&mut self, project: &str, git_ref: &str, path: &str, content: Vec<u8>) {
+        let id = match self.project_id(project) {
+            Some(id) => id,
+            None => {
+                let (id, path) = match project.parse::<u64>() {
+                    Ok(id) => (id, format!("project-{id}")),
+                    Err(_) => (
+                        self.projects.keys().next_back().map_or(1, |last| last + 1),
+                        project.to_owned(),
+                    ),
+                };
+                self.projects.insert(id, path);
+                id
+            }
+        };
+        self.files
+            .insert((id, git_ref.to_owned(), path.to_owned()), content);
+    }
+
+    pub(super) fn seed_note(
+        &mut self,
+        project: &str,
+        iid: u64,
+        author: &str,
+        body: &str,
+        system: bool,
+    ) -> Result<StoredNote, Error> {
+        self.mr(project, iid)?;
+        let note = self.new_note(None, body, author, system, None, false);
+        let id = self.next_discussion_id();
+        self.mr_mut(project, iid)?
+            .discussions
+            .push(StoredDiscussion {
+                id,
+                individual_note: true,
+                notes: vec![note.clone()],
+            });
+        Ok(note)
+    }
+
+    fn new_note(
+        &mut self,
+        note_type: Option<&str>,
+        body: &str,
+        author: &str,
+        system: bool,
+        position: Option<StoredPosition>,
+        resolvable: bool,
+    ) -> StoredNote {
+        let now = Utc::now();
+        StoredNote {
+            id: self.next_note_id(),
+            note_type: note_type.map(str::to_owned),
+            body: body.to_owned(),
+            author: author.to_owned(),
+            system,
+            position,
+            resolvable,
+            resolved: false,
+            created_at: now,
+            updated_at: now,
+        }
+    }
+
+    pub(super) fn raw_file(
+        &self,
+        project: &str,
+        path: &str,
+        git_ref: &str,
+    ) -> Result<Vec<u8>, ApiError> {
+        let id = self
+            .project_id(project)
+            .ok_or_else(|| ApiError::message(404, "404 Project Not Found"))?;
+        self.files
+            .get(&(id, git_ref.to_owned(), path.to_owned()))
+            .cloned()
+            .ok_or_else(|| ApiError::message(404, "404 File Not Found"))
+    }
+
+    // ---- reads -------------------------------------------------------------------------
+
+    /// `GET .../merge_requests/:iid`; consumes one pending `diff_refs: null` answer.
+    pub(super) fn get_mr(&mut self, key: (u64, u64), base_url: &str) -> Result<Value, ApiError> {
+        let pending = {
+            let mr = self.api_mr_mut(key)?;
+            let pending = mr.diff_refs_pending_gets > 0;
+            mr.diff_refs_pending_gets = mr.diff_refs_pending_gets.saturating_sub(1);
+            pending
+        };
+        let mr = self.api_mr_ref(key)?;
+        let path = self.project_path(key.0);
+        let latest = mr.latest();
+        let author = author_json(BOT_USER_ID + 1, "alice", base_url);
+        let (diff_refs, changes_count) = if pending {
+            (Value::Null, Value::Null)
+        } else {
+            (
+                json!({
+                    "base_sha": latest.base_sha,
+                    "head_sha": latest.head_sha,
+                    "start_sha": latest.start_sha,
+                }),
+                json!(latest.files.len().to_string()),
+            )
+        };
+        let web_url = format!("{base_url}/{path}/-/merge_requests/{}", mr.iid);
+        let mut value = json!({
+            "id": mr.id,
+            "iid": mr.iid,
+            "project_id": mr.project_id,
+            "title": mr.title,
+            "description": if mr.description.is_empty() { Value::Null } else { json!(mr.description) },
+            "state": "opened",
+            "created_at": timestamp(mr.created_at),
+            "updated_at": timestamp(mr.updated_at),
+            "merged_by": null,
+            "merged_at": null,
+            "closed_by": null,
+            "closed_at": null,
+            "target_branch": mr.target_branch,
+            "source_branch": mr.source_branch,
+            "user_notes_count": mr.discussions.iter().map(|d| d.notes.len()).sum::<usize>(),
+            "upvotes": 0,
+            "downvotes": 0,
+            "author": author,
+            "assignees": [],
+            "reviewers": [],
+            "source_project_id": mr.project_id,
+            "target_project_id": mr.project_id,
+            "labels": [],
+            "draft": false,
+            "work_in_progress": false,
+            "milestone": null,
+            "merge_when_pipeline_succeeds": false,
+            "merge_status": "can_be_merged",
+            "detailed_merge_status": "mergeable",
+            "sha": latest.head_sha,
+            "merge_commit_sha": null,
+            "squash_commit_sha": null,
+            "discussion_locked": null,
+            "should_remove_source_branch": null,
+            "force_remove_source_branch": true,
+        });
+        // Two literals: one would exceed `json!`'s macro recursion limit.
+        let rest = json!({
+            "reference": format!("!{}", mr.iid),
+            "references": {
+                "short": format!("!{}", mr.iid),
+                "relative": format!("!{}", mr.iid),
+                "full": format!("{path}!{}", mr.iid),
+            },
+            "web_url": web_url,
+            "time_stats": {"time_estimate": 0, "total_time_spent": 0,
+                           "human_time_estimate": null, "human_total_time_spent": null},
+            "squash": false,
+            "task_completion_status": {"count": 0, "completed_count": 0},
+            "has_conflicts": false,
+            "blocking_discussions_resolved": true,
+            "changes_count": changes_count,
+            "diff_refs": diff_refs,
+            "diverged_commits_count": 0,
+        });
+        if let (Some(object), Value::Object(rest)) = (value.as_object_mut(), rest) {
+            object.extend(rest);
+        }
+        Ok(value)
+    }
+
+    /// `GET .../versions`: newest first.
+    pub(super) fn versions(&self, key: (u64, u64)) -> Result<Vec<Value>, ApiError> {
+        let mr = self.api_mr_ref(key)?;
+        Ok(mr
+            .versions
+            .iter()
+            .rev()
+            .map(|v| {
+                json!({
+                    "id": v.id,
+                    "head_commit_sha": v.head_sha,
+                    "base_commit_sha": v.base_sha,
+                    "start_commit_sha": v.start_sha,
+                    "created_at": timestamp(v.created_at),
+                    "merge_request_id": mr.id,
+                    "state": "collected",
+                    "real_size": v.files.len().to_string(),
+                    "patch_id_sha": fake_sha(&format!("patch-{}", v.id)),
+                })
+            })
+            .collect())
+    }
+
+    /// `GET .../diffs`: the latest version's files.
+    pub(super) fn diffs(&self, key: (u64, u64)) -> Result<Vec<Value>, ApiError> {
+        let mr = self.api_mr_ref(key)?;
+        Ok(mr
+            .latest()
+            .files
+            .iter()
+            .map(|f| {
+                let spec = &f.spec;
+                json!({
+                    "old_path": spec.old_path,
+                    "new_path": spec.new_path,
+                    "a_mode": if spec.new_file { "0" } else { "100644" },
+                    "b_mode": if spec.deleted_file { "0" } else { "100644" },
+                    "diff": spec.diff,
+                    "new_file": spec.new_file,
+                    "renamed_file": spec.renamed_file,
+                    "deleted_file": spec.deleted_file,
+                    "generated_file": spec.generated_file,
+                    "collapsed": spec.collapsed,
+                    "too_large": spec.too_large,
+                })
+            })
+            .collect())
+    }
+
+    /// `GET .../discussions`: oldest first.
+    pub(super) fn list_discussions(
+        &self,
+        key: (u64, u64),
+        base_url: &str,
+    ) -> Result<Vec<Value>, ApiError> {
+        let mr = self.api_mr_ref(key)?;
+        Ok(mr
+            .discussions
+            .iter()
+            .map(|d| discussion_json(d, mr, base_url))
+            .collect())
+    }
+
+    pub(super) fn get_discussion(
+        &self,
+        key: (u64, u64),
+        id: &str,
+        base_url: &str,
+    ) -> Result<Value, ApiError> {
+        let mr = self.api_mr_ref(key)?;
+        mr.discussions
+            .iter()
+            .find(|d| d.id == id)
+            .map(|d| discussion_json(d, mr, base_url))
+            .ok_or_else(ApiError::not_found)
+    }
+
+    /// `GET .../notes?sort=&order_by=`: GitLab's default is newest first by creation.
+    pub(super) fn list_notes(
+        &self,
+        key: (u64, u64),
+        sort: Option<&str>,
+        order_by: Option<&str>,
+        base_url: &str,
+    ) -> Result<Vec<Value>, ApiError> {
+        let ascending = match sort {
+            None | Some("desc") => false,
+            Some("asc") => true,
+            Some(_) => return Err(ApiError::grape("sort does not have a valid value")),
+        };
+        let by_update = match order_by {
+            None | Some("created_at") => false,
+            Some("updated_at") => true,
+            Some(_) => return Err(ApiError::grape("order_by does not have a valid value")),
+        };
+        let mr = self.api_mr_ref(key)?;
+        let mut notes: Vec<&StoredNote> =
+            mr.discussions.iter().flat_map(|d| d.notes.iter()).collect();
+        notes.sort_by_key(|n| {
+            (
+                if by_update {
+                    n.updated_at
+                } else {
+                    n.created_at
+                },
+                n.id,
+            )
+        });
+        if !ascending {
+            notes.reverse();
+        }
+        Ok(notes
+            .into_iter()
+            .map(|n| note_json(n, mr, base_url))
+            .collect())
+    }
+
+    pub(super) fn get_note(
+        &self,
+        key: (u64, u64),
+        note_id: &str,
+        base_url: &str,
+    ) -> Result<Value, ApiError> {
+        let mr = self.api_mr_ref(key)?;
+        let note_id: u64 = note_id.parse().map_err(|_| ApiError::not_found())?;
+        mr.discussions
+            .iter()
+            .flat_map(|d| d.notes.iter())
+            .find(|n| n.id == note_id)
+            .map(|n| note_json(n, mr, base_url))
+            .ok_or_else(ApiError::not_found)
+    }
+
+    // ---- writes ------------------------------------------------------------------------
+
+    /// `POST .../discussions`. With a valid text position the thread is inline (`DiffNote`);
+    /// without a position it is a plain thread; `not_inline` forces the latter.
+    pub(super) fn create_discussion(
+        &mut self,
+        key: (u64, u64),
+        params: &Value,
+        not_inline: bool,
+        base_url: &str,
+    ) -> Result<Value, ApiError> {
+        let body = required_body(params)?;
+        let position = match params.get("position") {
+            None | Some(Value::Null) => None,
+            Some(position) => Some(validate_position(self.api_mr_ref(key)?, position)?),
+        };
+        let (note_type, position) = match position {
+            Some(position) if !not_inline => ("DiffNote", Some(position)),
+            _ => ("DiscussionNote", None),
+        };
+        let note = self.new_note(Some(note_type), &body, BOT_USERNAME, false, position, true);
+        let id = self.next_discussion_id();
+        let discussion = StoredDiscussion {
+            id,
+            individual_note: false,
+            notes: vec![note],
+        };
+        self.posted_discussions += 1;
+        let mr = self.api_mr_mut(key)?;
+        mr.discussions.push(discussion);
+        let mr = self.api_mr_ref(key)?;
+        let stored = &mr.discussions[mr.discussions.len() - 1];
+        Ok(discussion_json(stored, mr, base_url))
+    }
+
+    /// `POST .../discussions/:id/notes`: a reply of the thread's type.
+    pub(super) fn reply(
+        &mut self,
+        key: (u64, u64),
+        discussion_id: &str,
+        params: &Value,
+        base_url: &str,
+    ) -> Result<Value, ApiError> {
+        let body = required_body(params)?;
+        let (note_type, position, individual) = {
+            let mr = self.api_mr_ref(key)?;
+            let discussion = mr
+                .discussions
+                .iter()
+                .find(|d| d.id == discussion_id)
+                .ok_or_else(ApiError::not_found)?;
+            let first = discussion.notes.first();
+            (
+                first.and_then(|n| n.note_type.clone()),
+                first.and_then(|n| n.position.clone()),
+                discussion.individual_note,
+            )
+        };
+        if individual {
+            // GitLab refuses replies to standalone overview notes.
+            return Err(ApiError::message(
+                400,
+                "400 Bad request - Note {:discussion_id=>[\"is not a discussion\"]}",
+            ));
+        }
+        let note_type = note_type.unwrap_or_else(|| "DiscussionNote".to_owned());
+        let note = self.new_note(Some(&note_type), &body, BOT_USERNAME, false, position, true);
+        let mr = self.api_mr_mut(key)?;
+        mr.discussion_mut(discussion_id)?.notes.push(note.clone());
+        let mr = self.api_mr_ref(key)?;
+        Ok(note_json(&note, mr, base_url))
+    }
+
+    /// `PUT .../discussions/:id?resolved=`.
+    pub(super) fn resolve(
+        &mut self,
+        key: (u64, u64),
+        discussion_id: &str,
+        params: &Value,
+        base_url: &str,
+    ) -> Result<Value, ApiError> {
+        let resolved = match params.get("resolved") {
+            None | Some(Value::Null) => return Err(ApiError::grape("resolved is missing")),
+            Some(Value::Bool(b)) => *b,
+            Some(Value::String(s)) if s == "true" => true,
+            Some(Value::String(s)) if s == "false" => false,
+            Some(_) => return Err(ApiError::grape("resolved is invalid")),
+        };
+        let mr = self.api_mr_mut(key)?;
+        let discussion = mr.discussion_mut(discussion_id)?;
+        if !discussion.notes.iter().any(|n| n.resolvable) {
+            return Err(ApiError::message(403, "403 Forbidden"));
+        }
+        let now = Utc::now();
+        for note in discussion.notes.iter_mut().filter(|n| n.resolvable) {
+            note.resolved = resolved;
+            note.updated_at = now;
+        }
+        let mr = self.api_mr_ref(key)?;
+        self.get_discussion((mr.project_id, mr.iid), discussion_id, base_url)
+    }
+
+    /// `POST .../notes`: an overview note (an individual-note thread).
+    pub(super) fn create_note(
+        &mut self,
+        key: (u64, u64),
+        params: &Value,
+        base_url: &str,
+    ) -> Result<Value, ApiError> {
+        let body = required_body(params)?;
+        self.api_mr_ref(key)?;
+        let note = self.new_note(None, &body, BOT_USERNAME, false, None, false);
+        let id = self.next_discussion_id();
+        self.posted_notes += 1;
+        let mr = self.api_mr_mut(key)?;
+        mr.discussions.push(StoredDiscussion {
+            id,
+            individual_note: true,
+            notes: vec![note.clone()],
+        });
+        let mr = self.api_mr_ref(key)?;
+        Ok(note_json(&note, mr, base_url))
+    }
+
+    /// `PUT .../notes/:note_id`: edits the body.
+    pub(super) fn update_note(
+        &mut self,
+        key: (u64, u64),
+        note_id: &str,
+        params: &Value,
+        base_url: &str,
+    ) -> Result<Value, ApiError> {
+        let body = required_body(params)?;
+        let note_id: u64 = note_id.parse().map_err(|_| ApiError::not_found())?;
+        let mr = self.api_mr_mut(key)?;
+        let note = mr
+            .discussions
+            .iter_mut()
+            .flat_map(|d| d.notes.iter_mut())
+            .find(|n| n.id == note_id)
+            .ok_or_else(ApiError::not_found)?;
+        if note.system || note.author != BOT_USERNAME {
+            return Err(ApiError::message(403, "403 Forbidden"));
+        }
+        note.body = body;
+        note.updated_at = Utc::now();
+        let note = note.clone();
+        let mr = self.api_mr_ref(key)?;
+        Ok(note_json(&note, mr, base_url))
+    }
+}
+
+/// What a new version is made of.
+struct VersionSpec {
+    files: Vec<FileSpec>,
+    head_sha: String,
+    base_sha: String,
+    start_sha: String,
+}
+
+/// The `body` parameter, with Grape's and the model's checks.
+fn required_body(params: &Value) -> Result<String, ApiError> {
+    let body = match params.get("body") {
+        None | Some(Value::Null) => return Err(ApiError::grape("body is missing")),
+        Some(Value::String(body)) => body.clone(),
+        Some(_) => return Err(ApiError::grape("body is invalid")),
+    };
+    if body.trim().is_empty() {
+        return Err(ApiError::grape("body is empty"));
+    }
+    if body.chars().count() > MAX_NOTE_CHARS {
+        return Err(ApiError::message(
+            400,
+            "400 Bad request - Note {:note=>[\"is too long (maximum is 1000000 characters)\"]}",
+        ));
+    }
+    Ok(body)
+}
+
+/// Checks a `position` the way GitLab does when it builds the note's line code, and returns
+/// it as stored. Rules (reference A6):
+/// - `position_type` is required and one of `text`, `image`, `file`;
+/// - the three SHAs are required and must be those of the latest diff version;
+/// - `old_path`/`new_path` must name one file of that version exactly as GitLab lists it
+///   (added and deleted files: both paths equal);
+/// - for `text`: an added line carries `new_line` only, a removed line `old_line` only, a
+///   context line both, and the pair must be a line inside one of the file's hunks.
+///
+/// Any failure of the last two groups is the `line_code` 400. A line number of 0 is answered
+/// with a 500, as GitLab has been seen to do.
+fn validate_position(mr: &Mr, position: &Value) -> Result<StoredPosition, ApiError> {
+    let Some(object) = position.as_object() else {
+        return Err(ApiError::grape("position is invalid"));
+    };
+    let text = |name: &str| -> Result<String, ApiError> {
+        match object.get(name) {
+            None | Some(Value::Null) => {
+                Err(ApiError::grape(&format!("position[{name}] is missing")))
+            }
+            Some(Value::String(s)) => Ok(s.clone()),
+            Some(_) => Err(ApiError::grape(&format!("position[{name}] is invalid"))),
+        }
+    };
+    let line = |name: &str| -> Result<Option<u32>, ApiError> {
+        let invalid = || ApiError::grape(&format!("position[{name}] is invalid"));
+        let number = match object.get(name) {
+            None | Some(Value::Null) => return Ok(None),
+            Some(Value::Number(n)) => n.as_u64().ok_or_else(invalid)?,
+            Some(Value::String(s)) if s.is_empty() => return Ok(None),
+            Some(Value::String(s)) => s.parse::<u64>().map_err(|_| invalid())?,
+            Some(_) => return Err(invalid()),
+        };
+        if number == 0 {
+            return Err(ApiError::internal());
+        }
+        u32::try_from(number).map(Some).map_err(|_| invalid())
+    };
+    let position_type = text("position_type")?;
+    if !matches!(position_type.as_str(), "text" | "image" | "file") {
+        return Err(ApiError::grape(
+            "position[position_type] does not have a valid value",
+        ));
+    }
+    let stored = StoredPosition {
+        base_sha: text("base_sha")?,
+        start_sha: text("start_sha")?,
+        head_sha: text("head_sha")?,
+        old_path: text("old_path").unwrap_or_default(),
+        new_path: text("new_path").unwrap_or_default(),
+        old_line: line("old_line")?,
+        new_line: line("new_line")?,
+        position_type,
+    };
+    let latest = mr.latest();
+    if stored.base_sha != latest.base_sha
+        || stored.start_sha != latest.start_sha
+        || stored.head_sha != latest.head_sha
+    {
+        return Err(ApiError::line_code());
+    }
+    let file = latest
+        .files
+        .iter()
+        .find(|f| f.spec.old_path == stored.old_path && f.spec.new_path == stored.new_path)
+        .ok_or_else(ApiError::line_code)?;
+    match stored.position_type.as_str() {
+        "file" => Ok(stored),
+        "image" => Err(ApiError::message(
+            400,
+            "400 Bad request - Note {:position=>[\"image positions are not supported by the simulated GitLab\"]}",
+        )),
+        _ => {
+            let found = file.lines.find(stored.old_line, stored.new_line);
+            // `find` matches the exact (old, new) pair, so the kind rules hold by
+            // construction; the match below only documents them.
+            match found.map(|l| l.kind) {
+                Some(LineKind::Added | LineKind::Removed | LineKind::Context) => Ok(stored),
+                None => Err(ApiError::line_code()),
+            }
+        }
+    }
+}
+
+pub(super) fn timestamp(at: DateTime<Utc>) -> String {
+    at.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+fn author_json(id: u64, username: &str, base_url: &str) -> Value {
+    json!({
+        "id": id,
+        "username": username,
+        "name": username,
+        "state": "active",
+        "locked": false,
+        "avatar_url": null,
+        "web_url": format!("{base_url}/{username}"),
+    })
+}
+
+fn position_json(p: &StoredPosition) -> Value {
+    json!({
+        "base_sha": p.base_sha,
+        "start_sha": p.start_sha,
+        "head_sha": p.head_sha,
+        "old_path": p.old_path,
+        "new_path": p.new_path,
+        "position_type": p.position_type,
+        "old_line": p.old_line,
+        "new_line": p.new_line,
+        "line_range": null,
+    })
+}
+
+fn note_json(note: &StoredNote, mr: &Mr, base_url: &str) -> Value {
+    let author_id = if note.author == BOT_USERNAME {
+        BOT_USER_ID
+    } else {
+        // Stable per name, never the bot's id.
+        10 + note.author.bytes().map(u64::from).sum::<u64>()
+    };
+    let mut value = json!({
+        "id": note.id,
+        "type": note.note_type,
+        "body": note.body,
+        "attachment": null,
+        "author": author_json(author_id, &note.author, base_url),
+        "created_at": timestamp(note.created_at),
+        "updated_at": timestamp(note.updated_at),
+        "system": note.system,
+        "noteable_id": mr.id,
+        "noteable_type": "MergeRequest",
+        "project_id": mr.project_id,
+        "noteable_iid": mr.iid,
+        "commit_id": null,
+        "resolvable": note.resolvable,
+        "resolved": note.resolved,
+        "resolved_by": null,
+        "resolved_at": null,
+        "confidential": false,
+        "internal": false,
+        "imported": false,
+        "imported_from": "none",
+        "suggestions": [],
+    });
+    if let (Some(position), Some(object)) = (&note.position, value.as_object_mut()) {
+        object.insert("position".to_owned(), position_json(position));
+    }
+    value
+}
+
+fn discussion_json(d: &StoredDiscussion, mr: &Mr, base_url: &str) -> Value {
+    json!({
+        "id": d.id,
+        "individual_note": d.individual_note,
+        "notes": d.notes.iter().map(|n| note_json(n, mr, base_url)).collect::<Vec<_>>(),
+    })
+}

@@ -1,0 +1,782 @@
+//! A simulated Zhipu GLM chat-completions endpoint (`POST {base}/chat/completions`, base
+//! `http://127.0.0.1:PORT/api/paas/v4`, as on `open.bigmodel.cn`).
+//!
+//! Answers are deterministic: the findings come from [`rules`] applied to the diff in the
+//! user message, and `usage` is `ceil(chars / 4)` of all message contents (prompt) and of the
+//! answer (completion), so tests can recompute every number. The server counts requests in
+//! flight (and the peak), bills the usage of every answer that carries one, logs each call,
+//! and injects GLM's failures ([`GlmFault`]) from a script.
+//!
+//! Wire formats follow `reference/gitlab-glm-api.md` section B: error bodies
+//! `{"error":{"code":"1302","message":"..."}}` with the code as a string; 429 for rate limit,
+//! overload and arrears; 400 for parameter errors, 1261 and 1301; 401 for auth.
+
+pub mod rules;
+
+use std::{
+    collections::VecDeque,
+    sync::{
+        Arc, Mutex, MutexGuard,
+        atomic::{AtomicU64, AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use axum::{
+    Router,
+    body::{Body, Bytes},
+    extract::{DefaultBodyLimit, State},
+    http::{HeaderMap, StatusCode, header},
+    response::{IntoResponse, Response},
+    routing::post,
+};
+use chrono::Utc;
+use serde_json::{Value, json};
+
+use super::{Error, server};
+
+/// Where the API lives under the server root, as on `open.bigmodel.cn` (no `/v1`).
+const API_PREFIX: &str = "/api/paas/v4";
+
+/// Largest request accepted: a 200K-token prompt is under 1 MB of text; 8 MiB leaves room
+/// for JSON escaping of multi-byte text and stops a runaway client.
+const MAX_REQUEST_BYTES: usize = 8 * 1024 * 1024;
+
+/// The system prompt asks for at most 10 findings; the fake model obeys by default.
+pub const DEFAULT_MAX_FINDINGS: usize = 10;
+
+/// How the fake model behaves when no fault applies.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GlmBehaviour {
+    /// Time to "generate" each successful answer (the bench uses 300 ms).
+    pub latency: Duration,
+    /// Findings per answer, most severe first.
+    pub max_findings: usize,
+    /// Prompts estimated above this many tokens are refused with 1261 (prompt too long), as a
+    /// model with this context window would. `None`: no limit.
+    pub max_prompt_tokens: Option<u64>,
+}
+
+impl Default for GlmBehaviour {
+    fn default() -> Self {
+        GlmBehaviour {
+            latency: Duration::ZERO,
+            max_findings: DEFAULT_MAX_FINDINGS,
+            max_prompt_tokens: None,
+        }
+    }
+}
+
+impl GlmBehaviour {
+    /// Default behaviour with this latency.
+    pub fn with_latency(latency: Duration) -> Self {
+        GlmBehaviour {
+            latency,
+            ..GlmBehaviour::default()
+        }
+    }
+}
+
+/// One injected failure. Error answers come back at once (no latency), as a provider's
+/// limiter answers; answers with a body come back after the latency.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GlmFault {
+    /// HTTP 429, code `1302`: concurrency or rate limit reached. Retryable.
+    RateLimited,
+    /// HTTP 429, code `1305`: the model is overloaded. Retryable with a longer backoff.
+    Overloaded,
+    /// HTTP 429, code `1113`: the account is in arrears (balance exhausted). Not retryable.
+    Arrears,
+    /// HTTP 500, code `500`: internal error. Retryable.
+    ServerError,
+    /// HTTP 400, code `1261`: the prompt is too long. Split the input.
+    PromptTooLong,
+    /// HTTP 400, code `1301`: moderation refused the input.
+    ContentFiltered,
+    /// HTTP 200, `finish_reason: "sensitive"`, empty content, usage billed.
+    SensitiveOutput,
+    /// HTTP 200, `finish_reason: "length"`, content cut in half (not valid JSON), usage billed.
+    Truncated,
+    /// HTTP 200, `finish_reason: "stop"`, content is prose instead of JSON; usage billed.
+    NotJson,
+    /// HTTP 200, the JSON answer wrapped in prose and a ```` ```json ```` fence (what models
+    /// do despite instructions); a tolerant parser must still read it. Usage billed.
+    Fenced,
+    /// HTTP 200 with an HTML page instead of a completion (a wrong base URL or a proxy).
+    NotCompletion,
+    /// Answer normally, but after this delay instead of the latency (exceed the client's
+    /// timeout to simulate a hung provider).
+    Slow(Duration),
+    /// Any other error answer: HTTP status, GLM code and message.
+    Custom {
+        /// HTTP status.
+        status: u16,
+        /// Business code, sent as a string.
+        code: String,
+        /// Message.
+        message: String,
+    },
+}
+
+/// One request as the fake saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GlmCall {
+    /// Model requested (empty if the body could not be read).
+    pub model: String,
+    /// HTTP status answered; 499 when the client went away before the answer.
+    pub status: u16,
+    /// GLM business code of an error answer.
+    pub error_code: Option<String>,
+    /// `finish_reason` of a completion.
+    pub finish_reason: Option<String>,
+    /// Prompt tokens billed (`None`: the answer carried no usage).
+    pub prompt_tokens: Option<u64>,
+    /// Completion tokens billed.
+    pub completion_tokens: Option<u64>,
+    /// The fault applied, if any.
+    pub fault: Option<GlmFault>,
+    /// The user message(s), joined.
+    pub user_prompt: String,
+    /// From request arrival to answer.
+    pub elapsed: Duration,
+}
+
+/// A fault for requests whose messages contain a needle.
+#[derive(Debug, Clone)]
+struct PromptRule {
+    needle: String,
+    fault: GlmFault,
+    /// `None`: forever.
+    remaining: Option<u32>,
+}
+
+/// Mutable state; a std mutex, never held across an `.await`.
+#[derive(Debug, Default)]
+struct GlmState {
+    behaviour: GlmBehaviour,
+    /// Faults for the next requests, one each, in order.
+    queue: VecDeque<GlmFault>,
+    /// Fault for every request not matched by a rule or the queue.
+    every_request: Option<GlmFault>,
+    prompt_rules: Vec<PromptRule>,
+    calls: Vec<GlmCall>,
+    billed_prompt: u64,
+    billed_completion: u64,
+    /// Completion id sequence.
+    last_id: u64,
+}
+
+#[derive(Debug)]
+struct Inner {
+    /// `http://127.0.0.1:PORT/api/paas/v4`.
+    base_url: String,
+    /// The only accepted bearer key.
+    api_key: String,
+    /// Cuts simulated generation short on shutdown.
+    stopper: server::Stopper,
+    /// Requests being handled now; atomics so the hot path measures without the lock.
+    in_flight: AtomicUsize,
+    /// Highest `in_flight` seen.
+    peak_in_flight: AtomicUsize,
+    /// Requests received.
+    requests: AtomicU64,
+    state: Mutex<GlmState>,
+}
+
+impl Inner {
+    fn lock(&self) -> MutexGuard<'_, GlmState> {
+        // A panicking handler must not poison every later request.
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// A running simulated GLM. Stops when dropped (or with [`FakeGlm::shutdown`]).
+#[derive(Debug)]
+pub struct FakeGlm {
+    inner: Arc<Inner>,
+    running: server::Running,
+}
+
+impl FakeGlm {
+    /// Starts a server on `127.0.0.1:0` that accepts `Authorization: Bearer {api_key}`.
+    ///
+    /// # Errors
+    /// [`Error::Bind`] when no loopback port can be bound.
+    pub async fn start(api_key: &str, behaviour: GlmBehaviour) -> Result<FakeGlm, Error> {
+        let (listener, addr) = server::bind("GLM").await?;
+        let (stop, stopper) = server::stop_channel();
+        let inner = Arc::new(Inner {
+            base_url: format!("http://{addr}{API_PREFIX}"),
+            api_key: api_key.to_owned(),
+            stopper,
+            in_flight: AtomicUsize::new(0),
+            peak_in_flight: AtomicUsize::new(0),
+            requests: AtomicU64::new(0),
+            state: Mutex::new(GlmState {
+                behaviour,
+                ..GlmState::default()
+            }),
+        });
+        let router = Router::new()
+            .route(&format!("{API_PREFIX}/chat/completions"), post(chat))
+            .fallback(|| async {
+                glm_error(StatusCode::NOT_FOUND, "1222", "API 不存在 (no such API)")
+            })
+            .layer(DefaultBodyLimit::max(MAX_REQUEST_BYTES))
+            .with_state(Arc::clone(&inner));
+        let running = server::serve("GLM", listener, addr, router, stop);
+        Ok(FakeGlm { inner, running })
+    }
+
+    /// `http://127.0.0.1:PORT/api/paas/v4` (`GLM_BASE_URL`; the client appends `/chat/completions`).
+    pub fn base_url(&self) -> &str {
+        &self.inner.base_url
+    }
+
+    /// Stops the server; simulated generation in progress is cut short.
+    pub async fn shutdown(mut self) {
+        self.running.shutdown().await;
+    }
+
+    /// Changes the latency of answers from now on.
+    pub fn set_latency(&self, latency: Duration) {
+        self.inner.lock().behaviour.latency = latency;
+    }
+
+    /// Changes the whole behaviour from now on.
+    pub fn set_behaviour(&self, behaviour: GlmBehaviour) {
+        self.inner.lock().behaviour = behaviour;
+    }
+
+    /// Queues faults for the next requests, one per request, in order.
+    pub fn push_faults(&self, faults: impl IntoIterator<Item = GlmFault>) {
+        self.inner.lock().queue.extend(faults);
+    }
+
+    /// A fault for every request that no prompt rule or queued fault covers (`None` clears it).
+    pub fn set_fault_for_every_request(&self, fault: Option<GlmFault>) {
+        self.inner.lock().every_request = fault;
+    }
+
+    /// A fault for requests whose messages contain `needle` (e.g. a file path, to fail one
+    /// chunk whatever order the workers send them in); `times: None` means every time.
+    /// Prompt rules take precedence over queued faults.
+    pub fn add_prompt_fault(&self, needle: &str, fault: GlmFault, times: Option<u32>) {
+        self.inner.lock().prompt_rules.push(PromptRule {
+            needle: needle.to_owned(),
+            fault,
+            remaining: times,
+        });
+    }
+
+    /// Removes every fault (queue, every-request fault and prompt rules).
+    pub fn clear_faults(&self) {
+        let mut state = self.inner.lock();
+        state.queue.clear();
+        state.every_request = None;
+        state.prompt_rules.clear();
+    }
+
+    /// Requests being handled right now.
+    pub fn in_flight(&self) -> usize {
+        self.inner.in_flight.load(Ordering::SeqCst)
+    }
+
+    /// The most requests ever handled at the same time.
+    pub fn peak_in_flight(&self) -> usize {
+        self.inner.peak_in_flight.load(Ordering::SeqCst)
+    }
+
+    /// Forgets the peak (it restarts from the current in-flight count).
+    pub fn reset_peak_in_flight(&self) {
+        self.inner
+            .peak_in_flight
+            .store(self.in_flight(), Ordering::SeqCst);
+    }
+
+    /// Requests received (all, failed ones included).
+    pub fn request_count(&self) -> u64 {
+        self.inner.requests.load(Ordering::SeqCst)
+    }
+
+    /// Every finished request, in completion order.
+    pub fn calls(&self) -> Vec<GlmCall> {
+        self.inner.lock().calls.clone()
+    }
+
+    /// Prompt tokens of every answer that carried `usage`.
+    pub fn billed_prompt_tokens(&self) -> u64 {
+        self.inner.lock().billed_prompt
+    }
+
+    /// Completion tokens of every answer that carried `usage`.
+    pub fn billed_completion_tokens(&self) -> u64 {
+        self.inner.lock().billed_completion
+    }
+
+    /// Prompt plus completion tokens billed.
+    pub fn billed_total_tokens(&self) -> u64 {
+        let state = self.inner.lock();
+        state.billed_prompt + state.billed_completion
+    }
+}
+
+/// The fake's token count: `ceil(chars / 4)`, the usual rule of thumb.
+pub fn estimate_tokens(text: &str) -> u64 {
+    (text.chars().count() as u64).div_ceil(4)
+}
+
+/// Counts a request in flight for as long as it lives, and records its call when dropped,
+/// so a request whose client went away (the handler future dropped) is still logged.
+struct InFlight {
+    inner: Arc<Inner>,
+    started: Instant,
+    call: GlmCall,
+    /// Set once the answer is built; otherwise the drop records status 499.
+    answered: bool,
+}
+
+impl InFlight {
+    fn enter(inner: &Arc<Inner>) -> Self {
+        inner.requests.fetch_add(1, Ordering::SeqCst);
+        let now = inner.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        inner.peak_in_flight.fetch_max(now, Ordering::SeqCst);
+        InFlight {
+            inner: Arc::clone(inner),
+            started: Instant::now(),
+            call: GlmCall {
+                model: String::new(),
+                status: 499,
+                error_code: None,
+                finish_reason: None,
+                prompt_tokens: None,
+                completion_tokens: None,
+                fault: None,
+                user_prompt: String::new(),
+                elapsed: Duration::ZERO,
+            },
+            answered: false,
+        }
+    }
+
+    /// Records the answer (and bills its usage) and returns it.
+    fn answer(mut self, answer: Answer) -> Response {
+        self.call.status = answer.status.as_u16();
+        self.call.error_code = answer.error_code;
+        self.call.finish_reason = answer.finish_reason;
+        if let Some((prompt, completion)) = answer.usage {
+            self.call.prompt_tokens = Some(prompt);
+            self.call.completion_tokens = Some(completion);
+            let mut state = self.inner.lock();
+            state.billed_prompt += prompt;
+            state.billed_completion += completion;
+        }
+        self.answered = true;
+        answer.response
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.inner.in_flight.fetch_sub(1, Ordering::SeqCst);
+        let mut call = self.call.clone();
+        if !self.answered {
+            call.status = 499;
+        }
+        call.elapsed = self.started.elapsed();
+        self.inner.lock().calls.push(call);
+    }
+}
+
+/// An answer and the facts the call log needs.
+struct Answer {
+    status: StatusCode,
+    response: Response,
+    error_code: Option<String>,
+    finish_reason: Option<String>,
+    /// (prompt, completion) tokens when the body carries `usage`.
+    usage: Option<(u64, u64)>,
+}
+
+impl Answer {
+    fn error(status: StatusCode, code: &str, message: &str) -> Self {
+        Answer {
+            status,
+            response: glm_error(status, code, message),
+            error_code: Some(code.to_owned()),
+            finish_reason: None,
+            usage: None,
+        }
+    }
+}
+
+/// An error answer before the fault script runs (auth, parameter checks); small so it can
+/// travel in a `Result`.
+struct Refusal {
+    status: StatusCode,
+    code: &'static str,
+    message: &'static str,
+}
+
+impl From<Refusal> for Answer {
+    fn from(refusal: Refusal) -> Self {
+        Answer::error(refusal.status, refusal.code, refusal.message)
+    }
+}
+
+fn glm_error(status: StatusCode, code: &str, message: &str) -> Response {
+    json_response(
+        status,
+        &json!({ "error": { "code": code, "message": message } }),
+    )
+}
+
+fn json_response(status: StatusCode, value: &Value) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json; charset=UTF-8")],
+        Body::from(serde_json::to_vec(value).unwrap_or_default()),
+    )
+        .into_response()
+}
+
+/// The parts of a chat request the fake reads.
+struct ChatIn {
+    model: String,
+    /// (role, content) pairs.
+    messages: Vec<(String, String)>,
+    max_tokens: Option<u64>,
+    request_id: Option<String>,
+}
+
+impl ChatIn {
+    fn user_text(&self) -> String {
+        self.messages
+            .iter()
+            .filter(|(role, _)| role == "user")
+            .map(|(_, content)| content.as_str())
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    fn prompt_tokens(&self) -> u64 {
+        let all: String = self.messages.iter().map(|(_, c)| c.as_str()).collect();
+        estimate_tokens(&all)
+    }
+}
+
+/// Checks the body like GLM's parameter validation (codes 1210/1211/1214).
+fn parse_chat(body: &[u8]) -> Result<ChatIn, Refusal> {
+    let bad = |code: &'static str, message: &'static str| Refusal {
+        status: StatusCode::BAD_REQUEST,
+        code,
+        message,
+    };
+    let json: Value = serde_json::from_slice(body).map_err(|_| {
+        bad(
+            "1210",
+            "API 调用参数有误，请检查文档。(the body is not JSON)",
+        )
+    })?;
+    let model = json
+        .get("model")
+        .and_then(Value::as_str)
+        .filter(|m| !m.trim().is_empty())
+        .ok_or_else(|| bad("1211", "模型不存在，请检查模型代码。(model is missing)"))?
+        .to_owned();
+    if json.get("stream").and_then(Value::as_bool) == Some(true) {
+        return Err(bad("1210", "stream is not supported by the simulated GLM"));
+    }
+    if let Some(t) = json.get("temperature").filter(|t| !t.is_null())
+        && !t.as_f64().is_some_and(|t| (0.0..=1.0).contains(&t))
+    {
+        return Err(bad("1214", "temperature must be within [0, 1]"));
+    }
+    if let Some(stop) = json.get("stop").and_then(Value::as_array)
+        && stop.len() > 1
+    {
+        return Err(bad("1214", "stop accepts at most one string"));
+    }
+    if let Some(kind) = json.pointer("/response_format/type")
+        && !matches!(kind.as_str(), Some("text" | "json_object"))
+    {
+        return Err(bad(
+            "1214",
+            "response_format.type must be text or json_object",
+        ));
+    }
+    let messages = json
+        .get("messages")
+        .and_then(Value::as_array)
+        .filter(|m| !m.is_empty())
+        .ok_or_else(|| {
+            bad(
+                "1214",
+                "messages 参数非法。请检查文档。(messages is missing or empty)",
+            )
+        })?;
+    let mut parsed = Vec::with_capacity(messages.len());
+    for message in messages {
+        let role = message
+            .get("role")
+            .and_then(Value::as_str)
+            .filter(|r| matches!(*r, "system" | "user" | "assistant" | "tool"))
+            .ok_or_else(|| bad("1214", "messages 参数非法。请检查文档。(unknown role)"))?;
+        let content = match message.get("content") {
+            Some(Value::String(text)) => text.clone(),
+            // OpenAI-style content parts: keep the text ones.
+            Some(Value::Array(parts)) => parts
+                .iter()
+                .filter_map(|p| p.get("text").and_then(Value::as_str))
+                .collect::<Vec<_>>()
+                .join(""),
+            None | Some(Value::Null) if role == "assistant" => String::new(),
+            _ => {
+                return Err(bad(
+                    "1214",
+                    "messages 参数非法。请检查文档。(content must be text)",
+                ));
+            }
+        };
+        parsed.push((role.to_owned(), content));
+    }
+    if !parsed.iter().any(|(role, _)| role == "user") {
+        return Err(bad(
+            "1214",
+            "messages 参数非法。请检查文档。(no user message)",
+        ));
+    }
+    Ok(ChatIn {
+        model,
+        messages: parsed,
+        max_tokens: json.get("max_tokens").and_then(Value::as_u64),
+        request_id: json
+            .get("request_id")
+            .and_then(Value::as_str)
+            .map(str::to_owned),
+    })
+}
+
+/// `Authorization: Bearer KEY` (GLM codes 1001 missing, 1002 invalid; both HTTP 401).
+fn check_auth(api_key: &str, headers: &HeaderMap) -> Result<(), Refusal> {
+    let Some(value) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return Err(Refusal {
+            status: StatusCode::UNAUTHORIZED,
+            code: "1001",
+            message: "Header中未收到Authorization参数，无法进行身份验证。",
+        });
+    };
+    match value.strip_prefix("Bearer ") {
+        Some(key) if !api_key.is_empty() && key.trim() == api_key => Ok(()),
+        _ => Err(Refusal {
+            status: StatusCode::UNAUTHORIZED,
+            code: "1002",
+            message: "Authorization Token非法，请确认Authorization Token正确传递。",
+        }),
+    }
+}
+
+/// The fault for this request: a prompt rule, else the queue, else the every-request fault.
+fn choose_fault(state: &mut GlmState, request: &ChatIn) -> Option<GlmFault> {
+    let matched = state.prompt_rules.iter_mut().find(|rule| {
+        rule.remaining != Some(0)
+            && request
+                .messages
+                .iter()
+                .any(|(_, content)| content.contains(&rule.needle))
+    });
+    if let Some(rule) = matched {
+        if let Some(left) = rule.remaining.as_mut() {
+            *left -= 1;
+        }
+        let fault = rule.fault.clone();
+        state.prompt_rules.retain(|r| r.remaining != Some(0));
+        return Some(fault);
+    }
+    state
+        .queue
+        .pop_front()
+        .or_else(|| state.every_request.clone())
+}
+
+async fn chat(State(inner): State<Arc<Inner>>, headers: HeaderMap, body: Bytes) -> Response {
+    let mut guard = InFlight::enter(&inner);
+    if let Err(refusal) = check_auth(&inner.api_key, &headers) {
+        return guard.answer(refusal.into());
+    }
+    let request = match parse_chat(&body) {
+        Ok(request) => request,
+        Err(refusal) => return guard.answer(refusal.into()),
+    };
+    guard.call.model.clone_from(&request.model);
+    guard.call.user_prompt = request.user_text();
+    let (fault, behaviour, id) = {
+        let mut state = inner.lock();
+        state.last_id += 1;
+        (
+            choose_fault(&mut state, &request),
+            state.behaviour.clone(),
+            state.last_id,
+        )
+    };
+    guard.call.fault.clone_from(&fault);
+    let (delay, answer) = respond(&request, fault.as_ref(), &behaviour, id);
+    if !inner.stopper.sleep(delay).await {
+        return guard.answer(Answer::error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "1234",
+            "the simulated GLM is stopping",
+        ));
+    }
+    guard.answer(answer)
+}
+
+/// What to answer and after how long.
+fn respond(
+    request: &ChatIn,
+    fault: Option<&GlmFault>,
+    behaviour: &GlmBehaviour,
+    id: u64,
+) -> (Duration, Answer) {
+    let now = Duration::ZERO;
+    let prompt_tokens = request.prompt_tokens();
+    let error =
+        |status: StatusCode, code: &str, message: &str| (now, Answer::error(status, code, message));
+    match fault {
+        Some(GlmFault::RateLimited) => {
+            return error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "1302",
+                "Rate limit reached for requests",
+            );
+        }
+        Some(GlmFault::Overloaded) => {
+            return error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "1305",
+                "The service may be temporarily overloaded, please try again later",
+            );
+        }
+        Some(GlmFault::Arrears) => {
+            return error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "1113",
+                "余额不足或无可用资源包,请充值。",
+            );
+        }
+        Some(GlmFault::ServerError) => {
+            return error(StatusCode::INTERNAL_SERVER_ERROR, "500", "Internal Error");
+        }
+        Some(GlmFault::PromptTooLong) => {
+            return error(StatusCode::BAD_REQUEST, "1261", "Prompt exceeds max length");
+        }
+        Some(GlmFault::ContentFiltered) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "1301",
+                "系统检测到输入或生成内容可能包含不安全或敏感内容，请您避免输入易产生敏感内容的提示语，感谢您的配合。",
+            );
+        }
+        Some(GlmFault::Custom {
+            status,
+            code,
+            message,
+        }) => {
+            let status = StatusCode::from_u16(*status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            return error(status, code, message);
+        }
+        Some(GlmFault::NotCompletion) => {
+            let response = (
+                StatusCode::OK,
+                [(header::CONTENT_TYPE, "text/html")],
+                "<!doctype html><html><body><h1>Welcome</h1></body></html>\n",
+            )
+                .into_response();
+            return (
+                behaviour.latency,
+                Answer {
+                    status: StatusCode::OK,
+                    response,
+                    error_code: None,
+                    finish_reason: None,
+                    usage: None,
+                },
+            );
+        }
+        _ => {}
+    }
+    if behaviour
+        .max_prompt_tokens
+        .is_some_and(|max| prompt_tokens > max)
+    {
+        return error(StatusCode::BAD_REQUEST, "1261", "Prompt exceeds max length");
+    }
+
+    let review = rules::review(&request.user_text(), behaviour.max_findings);
+    let json_answer = serde_json::to_string(&review).unwrap_or_default();
+    let (mut content, mut finish_reason) = match fault {
+        Some(GlmFault::SensitiveOutput) => (String::new(), "sensitive"),
+        Some(GlmFault::Truncated) => {
+            let half = json_answer.chars().count() / 2;
+            (json_answer.chars().take(half).collect(), "length")
+        }
+        Some(GlmFault::NotJson) => (
+            "I looked at the changes and they seem reasonable overall. Nothing stands out."
+                .to_owned(),
+            "stop",
+        ),
+        Some(GlmFault::Fenced) => (
+            format!(
+                "Here is my review:\n```json\n{json_answer}\n```\nLet me know if you need more."
+            ),
+            "stop",
+        ),
+        _ => (json_answer, "stop"),
+    };
+    // A request's own output cap truncates the answer as the real model would.
+    if let Some(max) = request.max_tokens
+        && estimate_tokens(&content) > max
+    {
+        let keep = usize::try_from(max.saturating_mul(4)).unwrap_or(usize::MAX);
+        content = content.chars().take(keep).collect();
+        finish_reason = "length";
+    }
+    let completion_tokens = estimate_tokens(&content);
+    let delay = match fault {
+        Some(GlmFault::Slow(delay)) => *delay,
+        _ => behaviour.latency,
+    };
+    let completion_id = format!("{}{id:012x}", Utc::now().format("%Y%m%d%H%M%S"));
+    let body = json!({
+        "id": completion_id,
+        "request_id": request.request_id.clone().unwrap_or_else(|| completion_id.clone()),
+        "created": Utc::now().timestamp(),
+        "model": request.model,
+        "choices": [{
+            "index": 0,
+            "finish_reason": finish_reason,
+            "message": { "role": "assistant", "content": content },
+        }],
+        "usage": {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+            "prompt_tokens_details": { "cached_tokens": 0 },
+        },
+    });
+    (
+        delay,
+        Answer {
+            status: StatusCode::OK,
+            response: json_response(StatusCode::OK, &body),
+            error_code: None,
+            finish_reason: Some(finish_reason.to_owned()),
+            usage: Some((prompt_tokens, completion_tokens)),
+        },
+    )
+}

@@ -1,0 +1,473 @@
+//! The review pipeline end to end: real Postgres, the worker driven step by step, and the
+//! simulated GitLab and GLM over real HTTP speaking the exact wire formats.
+
+use std::time::{Duration, Instant};
+
+use reviewq::{
+    gitlab::{GitLabClient, GitLabConfig},
+    jobs::{
+        Dispatcher,
+        review::{ReviewArgs, ReviewDeps, ReviewOptions},
+    },
+    llm::{LlmClient, LlmConfig},
+    mr_ref::MrRef,
+    queue::{JobId, JobState, Limiter, Queue, RetryPolicy, Worker, WorkerConfig},
+    review::{ChunkBudget, ReviewType},
+    sim::{FakeGitLab, FakeGlm, FileSpec, GitLabFault, GlmBehaviour, GlmFault, MrSpec, Route},
+};
+use secrecy::SecretString;
+use sqlx::PgPool;
+
+const TOKEN: &str = "glpat-pipeline-test";
+const KEY: &str = "glm-pipeline-test";
+const PROJECT: &str = "acme/shop";
+
+/// An MR with every kind of change: a modified file with added, removed and context lines,
+/// an added file, a deleted file, a renamed file with an edit, and a line that makes the
+/// fake model cite a file outside the diff.
+fn mixed_mr(iid: u64) -> MrSpec {
+    MrSpec {
+        project_path: PROJECT.into(),
+        project_id: 77,
+        iid,
+        title: "Checkout rework".into(),
+        description: "Reworks checkout.".into(),
+        files: vec![
+            FileSpec::modified(
+                "src/cart.rs",
+                "@@ -1,5 +1,5 @@ fn total()\n fn total(items: &[Item]) -> u64 {\n-    assert!(!items.is_empty());\n+    let first = items.first().unwrap();\n     let mut sum = 0;\n     for i in items { sum += i.price; }\n     sum\n",
+            ),
+            FileSpec::added(
+                "src/db.rs",
+                "@@ -0,0 +1,3 @@\n+pub fn find(name: &str) -> String {\n+    format!(\"SELECT * FROM users WHERE name = '{}'\", name) + \"\"\n+}\n",
+            ),
+            FileSpec::deleted(
+                "src/legacy.rs",
+                "@@ -1,2 +0,0 @@\n-// old code\n-fn legacy() {}\n",
+            ),
+            FileSpec::renamed(
+                "src/util.rs",
+                "src/helpers.rs",
+                "@@ -1,2 +1,3 @@\n fn helper() {\n+    println!(\"debug\"); // REVIEWQ_UNANCHORED\n }\n",
+            ),
+        ],
+        ..MrSpec::default()
+    }
+}
+
+struct Harness {
+    pool: PgPool,
+    queue: Queue,
+    gitlab: FakeGitLab,
+    glm: FakeGlm,
+    worker: Worker<Dispatcher>,
+}
+
+impl Harness {
+    async fn start(pool: PgPool) -> Self {
+        let gitlab = FakeGitLab::start(TOKEN).await.unwrap();
+        let glm = FakeGlm::start(KEY, GlmBehaviour::default()).await.unwrap();
+        gitlab.add_merge_request(mixed_mr(1)).unwrap();
+        let mut gl = GitLabConfig::new(
+            gitlab.base_url().parse().unwrap(),
+            SecretString::from(TOKEN),
+        );
+        gl.timeout = Duration::from_secs(5);
+        gl.diff_refs_delay = Duration::from_millis(10);
+        let mut llm = LlmConfig::new(
+            glm.base_url().parse().unwrap(),
+            Some(SecretString::from(KEY)),
+            "glm-4.6",
+        );
+        llm.timeout = Duration::from_secs(5);
+        let deps = ReviewDeps {
+            gitlab: GitLabClient::new(gl).unwrap(),
+            llm: LlmClient::new(llm).unwrap(),
+            budget: ChunkBudget::new(24_000).unwrap(),
+            chunk_timeout: Duration::from_secs(30),
+        };
+        let queue = Queue::new(pool.clone());
+        Limiter::set_capacity(&pool, "llm", 3).await.unwrap();
+        let config = WorkerConfig {
+            retry: RetryPolicy {
+                base: Duration::from_millis(20),
+                factor: 2.0,
+                cap: Duration::from_millis(200),
+                jitter: false,
+            },
+            ..WorkerConfig::default()
+        };
+        let worker = Worker::new(queue.clone(), Dispatcher::with_review(deps), config);
+        Self {
+            pool,
+            queue,
+            gitlab,
+            glm,
+            worker,
+        }
+    }
+
+    async fn enqueue(&self, iid: u64, options: ReviewOptions) -> JobId {
+        let mr: MrRef = format!("{PROJECT}:{iid}").parse().unwrap();
+        Queue::enqueue(&self.pool, &ReviewArgs::new(mr, &options).job(0))
+            .await
+            .unwrap()
+            .id()
+    }
+
+    /// Runs the worker until every given job has ended, waiting out retry delays.
+    async fn run(&self, ids: &[JobId]) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            self.worker.drain().await.unwrap();
+            let mut done = true;
+            for id in ids {
+                done &= self.queue.get(*id).await.unwrap().state.is_finished();
+            }
+            if done {
+                return;
+            }
+            assert!(Instant::now() < deadline, "jobs did not end in time");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn state(&self, id: JobId) -> JobState {
+        self.queue.get(id).await.unwrap().state
+    }
+
+    async fn outbox_states(&self, id: JobId) -> Vec<(String, String)> {
+        sqlx::query_as(
+            "select o.kind, o.state from outbox o join reviews r on r.id = o.review_id
+             where r.job_id = $1 and (o.kind = 'inline' or o.key = 'summary') order by o.key",
+        )
+        .bind(id.get())
+        .fetch_all(&self.pool)
+        .await
+        .unwrap()
+    }
+
+    async fn ledger_tokens(&self) -> (i64, i64) {
+        sqlx::query_as("select count(*), coalesce(sum(total_tokens), 0)::int8 from llm_calls")
+            .fetch_one(&self.pool)
+            .await
+            .unwrap()
+    }
+}
+
+fn options() -> ReviewOptions {
+    ReviewOptions {
+        review_type: ReviewType::General,
+        dry_run: false,
+        force: false,
+    }
+}
+
+#[sqlx::test]
+async fn every_finding_becomes_one_inline_diffnote_and_one_summary_lists_the_rest(pool: PgPool) {
+    let h = Harness::start(pool).await;
+    let id = h.enqueue(1, options()).await;
+    h.run(&[id]).await;
+    assert_eq!(h.state(id).await, JobState::Succeeded);
+
+    let discussions = h.gitlab.discussions(PROJECT, 1).unwrap();
+    let inline: Vec<_> = discussions
+        .iter()
+        .filter_map(|d| d.notes.first())
+        .filter(|n| n.note_type.as_deref() == Some("DiffNote"))
+        .collect();
+    let rows = h.outbox_states(id).await;
+    let posted_inline = rows
+        .iter()
+        .filter(|(k, s)| k == "inline" && s == "posted")
+        .count();
+    assert!(posted_inline >= 4, "the fake model's findings: {rows:?}");
+    assert_eq!(inline.len(), posted_inline, "each finding is one DiffNote");
+    assert!(
+        rows.iter().all(|(_, s)| s == "posted"),
+        "nothing refused: {rows:?}"
+    );
+
+    // Positions follow GitLab's rules (the fake refuses anything else with a 400).
+    let at = |path: &'static str| {
+        inline
+            .iter()
+            .filter(move |n| n.position.as_ref().unwrap().new_path == path)
+    };
+    let unwrap = at("src/cart.rs")
+        .find(|n| n.body.contains("unwrap"))
+        .expect("the unwrap finding on an added line");
+    let pos = unwrap.position.as_ref().unwrap();
+    assert_eq!(
+        (pos.old_line, pos.new_line),
+        (None, Some(2)),
+        "added line: new_line only"
+    );
+    let removed = at("src/cart.rs")
+        .find(|n| n.position.as_ref().unwrap().new_line.is_none())
+        .expect("the finding on the removed assert");
+    assert_eq!(
+        removed.position.as_ref().unwrap().old_line,
+        Some(2),
+        "removed line: old_line only"
+    );
+    assert!(
+        at("src/db.rs").any(|n| n.body.contains("SQL")),
+        "new file finding"
+    );
+    let renamed = at("src/helpers.rs").next().expect("renamed file finding");
+    assert_eq!(renamed.position.as_ref().unwrap().old_path, "src/util.rs");
+
+    // Exactly one summary note, which lists the finding that could not be anchored.
+    let notes: Vec<_> = h
+        .gitlab
+        .notes(PROJECT, 1)
+        .unwrap()
+        .into_iter()
+        .filter(|n| n.note_type.is_none() && !n.system)
+        .collect();
+    assert_eq!(notes.len(), 1, "one summary note");
+    assert!(
+        notes[0].body.contains("docs/not-in-this-diff.md"),
+        "{}",
+        notes[0].body
+    );
+    assert!(
+        notes[0].body.contains("src/legacy.rs"),
+        "the deleted file is listed as skipped"
+    );
+    assert_eq!(h.gitlab.total_duplicate_count(), 0);
+    for n in inline.iter().copied().chain(notes.iter()) {
+        assert!(
+            n.body.contains("<!-- reviewq:"),
+            "hidden marker on every body"
+        );
+        assert!(
+            !n.body.lines().any(|l| l.trim_start().starts_with('/')),
+            "no quick actions"
+        );
+    }
+
+    // The ledger matches what the provider billed, call for call.
+    let (calls, tokens) = h.ledger_tokens().await;
+    assert_eq!(calls as u64, h.glm.request_count());
+    assert_eq!(tokens as u64, h.glm.billed_total_tokens());
+}
+
+#[sqlx::test]
+async fn an_already_reviewed_head_is_skipped_and_force_reviews_it_without_duplicates(pool: PgPool) {
+    let h = Harness::start(pool).await;
+    let first = h.enqueue(1, options()).await;
+    h.run(&[first]).await;
+    let posted = h.gitlab.posted_discussions() + h.gitlab.posted_notes();
+    let llm_calls = h.glm.request_count();
+
+    let again = h.enqueue(1, options()).await;
+    h.run(&[again]).await;
+    assert_eq!(h.state(again).await, JobState::Succeeded);
+    assert_eq!(
+        h.glm.request_count(),
+        llm_calls,
+        "no LLM call for a reviewed head"
+    );
+
+    let forced = h
+        .enqueue(
+            1,
+            ReviewOptions {
+                force: true,
+                ..options()
+            },
+        )
+        .await;
+    h.run(&[forced]).await;
+    assert_eq!(h.state(forced).await, JobState::Succeeded);
+    assert!(h.glm.request_count() > llm_calls, "--force reviews again");
+    assert_eq!(
+        h.gitlab.posted_discussions() + h.gitlab.posted_notes(),
+        posted,
+        "the same findings at the same head are found by marker, not posted again"
+    );
+    assert_eq!(h.gitlab.total_duplicate_count(), 0);
+}
+
+#[sqlx::test]
+async fn a_comment_stored_by_gitlab_but_not_recorded_is_never_posted_twice(pool: PgPool) {
+    let h = Harness::start(pool).await;
+    // GitLab stores the first inline comment and the summary, then answers 500: the
+    // worker cannot know they exist until it looks for their markers.
+    h.gitlab.fail_next(
+        Route::CreateDiscussion,
+        1,
+        GitLabFault::ServerErrorAfterStore,
+    );
+    h.gitlab
+        .fail_next(Route::CreateNote, 1, GitLabFault::ServerErrorAfterStore);
+    let id = h.enqueue(1, options()).await;
+    h.run(&[id]).await;
+    assert_eq!(h.state(id).await, JobState::Succeeded);
+    assert_eq!(h.gitlab.total_duplicate_count(), 0);
+    let rows = h.outbox_states(id).await;
+    assert!(rows.iter().all(|(_, s)| s == "posted"), "{rows:?}");
+    let markers = h.gitlab.marker_counts(PROJECT, 1).unwrap();
+    assert_eq!(markers.len(), rows.len(), "every comment exactly once");
+    assert!(markers.values().all(|&n| n == 1));
+}
+
+#[sqlx::test]
+async fn a_rate_limited_call_is_retried_and_every_request_is_in_the_ledger(pool: PgPool) {
+    let h = Harness::start(pool).await;
+    h.glm.push_faults([GlmFault::RateLimited]);
+    let id = h.enqueue(1, options()).await;
+    h.run(&[id]).await;
+    assert_eq!(h.state(id).await, JobState::Succeeded);
+    let codes: Vec<(String, Option<String>)> =
+        sqlx::query_as("select status, error_code from llm_calls order by id")
+            .fetch_all(&h.pool)
+            .await
+            .unwrap();
+    assert_eq!(codes[0], ("error".to_owned(), Some("1302".to_owned())));
+    assert!(codes[1..].iter().all(|(s, _)| s == "ok"));
+    let (calls, tokens) = h.ledger_tokens().await;
+    assert_eq!(calls as u64, h.glm.request_count());
+    assert_eq!(tokens as u64, h.glm.billed_total_tokens());
+}
+
+#[sqlx::test]
+async fn an_account_in_arrears_causes_no_retry_storm_and_the_reason_is_shown(pool: PgPool) {
+    let h = Harness::start(pool).await;
+    h.glm.set_fault_for_every_request(Some(GlmFault::Arrears));
+    let id = h.enqueue(1, options()).await;
+    h.run(&[id]).await;
+    let chunks: i64 = sqlx::query_scalar("select count(*) from review_chunks")
+        .fetch_one(&h.pool)
+        .await
+        .unwrap();
+    assert!(
+        h.glm.request_count() as i64 <= chunks,
+        "one request per chunk, no retries: {}",
+        h.glm.request_count()
+    );
+    let job = h.queue.get(id).await.unwrap();
+    assert_eq!(job.state, JobState::Failed);
+    assert!(
+        job.last_error.unwrap().contains("out of balance"),
+        "the reason is shown"
+    );
+    let summary = h.gitlab.notes(PROJECT, 1).unwrap();
+    assert!(
+        summary.iter().any(|n| n.body.contains("out of balance")),
+        "and named in the summary"
+    );
+}
+
+#[sqlx::test]
+async fn an_answer_that_is_not_json_is_retried_once_then_reported(pool: PgPool) {
+    let h = Harness::start(pool).await;
+    h.glm.set_fault_for_every_request(Some(GlmFault::NotJson));
+    let id = h.enqueue(1, options()).await;
+    h.run(&[id]).await;
+    let chunks: i64 = sqlx::query_scalar("select count(*) from review_chunks")
+        .fetch_one(&h.pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        h.glm.request_count() as i64,
+        2 * chunks,
+        "each chunk asked exactly twice"
+    );
+    let notes = h.gitlab.notes(PROJECT, 1).unwrap();
+    assert!(
+        notes.iter().any(|n| n.body.contains("not the JSON object")),
+        "reported in the summary"
+    );
+    let (calls, tokens) = h.ledger_tokens().await;
+    assert_eq!(calls as u64, h.glm.request_count());
+    assert_eq!(
+        tokens as u64,
+        h.glm.billed_total_tokens(),
+        "unusable answers are billed too"
+    );
+}
+
+#[sqlx::test]
+async fn a_chunk_too_big_for_the_model_is_split_and_both_halves_reviewed(pool: PgPool) {
+    let h = Harness::start(pool).await;
+    h.glm.push_faults([GlmFault::PromptTooLong]);
+    let id = h.enqueue(1, options()).await;
+    h.run(&[id]).await;
+    assert_eq!(h.state(id).await, JobState::Succeeded);
+    let (superseded, live): (i64, i64) = sqlx::query_as(
+        "select count(*) filter (where superseded), count(*) filter (where not superseded) from review_chunks",
+    )
+    .fetch_one(&h.pool)
+    .await
+    .unwrap();
+    assert_eq!((superseded, live), (1, 2));
+    let rows = h.outbox_states(id).await;
+    assert!(
+        rows.iter().filter(|(k, _)| k == "inline").count() >= 4,
+        "{rows:?}"
+    );
+    assert_eq!(h.gitlab.total_duplicate_count(), 0);
+}
+
+#[sqlx::test]
+async fn a_dry_run_posts_nothing_and_keeps_the_comments(pool: PgPool) {
+    let h = Harness::start(pool).await;
+    let id = h
+        .enqueue(
+            1,
+            ReviewOptions {
+                dry_run: true,
+                ..options()
+            },
+        )
+        .await;
+    h.run(&[id]).await;
+    assert_eq!(h.state(id).await, JobState::Succeeded);
+    assert_eq!(h.gitlab.posted_discussions() + h.gitlab.posted_notes(), 0);
+    let rows = h.outbox_states(id).await;
+    assert!(
+        !rows.is_empty() && rows.iter().all(|(_, s)| s == "dry_run"),
+        "{rows:?}"
+    );
+}
+
+#[sqlx::test]
+async fn a_push_during_the_review_finishes_the_old_head_and_queues_the_new_one(pool: PgPool) {
+    let h = Harness::start(pool).await;
+    let id = h.enqueue(1, options()).await;
+    // Plan against the first head, then the author pushes.
+    h.worker.process_next().await.unwrap();
+    h.gitlab
+        .push(
+            PROJECT,
+            1,
+            mixed_mr(1).files,
+            &reviewq::sim::gitlab::fake_sha("second-push"),
+        )
+        .unwrap();
+    h.run(&[id]).await;
+    assert_eq!(h.state(id).await, JobState::Succeeded);
+    let next: Vec<i64> =
+        sqlx::query_scalar("select id from jobs where kind = 'review' and id <> $1")
+            .bind(id.get())
+            .fetch_all(&h.pool)
+            .await
+            .unwrap();
+    assert_eq!(next.len(), 1, "a review of the new head was queued");
+    h.run(&[JobId::new(next[0])]).await;
+    let heads: Vec<String> = sqlx::query_scalar("select head_sha from reviews order by id")
+        .fetch_all(&h.pool)
+        .await
+        .unwrap();
+    let new_head = reviewq::sim::gitlab::fake_sha("second-push");
+    assert_eq!(heads.len(), 2);
+    assert_ne!(
+        heads[0], new_head,
+        "the first review finished against the head it read"
+    );
+    assert_eq!(heads[1], new_head);
+    assert_eq!(h.gitlab.total_duplicate_count(), 0);
+}
