@@ -38,6 +38,49 @@ pub struct BenchArgs {
 pub enum Bench {
     /// Queue throughput (W1) and enqueue-to-start latency (W2) with no-op jobs.
     Queue(QueueBenchArgs),
+    /// One review end to end against simulated GitLab and GLM on loopback.
+    E2e(E2eBenchArgs),
+}
+
+/// Arguments of `bench e2e`.
+#[derive(Debug, Args)]
+pub struct E2eBenchArgs {
+    /// Chunks (LLM prompts) in the reviewed merge request.
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub chunks: u32,
+    /// Simulated GLM latency per request, in milliseconds.
+    #[arg(long, default_value_t = 300)]
+    pub latency_ms: u64,
+    /// GLM_CONCURRENT_REQUESTS: the fleet-wide limit.
+    #[arg(long, default_value_t = 6, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub concurrent_requests: u32,
+    /// Worker processes sharing the limit (1 runs the worker in this process).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=32))]
+    pub workers: u32,
+    /// Jobs each worker runs at once.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub concurrency: u32,
+    /// Print one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Results of `bench e2e`.
+#[derive(Debug, Serialize)]
+pub struct E2eReport {
+    pub chunks: i32,
+    pub workers: u32,
+    pub concurrent_requests: u32,
+    pub latency_ms: u64,
+    /// Enqueue to the summary note being posted.
+    pub wall_s: f64,
+    /// ceil(chunks / concurrent_requests) x latency.
+    pub ideal_s: f64,
+    pub ratio: f64,
+    /// Most LLM requests in flight at once, as the simulator saw it.
+    pub peak_in_flight: usize,
+    pub llm_requests: u64,
+    pub comments_posted: u64,
 }
 
 /// Arguments of `bench queue`.
@@ -124,6 +167,197 @@ pub async fn run(db: &DbArgs, args: BenchArgs) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Bench::E2e(args) => {
+            let pool = db.pool(args.concurrency / 2 + 8).await?;
+            crate::migrate(&pool).await?;
+            let report = e2e::run(db, &pool, &args).await?;
+            let mut out = std::io::stdout().lock();
+            if args.json {
+                serde_json::to_writer(&mut out, &report)?;
+                writeln!(out)?;
+            } else {
+                writeln!(
+                    out,
+                    "reviewq bench e2e (simulated GitLab and GLM): {} chunks, {} worker(s), GLM_CONCURRENT_REQUESTS={}, latency {} ms",
+                    report.chunks, report.workers, report.concurrent_requests, report.latency_ms
+                )?;
+                writeln!(
+                    out,
+                    "  wall {:.2} s vs ideal {:.2} s ({:.3}x); peak in flight {}; {} LLM requests; {} comments",
+                    report.wall_s,
+                    report.ideal_s,
+                    report.ratio,
+                    report.peak_in_flight,
+                    report.llm_requests,
+                    report.comments_posted
+                )?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+mod e2e {
+    //! `bench e2e`: one merge request of N chunks reviewed end to end.
+
+    use std::time::{Duration, Instant};
+
+    use anyhow::Context;
+    use secrecy::SecretString;
+    use sqlx::PgPool;
+    use tokio_util::sync::CancellationToken;
+
+    use super::{E2eBenchArgs, E2eReport};
+    use crate::{
+        cli::{LLM_RESOURCE, UsageError},
+        config::DbArgs,
+        gitlab::{GitLabClient, GitLabConfig},
+        jobs::{
+            Dispatcher,
+            review::{ReviewArgs, ReviewDeps, ReviewOptions},
+        },
+        llm::{LlmClient, LlmConfig},
+        queue::{Limiter, Queue, Worker, WorkerConfig},
+        review::{ChunkBudget, ReviewType, chunk::MIN_PROMPT_TOKENS},
+        sim::{FakeGitLab, FakeGlm, GlmBehaviour, fixtures::sized_merge_request},
+    };
+
+    const TOKEN: &str = "bench-gitlab-token";
+    const KEY: &str = "bench-glm-key";
+    const PROJECT: &str = "bench/e2e";
+    /// Lines per file: one file (about 3,500 estimated tokens) fills one chunk of the
+    /// smallest budget (two do not fit), so the MR has exactly as many chunks as files.
+    const LINES_PER_FILE: u32 = 150;
+
+    pub async fn run(db: &DbArgs, pool: &PgPool, args: &E2eBenchArgs) -> anyhow::Result<E2eReport> {
+        let queue = Queue::new(pool.clone());
+        if !queue.backlog().await?.is_empty() {
+            return Err(UsageError(
+                "the queue has unfinished jobs; run the benchmark against an idle database".into(),
+            )
+            .into());
+        }
+        // The simulators get a runtime (and thread) of their own, as real GitLab and GLM
+        // servers would: the measured worker does not share its thread with them.
+        let sim_runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()?;
+        let gitlab = sim_runtime.spawn(FakeGitLab::start(TOKEN)).await??;
+        // One finding per chunk: the bench measures the pipeline, not GitLab's posting rate.
+        let behaviour = GlmBehaviour {
+            max_findings: 1,
+            ..GlmBehaviour::with_latency(Duration::from_millis(args.latency_ms))
+        };
+        let glm = sim_runtime.spawn(FakeGlm::start(KEY, behaviour)).await??;
+        let iid = u64::try_from(chrono::Utc::now().timestamp_millis()).unwrap_or(1);
+        gitlab.add_merge_request(sized_merge_request(
+            PROJECT,
+            4242,
+            iid,
+            args.chunks as usize,
+            LINES_PER_FILE,
+        ))?;
+        Limiter::set_capacity(pool, LLM_RESOURCE, args.concurrent_requests).await?;
+
+        let stop = CancellationToken::new();
+        let mut children = Vec::new();
+        let mut in_process = None;
+        if args.workers == 1 {
+            let deps = ReviewDeps {
+                gitlab: GitLabClient::new(GitLabConfig::new(
+                    gitlab.base_url().parse()?,
+                    SecretString::from(TOKEN),
+                ))?,
+                llm: LlmClient::new(LlmConfig::new(
+                    glm.base_url().parse()?,
+                    Some(SecretString::from(KEY)),
+                    "glm-4.6",
+                ))?,
+                budget: ChunkBudget::new(MIN_PROMPT_TOKENS)?,
+                chunk_timeout: Duration::from_secs(120),
+                max_chunks: args.chunks as usize,
+            };
+            let config = WorkerConfig {
+                concurrency: args.concurrency as usize,
+                limits: vec![(LLM_RESOURCE.to_owned(), args.concurrent_requests)],
+                ..WorkerConfig::default()
+            };
+            let worker = Worker::new(queue.clone(), Dispatcher::with_review(deps), config);
+            in_process = Some(tokio::spawn(worker.run(stop.clone())));
+        } else {
+            let url = db.database_url.clone().context("DATABASE_URL is needed for worker processes")?;
+            let exe = std::env::current_exe()?;
+            for _ in 0..args.workers {
+                children.push(
+                    tokio::process::Command::new(&exe)
+                        .arg("worker")
+                        .args(["--concurrency", &args.concurrency.to_string()])
+                        .env("DATABASE_URL", &url)
+                        .env("GITLAB_URL", gitlab.base_url())
+                        .env("GITLAB_TOKEN", TOKEN)
+                        .env("GLM_BASE_URL", glm.base_url())
+                        .env("GLM_API_KEY", KEY)
+                        .env("GLM_CONCURRENT_REQUESTS", args.concurrent_requests.to_string())
+                        .env("REVIEWQ_CHUNK_TOKENS", MIN_PROMPT_TOKENS.to_string())
+                        .env("REVIEWQ_MAX_CHUNKS", args.chunks.to_string())
+                        .env("RUST_LOG", "warn")
+                        .stdin(std::process::Stdio::null())
+                        .stdout(std::process::Stdio::null())
+                        .kill_on_drop(true)
+                        .spawn()
+                        .context("could not start a worker process")?,
+                );
+            }
+        }
+        // Let the workers connect and reach their idle wait.
+        tokio::time::sleep(Duration::from_millis(800)).await;
+
+        let options = ReviewOptions {
+            review_type: ReviewType::General,
+            dry_run: false,
+            force: true,
+        };
+        let mr = format!("{PROJECT}:{iid}").parse().map_err(|e| anyhow::anyhow!("{e}"))?;
+        let started = Instant::now();
+        let id = Queue::enqueue(pool, &ReviewArgs::new(mr, &options).job(0)).await?.id();
+        let deadline = started + Duration::from_secs(600);
+        while gitlab.posted_notes() == 0 {
+            anyhow::ensure!(Instant::now() < deadline, "the review did not finish within 10 minutes");
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let wall = started.elapsed().as_secs_f64();
+
+        stop.cancel();
+        if let Some(handle) = in_process {
+            handle.await.context("bench worker panicked")??;
+        }
+        for mut child in children {
+            if let Some(pid) = child.id() {
+                let _ = tokio::process::Command::new("kill").arg(pid.to_string()).status().await;
+            }
+            let _ = tokio::time::timeout(Duration::from_secs(30), child.wait()).await;
+        }
+        let chunks = sqlx::query_scalar!("select chunk_count from reviews where job_id = $1", id.get())
+            .fetch_one(pool)
+            .await?;
+        let rounds = (f64::from(args.chunks) / f64::from(args.concurrent_requests)).ceil();
+        let ideal = rounds * args.latency_ms as f64 / 1000.0;
+        let report = E2eReport {
+            chunks,
+            workers: args.workers,
+            concurrent_requests: args.concurrent_requests,
+            latency_ms: args.latency_ms,
+            wall_s: wall,
+            ideal_s: ideal,
+            ratio: wall / ideal,
+            peak_in_flight: glm.peak_in_flight(),
+            llm_requests: glm.request_count(),
+            comments_posted: gitlab.posted_discussions() + gitlab.posted_notes(),
+        };
+        drop((gitlab, glm));
+        sim_runtime.shutdown_background();
+        Ok(report)
     }
 }
 

@@ -290,6 +290,7 @@ pub fn review_deps(gitlab: &GitLabArgs, llm: &LlmArgs) -> Result<review::ReviewD
         llm: llm.client()?,
         budget: llm.budget()?,
         chunk_timeout: Duration::from_secs(llm.chunk_timeout),
+        max_chunks: llm.max_chunks.max(1),
     })
 }
 

@@ -177,6 +177,11 @@ pub struct LlmArgs {
     /// Estimated prompt tokens per chunk (the rest of the context is left for the answer).
     #[arg(long, env = "REVIEWQ_CHUNK_TOKENS", default_value_t = crate::review::chunk::DEFAULT_MAX_PROMPT_TOKENS)]
     pub chunk_tokens: usize,
+
+    /// Most chunks (LLM prompts) one review sends; files beyond are skipped and listed in
+    /// the summary. Caps the spend of a gigantic merge request.
+    #[arg(long, env = "REVIEWQ_MAX_CHUNKS", default_value_t = crate::review::chunk::DEFAULT_MAX_CHUNKS)]
+    pub max_chunks: usize,
 }
 
 impl LlmArgs {

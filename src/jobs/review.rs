@@ -30,7 +30,7 @@ use crate::{
         self, Anchor, Chunk, ChunkBudget, ChunkConfig, FileDiff, Finding, FindingKey, HeadSha,
         Marker, MarkerKind, ParsedFile, ReviewType, Severity, SkippedFile, SummaryReport,
         UnanchoredFinding, UnanchoredReason,
-        chunk::{DEFAULT_MAX_CHUNKS, split_in_two},
+        chunk::split_in_two,
         diff::Content,
         render::FailedChunk,
         skip::SkipRules,
@@ -157,6 +157,8 @@ pub struct ReviewDeps {
     pub budget: ChunkBudget,
     /// Longest a chunk may take in all (waiting for a slot and retries included).
     pub chunk_timeout: Duration,
+    /// Most chunks one review sends; files beyond are skipped and listed (a spend cap).
+    pub max_chunks: usize,
 }
 
 fn gitlab_error(err: gitlab::Error) -> JobError {
@@ -284,7 +286,7 @@ async fn plan(ctx: &JobContext, deps: &ReviewDeps, args: &ReviewArgs) -> Result<
     let config = ChunkConfig {
         budget: deps.budget,
         skip: SkipRules::default(),
-        max_chunks: DEFAULT_MAX_CHUNKS,
+        max_chunks: deps.max_chunks,
     };
     // Parsing and packing a giant MR is CPU work: keep it off the async thread.
     let plan = tokio::task::spawn_blocking(move || review::plan(&diffs, &config))
@@ -343,9 +345,7 @@ async fn plan(ctx: &JobContext, deps: &ReviewDeps, args: &ReviewArgs) -> Result<
         })
         .collect();
     let ids = Queue::await_children(&mut tx, ctx.lease(), &jobs).await?;
-    for (chunk, job_id) in plan.chunks.iter().zip(&ids) {
-        insert_chunk(&mut tx, review_id, chunk, job_id.get()).await?;
-    }
+    insert_chunks(&mut tx, review_id, plan.chunks.iter().zip(ids)).await?;
     tx.commit().await.map_err(db)?;
     Ok(Planned::Waiting)
 }
@@ -360,19 +360,28 @@ async fn job_priority(pool: &PgPool, ctx: &JobContext) -> Result<i16, JobError> 
     .map_err(db)
 }
 
-async fn insert_chunk(
+/// Stores chunks with their job ids in one statement (one round trip whatever their
+/// number; large statements also pay TCP's small-packet delay once, not per chunk).
+async fn insert_chunks<'c>(
     tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
     review_id: i64,
-    chunk: &Chunk,
-    job_id: i64,
+    chunks: impl Iterator<Item = (&'c Chunk, crate::queue::JobId)>,
 ) -> Result<(), JobError> {
-    let index = i32::try_from(chunk.index).map_err(JobError::fatal)?;
+    let (mut indexes, mut job_ids, mut bodies) = (Vec::new(), Vec::new(), Vec::new());
+    for (chunk, job_id) in chunks {
+        indexes.push(i32::try_from(chunk.index).map_err(JobError::fatal)?);
+        job_ids.push(job_id.get());
+        bodies.push(serde_json::to_value(chunk).map_err(JobError::fatal)?);
+    }
     sqlx::query!(
-        "insert into review_chunks (review_id, chunk_index, job_id, chunk) values ($1, $2, $3, $4)",
+        r#"
+        insert into review_chunks (review_id, chunk_index, job_id, chunk)
+        select $1, i, j, c from unnest($2::int4[], $3::int8[], $4::jsonb[]) as t(i, j, c)
+        "#,
         review_id,
-        index,
-        job_id,
-        serde_json::to_value(chunk).map_err(JobError::fatal)?,
+        &indexes,
+        &job_ids,
+        &bodies,
     )
     .execute(&mut **tx)
     .await
@@ -573,6 +582,15 @@ async fn posted_markers(
     Ok(found)
 }
 
+/// A single-statement write fenced by the job's lease: it matches no row once another
+/// attempt owns the job.
+fn fenced(rows: u64, ctx: &JobContext) -> Result<(), JobError> {
+    if rows == 0 {
+        return Err(QueueError::LeaseLost(ctx.lease()).into());
+    }
+    Ok(())
+}
+
 async fn mark_posted(
     ctx: &JobContext,
     review_id: i64,
@@ -580,36 +598,47 @@ async fn mark_posted(
     note_id: u64,
     discussion_id: Option<&str>,
 ) -> Result<(), JobError> {
-    let mut tx = ctx.queue().pool().begin().await.map_err(db)?;
-    Queue::fence(&mut tx, ctx.lease()).await?;
-    sqlx::query!(
+    let lease = ctx.lease();
+    let rows = sqlx::query!(
         r#"update outbox set state = 'posted', gitlab_note_id = $3, gitlab_discussion_id = $4,
                posted_at = now(), error = null
-           where review_id = $1 and key = $2"#,
+           where review_id = $1 and key = $2
+             and exists (select 1 from jobs where id = $5 and attempt = $6 and state = 'running')"#,
         review_id,
         key,
         i64::try_from(note_id).unwrap_or(i64::MAX),
         discussion_id,
+        lease.job_id.get(),
+        lease.attempt,
     )
-    .execute(&mut *tx)
+    .execute(ctx.queue().pool())
     .await
-    .map_err(db)?;
-    tx.commit().await.map_err(db)
+    .map_err(db)?
+    .rows_affected();
+    fenced(rows, ctx)
 }
 
-/// Records that a POST is about to go out, so a crash leaves a trace of the unknown outcome.
-async fn mark_attempted(ctx: &JobContext, review_id: i64, key: &str) -> Result<(), JobError> {
-    let mut tx = ctx.queue().pool().begin().await.map_err(db)?;
-    Queue::fence(&mut tx, ctx.lease()).await?;
-    sqlx::query!(
-        "update outbox set attempted_at = now() where review_id = $1 and key = $2",
+/// Records that POSTs are about to go out for every pending comment, so a crash leaves a
+/// trace of the unknown outcome (the markers on GitLab are checked before any re-post).
+async fn mark_attempted(ctx: &JobContext, review_id: i64) -> Result<(), JobError> {
+    let lease = ctx.lease();
+    let held = sqlx::query_scalar!(
+        r#"
+        with held as (select 1 from jobs where id = $2 and attempt = $3 and state = 'running'),
+        marked as (
+            update outbox set attempted_at = now()
+            where review_id = $1 and state = 'pending' and exists (select 1 from held)
+        )
+        select exists (select 1 from held) as "held!"
+        "#,
         review_id,
-        key
+        lease.job_id.get(),
+        lease.attempt,
     )
-    .execute(&mut *tx)
+    .fetch_one(ctx.queue().pool())
     .await
     .map_err(db)?;
-    tx.commit().await.map_err(db)
+    fenced(u64::from(held), ctx)
 }
 
 fn line_anchor(position: &review::Position) -> Option<LineAnchor> {
@@ -641,81 +670,17 @@ async fn post(
     let existing = if args.dry_run {
         HashMap::new()
     } else {
-        posted_markers(deps, &project, args.iid).await?
+        let found = posted_markers(deps, &project, args.iid).await?;
+        mark_attempted(ctx, review.id).await?;
+        found
     };
 
-    for row in outbox(&pool, review.id).await? {
-        if row.kind != "inline" || row.state != "pending" {
-            continue;
-        }
-        if args.dry_run {
-            set_state(ctx, review.id, &row.key, "dry_run", None).await?;
-            continue;
-        }
-        let key = FindingKey::parse(&row.key).map_err(JobError::fatal)?;
-        let m = marker(args.review_type, &head, MarkerKind::Finding(key));
-        if let Some((note_id, discussion)) = existing.get(&m) {
-            mark_posted(ctx, review.id, &row.key, *note_id, discussion.as_deref()).await?;
-            continue;
-        }
-        let position: review::Position =
-            serde_json::from_value(row.position.clone().unwrap_or_default())
-                .map_err(JobError::fatal)?;
-        let Some(line) = line_anchor(&position) else {
-            set_state(
-                ctx,
-                review.id,
-                &row.key,
-                "downgraded",
-                Some("no line to anchor to"),
-            )
-            .await?;
-            continue;
-        };
-        let gitlab_position = gitlab::Position {
-            shas: shas.clone(),
-            old_path: position.old_path.clone(),
-            new_path: position.new_path.clone(),
-            line,
-        };
-        mark_attempted(ctx, review.id, &row.key).await?;
-        match deps
-            .gitlab
-            .post_discussion(&project, args.iid, &row.body, &gitlab_position)
-            .await
-        {
-            Ok(posted) => {
-                mark_posted(
-                    ctx,
-                    review.id,
-                    &row.key,
-                    posted.note_id,
-                    Some(&posted.discussion_id),
-                )
-                .await?;
-            }
-            Err(err @ gitlab::Error::PositionRejected { .. }) => {
-                tracing::info!(error = %err, path = %position.new_path, "GitLab refused the position; the finding goes to the summary");
-                set_state(
-                    ctx,
-                    review.id,
-                    &row.key,
-                    "downgraded",
-                    Some(&err.to_string()),
-                )
-                .await?;
-            }
-            Err(gitlab::Error::NotDiffNote {
-                discussion_id,
-                note_id,
-                ..
-            }) => {
-                // The comment exists, just not inline: never post it twice.
-                mark_posted(ctx, review.id, &row.key, note_id, Some(&discussion_id)).await?;
-            }
-            Err(err) => return Err(gitlab_error(err)),
-        }
-    }
+    // Posted comments are recorded in batches: a crash before a batch is written loses
+    // nothing, since the next attempt finds those comments by their markers.
+    let mut posted: Vec<Posted> = Vec::new();
+    let result = post_inline(ctx, deps, args, review, &project, &head, &shas, &existing, &mut posted).await;
+    record_posted(ctx, review.id, &posted).await?;
+    result?;
 
     let summary = summary_body(&pool, args, review, &head).await?;
     post_summary(
@@ -725,6 +690,121 @@ async fn post(
     finish(ctx, deps, args, review, &project).await
 }
 
+/// A comment GitLab has, not yet recorded in the outbox.
+struct Posted {
+    key: String,
+    note_id: u64,
+    discussion_id: Option<String>,
+}
+
+/// Posts the pending inline comments, collecting what GitLab stored in `posted`.
+#[allow(clippy::too_many_arguments)]
+async fn post_inline(
+    ctx: &JobContext,
+    deps: &ReviewDeps,
+    args: &ReviewArgs,
+    review: &ReviewRow,
+    project: &ProjectRef,
+    head: &HeadSha,
+    shas: &DiffShas,
+    existing: &HashMap<Marker, (u64, Option<String>)>,
+    posted: &mut Vec<Posted>,
+) -> Result<(), JobError> {
+    for row in outbox(ctx.queue().pool(), review.id).await? {
+        if row.kind != "inline" || row.state != "pending" {
+            continue;
+        }
+        if args.dry_run {
+            set_state(ctx, review.id, &row.key, "dry_run", None).await?;
+            continue;
+        }
+        let key = FindingKey::parse(&row.key).map_err(JobError::fatal)?;
+        let m = marker(args.review_type, head, MarkerKind::Finding(key));
+        if let Some((note_id, discussion_id)) = existing.get(&m) {
+            posted.push(Posted {
+                key: row.key,
+                note_id: *note_id,
+                discussion_id: discussion_id.clone(),
+            });
+            continue;
+        }
+        let position: review::Position =
+            serde_json::from_value(row.position.clone().unwrap_or_default())
+                .map_err(JobError::fatal)?;
+        let Some(line) = line_anchor(&position) else {
+            set_state(ctx, review.id, &row.key, "downgraded", Some("no line to anchor to")).await?;
+            continue;
+        };
+        let gitlab_position = gitlab::Position {
+            shas: shas.clone(),
+            old_path: position.old_path.clone(),
+            new_path: position.new_path.clone(),
+            line,
+        };
+        match deps
+            .gitlab
+            .post_discussion(project, args.iid, &row.body, &gitlab_position)
+            .await
+        {
+            Ok(done) => posted.push(Posted {
+                key: row.key,
+                note_id: done.note_id,
+                discussion_id: Some(done.discussion_id),
+            }),
+            Err(err @ gitlab::Error::PositionRejected { .. }) => {
+                tracing::info!(error = %err, path = %position.new_path, "GitLab refused the position; the finding goes to the summary");
+                set_state(ctx, review.id, &row.key, "downgraded", Some(&err.to_string())).await?;
+            }
+            // The comment exists, just not inline: never post it twice.
+            Err(gitlab::Error::NotDiffNote {
+                discussion_id,
+                note_id,
+                ..
+            }) => posted.push(Posted {
+                key: row.key,
+                note_id,
+                discussion_id: Some(discussion_id),
+            }),
+            Err(err) => return Err(gitlab_error(err)),
+        }
+    }
+    Ok(())
+}
+
+/// Records posted comments in one fenced statement.
+async fn record_posted(ctx: &JobContext, review_id: i64, posted: &[Posted]) -> Result<(), JobError> {
+    if posted.is_empty() {
+        return Ok(());
+    }
+    let lease = ctx.lease();
+    let keys: Vec<String> = posted.iter().map(|p| p.key.clone()).collect();
+    let notes: Vec<i64> = posted
+        .iter()
+        .map(|p| i64::try_from(p.note_id).unwrap_or(i64::MAX))
+        .collect();
+    let discussions: Vec<Option<String>> = posted.iter().map(|p| p.discussion_id.clone()).collect();
+    let rows = sqlx::query!(
+        r#"
+        update outbox o set state = 'posted', gitlab_note_id = p.note_id,
+            gitlab_discussion_id = p.discussion_id, posted_at = now(), error = null
+        from unnest($2::text[], $3::int8[], $4::text[]) as p(key, note_id, discussion_id)
+        where o.review_id = $1 and o.key = p.key
+          and exists (select 1 from jobs where id = $5 and attempt = $6 and state = 'running')
+        "#,
+        review_id,
+        &keys,
+        &notes,
+        &discussions as &[Option<String>],
+        lease.job_id.get(),
+        lease.attempt,
+    )
+    .execute(ctx.queue().pool())
+    .await
+    .map_err(db)?
+    .rows_affected();
+    fenced(rows, ctx)
+}
+
 async fn set_state(
     ctx: &JobContext,
     review_id: i64,
@@ -732,19 +812,23 @@ async fn set_state(
     state: &str,
     error: Option<&str>,
 ) -> Result<(), JobError> {
-    let mut tx = ctx.queue().pool().begin().await.map_err(db)?;
-    Queue::fence(&mut tx, ctx.lease()).await?;
-    sqlx::query!(
-        "update outbox set state = $3, error = $4 where review_id = $1 and key = $2",
+    let lease = ctx.lease();
+    let rows = sqlx::query!(
+        r#"update outbox set state = $3, error = $4
+           where review_id = $1 and key = $2
+             and exists (select 1 from jobs where id = $5 and attempt = $6 and state = 'running')"#,
         review_id,
         key,
         state,
-        error
+        error,
+        lease.job_id.get(),
+        lease.attempt,
     )
-    .execute(&mut *tx)
+    .execute(ctx.queue().pool())
     .await
-    .map_err(db)?;
-    tx.commit().await.map_err(db)
+    .map_err(db)?
+    .rows_affected();
+    fenced(rows, ctx)
 }
 
 async fn summary_body(
@@ -870,7 +954,7 @@ async fn post_summary(
     if let Some((note_id, discussion)) = found {
         return mark_posted(ctx, review.id, "summary", note_id, discussion.as_deref()).await;
     }
-    mark_attempted(ctx, review.id, "summary").await?;
+    mark_attempted(ctx, review.id).await?;
     let note = deps
         .gitlab
         .post_note(project, args.iid, body)
@@ -1107,15 +1191,6 @@ async fn store_answer(
 ) -> JobResult {
     let pool = ctx.queue().pool();
     let mut tx = pool.begin().await.map_err(db)?;
-    match Queue::fence(&mut tx, ctx.lease()).await {
-        Ok(()) => {}
-        Err(QueueError::LeaseLost(lease)) => {
-            drop(tx);
-            ledger::succeeded(pool, call_id, done).await?;
-            return Err(QueueError::LeaseLost(lease).into());
-        }
-        Err(other) => return Err(other.into()),
-    }
     ledger::succeeded(&mut *tx, call_id, done).await?;
     sqlx::query!(
         r#"update review_chunks set summary = $3, findings = $4, dropped_findings = $5,
@@ -1130,9 +1205,20 @@ async fn store_answer(
     .execute(&mut *tx)
     .await
     .map_err(db)?;
-    Queue::complete(&mut tx, ctx.lease()).await?;
-    tx.commit().await.map_err(db)?;
-    Ok(Outcome::Settled)
+    // The completion is the fence: if another attempt owns the job, nothing of this
+    // transaction is kept but the usage, which is written on its own (it was spent).
+    match Queue::complete(&mut tx, ctx.lease()).await {
+        Ok(()) => {
+            tx.commit().await.map_err(db)?;
+            Ok(Outcome::Settled)
+        }
+        Err(QueueError::LeaseLost(lease)) => {
+            drop(tx);
+            ledger::succeeded(pool, call_id, done).await?;
+            Err(QueueError::LeaseLost(lease).into())
+        }
+        Err(other) => Err(other.into()),
+    }
 }
 
 /// The model found the chunk too big: replace it by two halves, each with its own job
@@ -1170,13 +1256,14 @@ async fn split(ctx: &JobContext, args: ChunkArgs, chunk: &Chunk, err: &llm::Erro
         })
         .collect();
     let ids = Queue::add_children(&mut tx, parent, &jobs).await?;
-    for ((index, half), job_id) in halves.into_iter().zip(ids) {
-        let half = Chunk {
+    let halves: Vec<Chunk> = halves
+        .into_iter()
+        .map(|(index, half)| Chunk {
             index: usize::try_from(index).unwrap_or(usize::MAX),
             ..half
-        };
-        insert_chunk(&mut tx, args.review_id, &half, job_id.get()).await?;
-    }
+        })
+        .collect();
+    insert_chunks(&mut tx, args.review_id, halves.iter().zip(ids)).await?;
     sqlx::query!(
         "update review_chunks set superseded = true, finished_at = now() where review_id = $1 and chunk_index = $2",
         args.review_id,

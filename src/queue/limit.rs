@@ -144,8 +144,9 @@ impl Limiter {
         }
     }
 
-    /// Waits until a slot is free and takes it. Wakes on release notifications, and
-    /// retries at least every 250 ms for slots freed by a lapsed lease.
+    /// Waits until a slot is free and takes it. Each release notification wakes one
+    /// waiter; every waiter also retries at least every 250 ms, for slots freed by a lapsed
+    /// lease or taken by another process first.
     ///
     /// # Errors
     /// [`Error::LeaseLost`] if `holder` stops running meanwhile; database errors.

@@ -650,7 +650,9 @@ async fn listen(
                 n = listener.try_recv() => n,
             };
             match next {
-                Ok(Some(n)) if n.channel() == SLOTS_CHANNEL => slots_released.notify_waiters(),
+                // One released slot wakes one waiter: waking all of them would have every
+                // waiter race to the database for a single slot.
+                Ok(Some(n)) if n.channel() == SLOTS_CHANNEL => slots_released.notify_one(),
                 Ok(Some(_)) => jobs_ready.notify_one(),
                 Ok(None) => {
                     // Reconnected inside sqlx: anything sent meanwhile was missed.

@@ -85,6 +85,7 @@ impl Harness {
             llm: LlmClient::new(llm).unwrap(),
             budget: ChunkBudget::new(24_000).unwrap(),
             chunk_timeout: Duration::from_secs(30),
+            max_chunks: 50,
         };
         let queue = Queue::new(pool.clone());
         Limiter::set_capacity(&pool, "llm", 3).await.unwrap();
