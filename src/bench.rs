@@ -286,7 +286,10 @@ mod e2e {
             let worker = Worker::new(queue.clone(), Dispatcher::with_review(deps), config);
             in_process = Some(tokio::spawn(worker.run(stop.clone())));
         } else {
-            let url = db.database_url.clone().context("DATABASE_URL is needed for worker processes")?;
+            let url = db
+                .database_url
+                .clone()
+                .context("DATABASE_URL is needed for worker processes")?;
             let exe = std::env::current_exe()?;
             for _ in 0..args.workers {
                 children.push(
@@ -298,7 +301,10 @@ mod e2e {
                         .env("GITLAB_TOKEN", TOKEN)
                         .env("GLM_BASE_URL", glm.base_url())
                         .env("GLM_API_KEY", KEY)
-                        .env("GLM_CONCURRENT_REQUESTS", args.concurrent_requests.to_string())
+                        .env(
+                            "GLM_CONCURRENT_REQUESTS",
+                            args.concurrent_requests.to_string(),
+                        )
                         .env("REVIEWQ_CHUNK_TOKENS", MIN_PROMPT_TOKENS.to_string())
                         .env("REVIEWQ_MAX_CHUNKS", args.chunks.to_string())
                         .env("RUST_LOG", "warn")
@@ -318,12 +324,19 @@ mod e2e {
             dry_run: false,
             force: true,
         };
-        let mr = format!("{PROJECT}:{iid}").parse().map_err(|e| anyhow::anyhow!("{e}"))?;
+        let mr = format!("{PROJECT}:{iid}")
+            .parse()
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
         let started = Instant::now();
-        let id = Queue::enqueue(pool, &ReviewArgs::new(mr, &options).job(0)).await?.id();
+        let id = Queue::enqueue(pool, &ReviewArgs::new(mr, &options).job(0))
+            .await?
+            .id();
         let deadline = started + Duration::from_secs(600);
         while gitlab.posted_notes() == 0 {
-            anyhow::ensure!(Instant::now() < deadline, "the review did not finish within 10 minutes");
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "the review did not finish within 10 minutes"
+            );
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
         let wall = started.elapsed().as_secs_f64();
@@ -334,13 +347,19 @@ mod e2e {
         }
         for mut child in children {
             if let Some(pid) = child.id() {
-                let _ = tokio::process::Command::new("kill").arg(pid.to_string()).status().await;
+                let _ = tokio::process::Command::new("kill")
+                    .arg(pid.to_string())
+                    .status()
+                    .await;
             }
             let _ = tokio::time::timeout(Duration::from_secs(30), child.wait()).await;
         }
-        let chunks = sqlx::query_scalar!("select chunk_count from reviews where job_id = $1", id.get())
-            .fetch_one(pool)
-            .await?;
+        let chunks = sqlx::query_scalar!(
+            "select chunk_count from reviews where job_id = $1",
+            id.get()
+        )
+        .fetch_one(pool)
+        .await?;
         let rounds = (f64::from(args.chunks) / f64::from(args.concurrent_requests)).ceil();
         let ideal = rounds * args.latency_ms as f64 / 1000.0;
         let report = E2eReport {

@@ -61,6 +61,24 @@ pub enum Command {
     },
     /// Built-in benchmarks.
     Bench(bench::BenchArgs),
+    /// The whole pipeline on this machine, against simulated GitLab and GLM servers.
+    Demo,
+    /// Manage local mode's private PostgreSQL cluster (used when DATABASE_URL is unset).
+    Db {
+        #[command(subcommand)]
+        action: DbAction,
+    },
+}
+
+/// `reviewq db` actions.
+#[derive(Debug, Subcommand)]
+pub enum DbAction {
+    /// Where the local cluster is and whether it runs.
+    Status,
+    /// Start it (it also starts on first use).
+    Start,
+    /// Stop it.
+    Stop,
 }
 
 /// Arguments of `enqueue`.
@@ -203,7 +221,35 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench(args) => bench::run(&cli.db, args).await,
+        Command::Demo => crate::demo::run(&cli.db).await,
+        Command::Db { action } => local_db(action),
     }
+}
+
+fn local_db(action: DbAction) -> anyhow::Result<ExitCode> {
+    let dir = crate::config::local_home().join("postgres");
+    let cluster = crate::localdb::Cluster::new(&dir)?;
+    match action {
+        DbAction::Status => {
+            let running = cluster.is_running();
+            println!(
+                "local cluster: {} ({})
+URL: {}",
+                dir.display(),
+                if running { "running" } else { "stopped" },
+                cluster.url()
+            );
+        }
+        DbAction::Start => {
+            cluster.start()?;
+            println!("local cluster running at {}", cluster.url());
+        }
+        DbAction::Stop => {
+            cluster.stop()?;
+            println!("local cluster stopped");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// A job that does not exist or is in the wrong state is the user's input problem.

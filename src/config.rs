@@ -29,33 +29,46 @@ pub struct DbArgs {
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl DbArgs {
-    /// Parsed connection options.
+    /// Parsed connection options. Without a URL, local mode: a private cluster from the
+    /// machine's PostgreSQL binaries, created and started on first use.
     ///
     /// # Errors
-    /// A usage error if the URL is missing or malformed (never echoing the URL itself,
-    /// which may hold a password).
-    pub fn connect_options(&self) -> Result<PgConnectOptions, UsageError> {
-        let Some(url) = self
+    /// A usage error if the URL is malformed (never echoing the URL itself, which may hold
+    /// a password); a runtime error if local mode cannot start its cluster.
+    pub fn connect_options(&self) -> anyhow::Result<PgConnectOptions> {
+        let url = match self
             .database_url
             .as_deref()
             .filter(|u| !u.trim().is_empty())
-        else {
-            return Err(UsageError(
-                "DATABASE_URL is not set: set it (or --database-url) to a Postgres URL such as \
-                 postgres://user:password@localhost/reviewq"
-                    .into(),
-            ));
+        {
+            Some(url) => url.to_owned(),
+            None => local_cluster()?.url(),
         };
         let options = url.parse::<PgConnectOptions>().map_err(|e| {
             UsageError(format!(
                 "DATABASE_URL is not a valid Postgres URL ({}); expected postgres://user:password@host/database",
-                redact_error(&e.to_string(), url)
+                redact_error(&e.to_string(), &url)
             ))
         })?;
         // Every query reviewq runs is a short, index-driven statement written so that its
         // generic plan is the right plan; re-planning them on each call (the default for
         // the first executions and for array parameters) costs more than executing them.
         Ok(options.options([("plan_cache_mode", "force_generic_plan")]))
+    }
+
+    /// The URL to hand to worker processes: the configured one, or local mode's.
+    ///
+    /// # Errors
+    /// Local mode failures.
+    pub fn url(&self) -> anyhow::Result<String> {
+        match self
+            .database_url
+            .as_deref()
+            .filter(|u| !u.trim().is_empty())
+        {
+            Some(url) => Ok(url.to_owned()),
+            None => Ok(local_cluster()?.url()),
+        }
     }
 
     /// Opens a pool sized for `default_size` unless configured.
@@ -76,6 +89,33 @@ impl DbArgs {
             })?;
         Ok(pool)
     }
+}
+
+/// Where local mode keeps its cluster: `$REVIEWQ_HOME`, else `$XDG_DATA_HOME/reviewq`, else
+/// `~/.local/share/reviewq`.
+pub fn local_home() -> std::path::PathBuf {
+    if let Some(dir) = std::env::var_os("REVIEWQ_HOME") {
+        return dir.into();
+    }
+    if let Some(dir) = std::env::var_os("XDG_DATA_HOME") {
+        return std::path::PathBuf::from(dir).join("reviewq");
+    }
+    let home = std::env::var_os("HOME").unwrap_or_else(|| "/tmp".into());
+    std::path::PathBuf::from(home).join(".local/share/reviewq")
+}
+
+/// Local mode's cluster, started if it is not running.
+///
+/// # Errors
+/// No PostgreSQL binaries (the message says how to get them or to set DATABASE_URL), or
+/// the cluster failed to start.
+pub fn local_cluster() -> anyhow::Result<crate::localdb::Cluster> {
+    let cluster = crate::localdb::Cluster::new(&local_home().join("postgres"))?;
+    if !cluster.is_running() {
+        tracing::info!(dir = %cluster.data_dir().display(), "local mode: starting a private PostgreSQL cluster (set DATABASE_URL to use your own)");
+    }
+    cluster.start()?;
+    Ok(cluster)
 }
 
 /// Removes any copy of `secret` from a message.

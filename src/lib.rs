@@ -23,6 +23,7 @@
 pub mod bench;
 pub mod cli;
 pub mod config;
+pub mod demo;
 pub mod disposition;
 pub mod gitlab;
 pub mod jobs;

@@ -29,11 +29,8 @@ use crate::{
     review::{
         self, Anchor, Chunk, ChunkBudget, ChunkConfig, FileDiff, Finding, FindingKey, HeadSha,
         Marker, MarkerKind, ParsedFile, ReviewType, Severity, SkippedFile, SummaryReport,
-        UnanchoredFinding, UnanchoredReason,
-        chunk::split_in_two,
-        diff::Content,
-        render::FailedChunk,
-        skip::SkipRules,
+        UnanchoredFinding, UnanchoredReason, chunk::split_in_two, diff::Content,
+        render::FailedChunk, skip::SkipRules,
     },
 };
 
@@ -678,7 +675,18 @@ async fn post(
     // Posted comments are recorded in batches: a crash before a batch is written loses
     // nothing, since the next attempt finds those comments by their markers.
     let mut posted: Vec<Posted> = Vec::new();
-    let result = post_inline(ctx, deps, args, review, &project, &head, &shas, &existing, &mut posted).await;
+    let result = post_inline(
+        ctx,
+        deps,
+        args,
+        review,
+        &project,
+        &head,
+        &shas,
+        &existing,
+        &mut posted,
+    )
+    .await;
     record_posted(ctx, review.id, &posted).await?;
     result?;
 
@@ -732,7 +740,14 @@ async fn post_inline(
             serde_json::from_value(row.position.clone().unwrap_or_default())
                 .map_err(JobError::fatal)?;
         let Some(line) = line_anchor(&position) else {
-            set_state(ctx, review.id, &row.key, "downgraded", Some("no line to anchor to")).await?;
+            set_state(
+                ctx,
+                review.id,
+                &row.key,
+                "downgraded",
+                Some("no line to anchor to"),
+            )
+            .await?;
             continue;
         };
         let gitlab_position = gitlab::Position {
@@ -753,7 +768,14 @@ async fn post_inline(
             }),
             Err(err @ gitlab::Error::PositionRejected { .. }) => {
                 tracing::info!(error = %err, path = %position.new_path, "GitLab refused the position; the finding goes to the summary");
-                set_state(ctx, review.id, &row.key, "downgraded", Some(&err.to_string())).await?;
+                set_state(
+                    ctx,
+                    review.id,
+                    &row.key,
+                    "downgraded",
+                    Some(&err.to_string()),
+                )
+                .await?;
             }
             // The comment exists, just not inline: never post it twice.
             Err(gitlab::Error::NotDiffNote {
@@ -772,7 +794,11 @@ async fn post_inline(
 }
 
 /// Records posted comments in one fenced statement.
-async fn record_posted(ctx: &JobContext, review_id: i64, posted: &[Posted]) -> Result<(), JobError> {
+async fn record_posted(
+    ctx: &JobContext,
+    review_id: i64,
+    posted: &[Posted],
+) -> Result<(), JobError> {
     if posted.is_empty() {
         return Ok(());
     }

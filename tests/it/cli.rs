@@ -143,14 +143,52 @@ async fn status_retry_and_cancel_work_on_a_real_job_and_refuse_unknown_ids(pool:
 }
 
 #[tokio::test]
-async fn a_missing_database_url_is_a_usage_error_that_says_what_to_set() {
-    let out = reviewq().args(["status"]).output().await.unwrap();
-    assert_eq!(out.status.code(), Some(2));
+async fn without_database_url_the_demo_runs_on_a_private_local_cluster_that_is_reused() {
+    let home = tempfile::tempdir().unwrap();
+    let demo = || {
+        let mut cmd = reviewq();
+        cmd.arg("demo").env("REVIEWQ_HOME", home.path());
+        cmd
+    };
+    let out = demo().output().await.unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
     assert!(
-        stderr(&out).contains("DATABASE_URL is not set"),
-        "{}",
-        stderr(&out)
+        text.contains("SIMULATED GitLab and GLM"),
+        "labelled as simulated"
     );
+    assert!(text.contains("inline comment on src/refunds.rs:"), "{text}");
+    assert!(text.contains("--- summary note ---"));
+    assert!(text.contains("acme/payments!7"), "spend table: {text}");
+    assert!(
+        !text.lines().any(|l| l.trim_start().starts_with('/')),
+        "no posted line starts a quick action"
+    );
+
+    // The cluster is reused, and `db` manages it.
+    let again = demo().output().await.unwrap();
+    assert!(again.status.success(), "{}", stderr(&again));
+    let status = reviewq()
+        .args(["db", "status"])
+        .env("REVIEWQ_HOME", home.path())
+        .output()
+        .await
+        .unwrap();
+    assert!(stdout(&status).contains("running"), "{}", stdout(&status));
+    let stop = reviewq()
+        .args(["db", "stop"])
+        .env("REVIEWQ_HOME", home.path())
+        .output()
+        .await
+        .unwrap();
+    assert!(stop.status.success(), "{}", stderr(&stop));
+    let status = reviewq()
+        .args(["db", "status"])
+        .env("REVIEWQ_HOME", home.path())
+        .output()
+        .await
+        .unwrap();
+    assert!(stdout(&status).contains("stopped"), "{}", stdout(&status));
 }
 
 #[tokio::test]
