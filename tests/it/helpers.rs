@@ -72,14 +72,25 @@ pub struct WorkerProcess {
 impl WorkerProcess {
     /// Starts `reviewq worker` on `url` with extra flags.
     pub fn start(url: &str, args: &[&str]) -> Self {
+        // Settings a worker needs; these tests run no-op jobs, which never use them.
+        Self::start_with(
+            url,
+            args,
+            &[
+                ("GITLAB_URL", "http://127.0.0.1:9"),
+                ("GITLAB_TOKEN", "unused-gitlab-token"),
+                ("GLM_API_KEY", "unused-glm-key"),
+            ],
+        )
+    }
+
+    /// Starts `reviewq worker` on `url` with extra flags and environment.
+    pub fn start_with(url: &str, args: &[&str], env: &[(&str, &str)]) -> Self {
         let child = reviewq()
             .arg("worker")
             .args(args)
             .env("DATABASE_URL", url)
-            // Settings a worker needs; these tests run no-op jobs, which never use them.
-            .env("GITLAB_URL", "http://127.0.0.1:9")
-            .env("GITLAB_TOKEN", "unused-gitlab-token")
-            .env("GLM_API_KEY", "unused-glm-key")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(if std::env::var_os("TEST_LOG").is_some() {
                 Stdio::inherit()

@@ -20,12 +20,12 @@ use sqlx::PgPool;
 
 const TOKEN: &str = "glpat-pipeline-test";
 const KEY: &str = "glm-pipeline-test";
-const PROJECT: &str = "acme/shop";
+pub const PROJECT: &str = "acme/shop";
 
 /// An MR with every kind of change: a modified file with added, removed and context lines,
 /// an added file, a deleted file, a renamed file with an edit, and a line that makes the
 /// fake model cite a file outside the diff.
-fn mixed_mr(iid: u64) -> MrSpec {
+pub fn mixed_mr(iid: u64) -> MrSpec {
     MrSpec {
         project_path: PROJECT.into(),
         project_id: 77,

@@ -256,3 +256,87 @@ async fn a_postgres_restart_during_a_run_is_survived_and_the_run_completes() {
     pool.close().await;
     cluster.stop().unwrap();
 }
+
+#[sqlx::test]
+async fn a_worker_killed_after_gitlab_stored_a_comment_but_before_recording_it_posts_nothing_twice(
+    pool: PgPool,
+) {
+    use reviewq::{
+        jobs::review::{ReviewArgs, ReviewOptions},
+        review::ReviewType,
+        sim::{FakeGitLab, FakeGlm, GitLabFault, GlmBehaviour, Route},
+    };
+
+    use crate::pipeline::{PROJECT, mixed_mr};
+
+    let url = url_of(&pool);
+    let gitlab = FakeGitLab::start("kill-test-token").await.unwrap();
+    let glm = FakeGlm::start("kill-test-key", GlmBehaviour::default())
+        .await
+        .unwrap();
+    gitlab.add_merge_request(mixed_mr(1)).unwrap();
+    // GitLab stores the first inline comment, then holds its answer: the worker is killed
+    // inside that window, with the comment on the MR and not in its outbox.
+    gitlab.fail_next(
+        Route::CreateDiscussion,
+        1,
+        GitLabFault::StoreThenHang(Duration::from_secs(60)),
+    );
+    let env = [
+        ("GITLAB_URL", gitlab.base_url()),
+        ("GITLAB_TOKEN", "kill-test-token"),
+        ("GLM_BASE_URL", glm.base_url()),
+        ("GLM_API_KEY", "kill-test-key"),
+    ];
+    let args = ["--lease-secs", "3"];
+    let options = ReviewOptions {
+        review_type: ReviewType::General,
+        dry_run: false,
+        force: false,
+    };
+    let mr = format!("{PROJECT}:1").parse().unwrap();
+    let id = Queue::enqueue(&pool, &ReviewArgs::new(mr, &options).job(0))
+        .await
+        .unwrap()
+        .id();
+
+    let mut doomed = WorkerProcess::start_with(&url, &args, &env);
+    wait_until(
+        Duration::from_secs(30),
+        "GitLab to store the first comment",
+        || async { gitlab.posted_discussions() >= 1 },
+    )
+    .await;
+    doomed.signal("KILL").await;
+    doomed.wait(Duration::from_secs(5)).await;
+    let recorded: i64 = sqlx::query_scalar("select count(*) from outbox where state = 'posted'")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(recorded, 0, "killed before recording anything");
+
+    let mut rescuer = WorkerProcess::start_with(&url, &args, &env);
+    wait_until(
+        Duration::from_secs(40),
+        "the review to finish elsewhere",
+        || async { state_of(&pool, id).await == JobState::Succeeded },
+    )
+    .await;
+    rescuer.signal("TERM").await;
+    assert!(rescuer.wait(Duration::from_secs(10)).await.success());
+
+    assert_eq!(gitlab.total_duplicate_count(), 0, "no comment posted twice");
+    let markers = gitlab.marker_counts(PROJECT, 1).unwrap();
+    let comments: i64 = sqlx::query_scalar(
+        "select count(*) from outbox where state = 'posted' and (kind = 'inline' or key = 'summary')",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        markers.len() as i64,
+        comments,
+        "every comment on GitLab exactly once"
+    );
+    assert!(markers.values().all(|&n| n == 1));
+}

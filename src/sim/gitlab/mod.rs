@@ -207,6 +207,9 @@ pub enum GitLabFault {
     BadGateway,
     /// Answer normally, but only after this delay (on top of the global latency).
     Delay(Duration),
+    /// The request is processed (a comment IS stored), then the answer is held back this
+    /// long: the window in which a killed client has posted but not recorded its comment.
+    StoreThenHang(Duration),
     /// `POST .../discussions` creates a plain thread (`DiscussionNote`) even though the
     /// position is valid, as GitLab does when it cannot place a note inline.
     NotInline,

@@ -100,6 +100,8 @@ struct Flags {
     error_after: bool,
     /// Create discussions as plain threads.
     not_inline: bool,
+    /// Do the work, then hold the answer back this long.
+    hang_after: Option<std::time::Duration>,
 }
 
 /// Latency, faults, auth, then `work` under the state lock; tags the answer with its route.
@@ -116,6 +118,9 @@ async fn handle(
                 let mut state = inner.lock();
                 work(&mut state, &inner.base_url, flags)
             };
+            if let (Ok(_), Some(hang)) = (&result, flags.hang_after) {
+                inner.stopper.sleep(hang).await;
+            }
             match result {
                 Ok(_) if flags.error_after => error_response(&ApiError::internal()),
                 Ok(response) => response,
@@ -152,6 +157,7 @@ async fn enter(inner: &Inner, route: Route, headers: &HeaderMap) -> Result<Flags
         Some(GitLabFault::BadGateway) => return Err(bad_gateway()),
         Some(GitLabFault::ServerErrorAfterStore) => flags.error_after = true,
         Some(GitLabFault::NotInline) => flags.not_inline = true,
+        Some(GitLabFault::StoreThenHang(hang)) => flags.hang_after = Some(hang),
         Some(GitLabFault::Delay(_)) | None => {}
     }
     if !authorized(&inner.token, headers) {

@@ -605,6 +605,9 @@ fn choose_fault(state: &mut GlmState, request: &ChatIn) -> Option<GlmFault> {
 }
 
 async fn chat(State(inner): State<Arc<Inner>>, headers: HeaderMap, body: Bytes) -> Response {
+    // Latency counts from the request's arrival: the time the simulator spends parsing the
+    // prompt and writing the answer is part of it, as it is for a real model.
+    let arrived = std::time::Instant::now();
     let mut guard = InFlight::enter(&inner);
     if let Err(refusal) = check_auth(&inner.api_key, &headers) {
         return guard.answer(refusal.into());
@@ -626,7 +629,11 @@ async fn chat(State(inner): State<Arc<Inner>>, headers: HeaderMap, body: Bytes) 
     };
     guard.call.fault.clone_from(&fault);
     let (delay, answer) = respond(&request, fault.as_ref(), &behaviour, id);
-    if !inner.stopper.sleep(delay).await {
+    if !inner
+        .stopper
+        .sleep(delay.saturating_sub(arrived.elapsed()))
+        .await
+    {
         return guard.answer(Answer::error(
             StatusCode::SERVICE_UNAVAILABLE,
             "1234",
