@@ -37,8 +37,9 @@ create table review_chunks (
     chunk_index   integer not null check (chunk_index >= 0),
     -- The chunk job (a queue row).
     job_id        bigint not null unique,
-    -- The files and hunks in this chunk (review::Chunk as JSON).
-    chunk         jsonb not null,
+    -- The files and hunks in this chunk (review::Chunk). `json`, not `jsonb`: it is only
+    -- ever read back whole, and storing text skips parsing a large document on insert.
+    chunk         json not null,
     -- Filled when the chunk job succeeds, in the same transaction as its completion.
     summary       text,
     findings      jsonb,

@@ -40,6 +40,8 @@ pub enum Bench {
     Queue(QueueBenchArgs),
     /// One review end to end against simulated GitLab and GLM on loopback.
     E2e(E2eBenchArgs),
+    /// Webhook answer latency of `serve` under a steady delivery rate.
+    Serve(crate::bench_serve::ServeBenchArgs),
 }
 
 /// Arguments of `bench e2e`.
@@ -167,6 +169,7 @@ pub async fn run(db: &DbArgs, args: BenchArgs) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Bench::Serve(args) => crate::bench_serve::run(db, args).await,
         Bench::E2e(args) => {
             let pool = db.pool(args.concurrency / 2 + 8).await?;
             crate::migrate(&pool).await?;

@@ -49,6 +49,8 @@ pub enum Command {
     Review(ReviewCommandArgs),
     /// Job states, attempts, errors and per-chunk progress.
     Status(StatusArgs),
+    /// Token spend and cost from the LLM ledger, by day, project, merge request or model.
+    Usage(crate::usage::UsageArgs),
     /// Run a failed or cancelled job again (or a waiting one now).
     Retry {
         /// The job's id.
@@ -59,6 +61,8 @@ pub enum Command {
         /// The job's id.
         id: JobId,
     },
+    /// GitLab webhook receiver (merge request events to review jobs), /healthz, /metrics.
+    Serve(crate::server::ServeArgs),
     /// Built-in benchmarks.
     Bench(bench::BenchArgs),
     /// The whole pipeline on this machine, against simulated GitLab and GLM servers.
@@ -208,6 +212,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Worker(args) => worker(&cli.db, args).await,
         Command::Review(args) => crate::oneshot::run(&cli.db, args).await,
         Command::Status(args) => status(&cli.db, args).await,
+        Command::Usage(args) => crate::usage::run(&cli.db, args).await,
         Command::Retry { id } => {
             let queue = Queue::new(cli.db.pool(2).await?);
             queue.retry(id).await.map_err(state_error)?;
@@ -220,6 +225,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("job {id} cancelled");
             Ok(ExitCode::SUCCESS)
         }
+        Command::Serve(args) => crate::server::run(&cli.db, args).await,
         Command::Bench(args) => bench::run(&cli.db, args).await,
         Command::Demo => crate::demo::run(&cli.db).await,
         Command::Db { action } => local_db(action),

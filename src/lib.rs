@@ -15,12 +15,15 @@
 //! - [`disposition`]: how a failure should be handled, decided where it happens.
 //! - [`localdb`]: a private PostgreSQL cluster from the local binaries.
 //! - [`cli`], [`config`], [`telemetry`], [`shutdown`]: the edges.
+//! - [`usage`]: the `usage` report (token spend and cost from the LLM ledger).
+//! - [`server`]: `reviewq serve`, the GitLab webhook receiver, `/healthz` and `/metrics`.
 //! - [`bench`]: the built-in benchmarks.
 //! - [`sim`]: simulated GitLab and GLM servers on loopback, for `demo`, `bench e2e` and tests.
 
 #![forbid(unsafe_code)]
 
 pub mod bench;
+pub mod bench_serve;
 pub mod cli;
 pub mod config;
 pub mod demo;
@@ -34,9 +37,11 @@ pub mod mr_ref;
 pub mod oneshot;
 pub mod queue;
 pub mod review;
+pub mod server;
 pub mod shutdown;
 pub mod sim;
 pub mod telemetry;
+pub mod usage;
 
 /// The schema migrations, embedded in the binary.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!();

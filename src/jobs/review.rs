@@ -368,12 +368,12 @@ async fn insert_chunks<'c>(
     for (chunk, job_id) in chunks {
         indexes.push(i32::try_from(chunk.index).map_err(JobError::fatal)?);
         job_ids.push(job_id.get());
-        bodies.push(serde_json::to_value(chunk).map_err(JobError::fatal)?);
+        bodies.push(serde_json::to_string(chunk).map_err(JobError::fatal)?);
     }
     sqlx::query!(
         r#"
         insert into review_chunks (review_id, chunk_index, job_id, chunk)
-        select $1, i, j, c from unnest($2::int4[], $3::int8[], $4::jsonb[]) as t(i, j, c)
+        select $1, i, j, c::json from unnest($2::int4[], $3::int8[], $4::text[]) as t(i, j, c)
         "#,
         review_id,
         &indexes,
@@ -586,33 +586,6 @@ fn fenced(rows: u64, ctx: &JobContext) -> Result<(), JobError> {
         return Err(QueueError::LeaseLost(ctx.lease()).into());
     }
     Ok(())
-}
-
-async fn mark_posted(
-    ctx: &JobContext,
-    review_id: i64,
-    key: &str,
-    note_id: u64,
-    discussion_id: Option<&str>,
-) -> Result<(), JobError> {
-    let lease = ctx.lease();
-    let rows = sqlx::query!(
-        r#"update outbox set state = 'posted', gitlab_note_id = $3, gitlab_discussion_id = $4,
-               posted_at = now(), error = null
-           where review_id = $1 and key = $2
-             and exists (select 1 from jobs where id = $5 and attempt = $6 and state = 'running')"#,
-        review_id,
-        key,
-        i64::try_from(note_id).unwrap_or(i64::MAX),
-        discussion_id,
-        lease.job_id.get(),
-        lease.attempt,
-    )
-    .execute(ctx.queue().pool())
-    .await
-    .map_err(db)?
-    .rows_affected();
-    fenced(rows, ctx)
 }
 
 /// Records that POSTs are about to go out for every pending comment, so a crash leaves a
@@ -977,8 +950,13 @@ async fn post_summary(
             .find(|n| review::find_marker(&n.body).as_ref() == Some(&m))
             .map(|n| (n.id, None)),
     };
-    if let Some((note_id, discussion)) = found {
-        return mark_posted(ctx, review.id, "summary", note_id, discussion.as_deref()).await;
+    if let Some((note_id, discussion_id)) = found {
+        let posted = Posted {
+            key: "summary".into(),
+            note_id,
+            discussion_id,
+        };
+        return record_posted(ctx, review.id, &[posted]).await;
     }
     mark_attempted(ctx, review.id).await?;
     let note = deps
@@ -986,7 +964,12 @@ async fn post_summary(
         .post_note(project, args.iid, body)
         .await
         .map_err(gitlab_error)?;
-    mark_posted(ctx, review.id, "summary", note.id, None).await
+    let posted = Posted {
+        key: "summary".into(),
+        note_id: note.id,
+        discussion_id: None,
+    };
+    record_posted(ctx, review.id, &[posted]).await
 }
 
 /// Marks the review done and completes the job in one transaction; if the MR moved on

@@ -164,20 +164,16 @@ impl Queue {
     where
         E: PgExecutor<'e>,
     {
+        // `do update` rather than `do nothing`: it waits for a concurrent enqueue of the same
+        // key to commit and then returns that row, where `do nothing` plus a lookup in the
+        // same statement would not see it. `xmax = 0` tells a fresh insert from an existing row.
         let row = sqlx::query!(
             r#"
-            with ins as (
-                insert into jobs (kind, payload, priority, max_attempts, dedupe_key, run_at)
-                values ($1, $2, $3, $4, $5, now() + $6::interval)
-                on conflict (dedupe_key) where dedupe_key is not null and state in ('queued', 'running')
-                do nothing
-                returning id
-            )
-            select id as "id!", true as "inserted!" from ins
-            union all
-            select id, false from jobs
-            where dedupe_key = $5 and state in ('queued', 'running') and not exists (select 1 from ins)
-            limit 1
+            insert into jobs (kind, payload, priority, max_attempts, dedupe_key, run_at)
+            values ($1, $2, $3, $4, $5, now() + $6::interval)
+            on conflict (dedupe_key) where dedupe_key is not null and state in ('queued', 'running')
+            do update set dedupe_key = excluded.dedupe_key
+            returning id, (xmax = 0) as "inserted!"
             "#,
             job.kind,
             job.payload,

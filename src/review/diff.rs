@@ -158,13 +158,17 @@ pub struct DiffLine {
     /// Added, removed or unchanged.
     pub kind: LineKind,
     /// Line number in the old version, for removed and context lines.
+    // Absent fields are left out of the stored JSON: chunks hold thousands of lines.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub old_line: Option<u32>,
     /// Line number in the new version, for added and context lines.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub new_line: Option<u32>,
     /// The line's text without the diff prefix and without a trailing `\r` (CRLF files).
     pub text: String,
     /// A `\ No newline at end of file` marker followed this line. Shown to the model, since a
     /// missing final newline is sometimes the point of a change.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub no_newline_at_eof: bool,
 }
 

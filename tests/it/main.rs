@@ -8,5 +8,7 @@ mod llm;
 mod pipeline;
 mod processes;
 mod queue;
+mod server;
 mod sim;
 mod tls;
+mod usage;

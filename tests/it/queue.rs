@@ -478,3 +478,28 @@ async fn the_fleet_limit_admits_no_more_holders_than_its_capacity(pool: PgPool) 
         Err(Error::LeaseLost(_))
     ));
 }
+
+#[sqlx::test]
+async fn concurrent_enqueues_with_one_dedupe_key_all_get_the_same_job(pool: PgPool) {
+    let job = NewJob::new("noop", serde_json::json!({})).dedupe_key("review:g/p!9:general:post");
+    let mut racers = tokio::task::JoinSet::new();
+    for _ in 0..10 {
+        let (pool, job) = (pool.clone(), job.clone());
+        racers.spawn(async move { Queue::enqueue(&pool, &job).await.unwrap() });
+    }
+    let mut results = Vec::new();
+    while let Some(r) = racers.join_next().await {
+        results.push(r.unwrap());
+    }
+    let new = results
+        .iter()
+        .filter(|r| matches!(r, Enqueued::New(_)))
+        .count();
+    assert_eq!(new, 1, "{results:?}");
+    assert!(results.iter().all(|r| r.id() == results[0].id()));
+    let count: i64 = sqlx::query_scalar("select count(*) from jobs")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(count, 1);
+}

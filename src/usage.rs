@@ -1,0 +1,277 @@
+//! `reviewq usage`: token spend and cost from the `llm_calls` ledger, grouped by day,
+//! project, merge request or model, as a table or JSON.
+//!
+//! Costs come from the `llm_call_costs` view (prices in `model_prices`). A call to a model
+//! without a price has no cost: it counts in calls and tokens, not in the cost column, and
+//! the report names such models.
+
+use std::{io::Write, process::ExitCode};
+
+use chrono::NaiveDate;
+use clap::{Args, ValueEnum};
+use serde::Serialize;
+use sqlx::PgPool;
+
+use crate::{cli::UsageError, config::DbArgs};
+
+/// Arguments of `usage`.
+#[derive(Debug, Args)]
+pub struct UsageArgs {
+    /// Only calls started on or after this day (YYYY-MM-DD, in the database's time zone);
+    /// default: all time.
+    #[arg(long, value_name = "DATE")]
+    pub since: Option<String>,
+
+    /// One row per day (newest first), project, merge request or model (these three most
+    /// expensive first).
+    #[arg(long, value_enum, default_value_t = GroupBy::Day)]
+    pub by: GroupBy,
+
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// What one row of the report stands for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GroupBy {
+    /// A calendar day (`started_at`'s date).
+    Day,
+    /// A GitLab project.
+    Project,
+    /// A merge request (project and IID).
+    Mr,
+    /// An LLM model.
+    Model,
+}
+
+impl GroupBy {
+    /// The name used on the command line and in the query.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Day => "day",
+            Self::Project => "project",
+            Self::Mr => "mr",
+            Self::Model => "model",
+        }
+    }
+}
+
+/// One group of LLM calls. Only the key fields of the grouping are set (`day`; `project`;
+/// `project` and `mr_iid`; `model`); none are set in the report's totals.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct UsageRow {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub day: Option<NaiveDate>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub project: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mr_iid: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// HTTP requests sent to the LLM, failed and retried ones included.
+    pub calls: i64,
+    /// Calls that ended in an error.
+    pub failed_calls: i64,
+    /// Tokens as the provider reported them (calls without reported usage add nothing).
+    pub prompt_tokens: i64,
+    pub completion_tokens: i64,
+    pub total_tokens: i64,
+    /// Cost in USD of the calls whose model has a price; `None` if none has.
+    pub cost_usd: Option<f64>,
+    /// Calls whose model has no price in `model_prices` (not in `cost_usd`).
+    pub unpriced_calls: i64,
+}
+
+impl UsageRow {
+    fn add(&mut self, other: &Self) {
+        self.calls += other.calls;
+        self.failed_calls += other.failed_calls;
+        self.prompt_tokens += other.prompt_tokens;
+        self.completion_tokens += other.completion_tokens;
+        self.total_tokens += other.total_tokens;
+        self.unpriced_calls += other.unpriced_calls;
+        self.cost_usd = match (self.cost_usd, other.cost_usd) {
+            (Some(a), Some(b)) => Some(a + b),
+            (a, b) => a.or(b),
+        };
+    }
+
+    /// What the row is about, for the table.
+    fn label(&self) -> String {
+        match (&self.day, &self.project, self.mr_iid, &self.model) {
+            (Some(day), ..) => day.to_string(),
+            (_, Some(project), Some(iid), _) => format!("{project}!{iid}"),
+            (_, Some(project), None, _) => project.clone(),
+            (.., Some(model)) => model.clone(),
+            _ => "TOTAL".to_owned(),
+        }
+    }
+}
+
+/// The whole report, as `--json` prints it.
+#[derive(Debug, Clone, Serialize)]
+pub struct UsageReport {
+    pub by: GroupBy,
+    pub since: Option<NaiveDate>,
+    pub rows: Vec<UsageRow>,
+    pub totals: UsageRow,
+    /// Models called in the period that have no price in `model_prices`.
+    pub unpriced_models: Vec<String>,
+}
+
+/// Runs the report query: the ledger since `since` (all of it if `None`), one row per
+/// group, days newest first, other groups most expensive first.
+///
+/// # Errors
+/// Database errors.
+pub async fn report(
+    pool: &PgPool,
+    by: GroupBy,
+    since: Option<NaiveDate>,
+) -> Result<UsageReport, sqlx::Error> {
+    // One statement for every grouping: the key columns not asked for are null, so they
+    // group nothing.
+    let rows = sqlx::query_as!(
+        UsageRow,
+        r#"
+        select case when $1::text = 'day' then date_trunc('day', started_at)::date end as "day?",
+               case when $1::text in ('project', 'mr') then project end as "project?",
+               case when $1::text = 'mr' then mr_iid end as "mr_iid?",
+               case when $1::text = 'model' then model end as "model?",
+               count(*) as "calls!",
+               count(*) filter (where status = 'error') as "failed_calls!",
+               coalesce(sum(prompt_tokens), 0)::int8 as "prompt_tokens!",
+               coalesce(sum(completion_tokens), 0)::int8 as "completion_tokens!",
+               coalesce(sum(total_tokens), 0)::int8 as "total_tokens!",
+               sum(cost_usd)::float8 as "cost_usd?",
+               count(*) filter (where cost_usd is null) as "unpriced_calls!"
+        from llm_call_costs
+        where started_at >= coalesce($2::date::timestamptz, '-infinity')
+        group by 1, 2, 3, 4
+        order by 1 desc nulls last, 10 desc nulls last, 9 desc, 2, 3, 4
+        "#,
+        by.as_str(),
+        since,
+    )
+    .fetch_all(pool)
+    .await?;
+    let unpriced_models = sqlx::query_scalar!(
+        r#"
+        select distinct model as "model!" from llm_call_costs
+        where cost_usd is null and started_at >= coalesce($1::date::timestamptz, '-infinity')
+        order by 1
+        "#,
+        since,
+    )
+    .fetch_all(pool)
+    .await?;
+    let mut totals = UsageRow::default();
+    for row in &rows {
+        totals.add(row);
+    }
+    Ok(UsageReport {
+        by,
+        since,
+        rows,
+        totals,
+        unpriced_models,
+    })
+}
+
+/// Parses `--since`.
+///
+/// # Errors
+/// A usage error naming the value and the expected form.
+pub fn parse_since(value: &str) -> Result<NaiveDate, UsageError> {
+    NaiveDate::parse_from_str(value.trim(), "%Y-%m-%d").map_err(|_| {
+        UsageError(format!(
+            "--since {value:?} is not a date: expected YYYY-MM-DD, e.g. 2026-11-01"
+        ))
+    })
+}
+
+/// `reviewq usage`.
+///
+/// # Errors
+/// [`UsageError`] for a bad `--since` (checked before connecting); database errors.
+pub async fn run(db: &DbArgs, args: UsageArgs) -> anyhow::Result<ExitCode> {
+    let since = args.since.as_deref().map(parse_since).transpose()?;
+    let pool = db.pool(2).await?;
+    let report = report(&pool, args.by, since).await?;
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        serde_json::to_writer_pretty(&mut out, &report)?;
+        writeln!(out)?;
+    } else {
+        print_table(&mut out, &report)?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn cost_cell(row: &UsageRow) -> String {
+    match row.cost_usd {
+        None => "-".to_owned(),
+        Some(cost) if row.unpriced_calls > 0 => format!("{cost:.4}*"),
+        Some(cost) => format!("{cost:.4} "),
+    }
+}
+
+/// Prints the report as an aligned table with a totals line and footnotes.
+///
+/// # Errors
+/// Write errors.
+pub fn print_table(out: &mut impl Write, report: &UsageReport) -> std::io::Result<()> {
+    if report.rows.is_empty() {
+        return match report.since {
+            Some(since) => writeln!(out, "no LLM calls recorded since {since}"),
+            None => writeln!(out, "no LLM calls recorded yet"),
+        };
+    }
+    let heading = match report.by {
+        GroupBy::Day => "DAY",
+        GroupBy::Project => "PROJECT",
+        GroupBy::Mr => "MERGE REQUEST",
+        GroupBy::Model => "MODEL",
+    };
+    let labels: Vec<String> = report.rows.iter().map(UsageRow::label).collect();
+    let width = labels
+        .iter()
+        .map(|l| l.chars().count())
+        .chain([heading.len(), "TOTAL".len()])
+        .max()
+        .unwrap_or_default();
+    writeln!(
+        out,
+        "{heading:<width$}  {:>7}  {:>6}  {:>12}  {:>12}  {:>12}  {:>11}",
+        "CALLS", "FAILED", "PROMPT", "COMPLETION", "TOTAL TOK", "COST USD "
+    )?;
+    let rows = labels.iter().zip(&report.rows);
+    let totals = ("TOTAL".to_owned(), &report.totals);
+    for (label, row) in rows.chain([(&totals.0, totals.1)]) {
+        writeln!(
+            out,
+            "{label:<width$}  {:>7}  {:>6}  {:>12}  {:>12}  {:>12}  {:>11}",
+            row.calls,
+            row.failed_calls,
+            row.prompt_tokens,
+            row.completion_tokens,
+            row.total_tokens,
+            cost_cell(row),
+        )?;
+    }
+    if let Some(since) = report.since {
+        writeln!(out, "\nCalls started on or after {since}.")?;
+    }
+    if !report.unpriced_models.is_empty() {
+        writeln!(
+            out,
+            "\n-: no price; *: the cost leaves out {} call(s) to models without a price in model_prices: {}.\n\
+             Set a price to count them (README, \"Audit spend with SQL\").",
+            report.totals.unpriced_calls,
+            report.unpriced_models.join(", ")
+        )?;
+    }
+    Ok(())
+}
