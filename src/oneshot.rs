@@ -1,9 +1,15 @@
 //! `reviewq review` (one-shot, for CI) and `enqueue --wait`: run or watch given review jobs
 //! until they end, showing progress, then report what reached GitLab.
 
-use std::{collections::HashMap, io::Write, process::ExitCode, time::Duration};
+use std::{
+    collections::HashMap,
+    io::{IsTerminal, Write},
+    process::ExitCode,
+    time::Duration,
+};
 
 use anyhow::Context;
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
@@ -96,6 +102,24 @@ async fn progress(pool: &PgPool, id: JobId) -> anyhow::Result<Progress> {
 /// # Errors
 /// Database errors.
 pub async fn wait_for(queue: &Queue, ids: &[JobId]) -> anyhow::Result<bool> {
+    // On a terminal: one live bar per job (chunks reviewed, comments posted). Otherwise
+    // (CI logs, pipes): a plain line whenever a job's progress changes.
+    let bars = std::io::stderr().is_terminal().then(|| {
+        let all = MultiProgress::new();
+        let style =
+            ProgressStyle::with_template("job {prefix:>5} [{bar:30}] {pos}/{len} chunks  {msg}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> ");
+        let bars: HashMap<JobId, ProgressBar> = ids
+            .iter()
+            .map(|&id| {
+                let bar = all.add(ProgressBar::new(0).with_style(style.clone()));
+                bar.set_prefix(id.to_string());
+                (id, bar)
+            })
+            .collect();
+        (all, bars)
+    });
     let mut last: HashMap<JobId, Progress> = HashMap::new();
     loop {
         let mut all_done = true;
@@ -103,12 +127,23 @@ pub async fn wait_for(queue: &Queue, ids: &[JobId]) -> anyhow::Result<bool> {
         for &id in ids {
             let p = progress(queue.pool(), id).await?;
             if last.get(&id) != Some(&p) {
-                let mut out = std::io::stderr().lock();
-                writeln!(
-                    out,
-                    "job {id}: {:<9} chunks {}/{}  comments posted {}/{}",
-                    p.state, p.chunks_done, p.chunks, p.posted, p.comments
-                )?;
+                let message = format!("{}  comments posted {}/{}", p.state, p.posted, p.comments);
+                match bars.as_ref().and_then(|(_, bars)| bars.get(&id)) {
+                    Some(bar) => {
+                        bar.set_length(u64::try_from(p.chunks).unwrap_or(0));
+                        bar.set_position(u64::try_from(p.chunks_done).unwrap_or(0));
+                        bar.set_message(message);
+                        if p.state.is_finished() {
+                            bar.finish();
+                        }
+                    }
+                    None => writeln!(
+                        std::io::stderr().lock(),
+                        "job {id}: chunks {}/{}  {message}",
+                        p.chunks_done,
+                        p.chunks
+                    )?,
+                }
                 last.insert(id, p.clone());
             }
             all_done &= p.state.is_finished();
