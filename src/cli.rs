@@ -85,9 +85,9 @@ pub enum DbAction {
     Stop,
 }
 
-/// Arguments of `enqueue`.
+/// The reviews a producer asks for: shared by `enqueue` and `review`.
 #[derive(Debug, Args)]
-pub struct EnqueueArgs {
+pub struct ReviewRequest {
     /// Merge requests: PROJECT:IID, PROJECT!IID or a merge request URL; comma-separated
     /// lists are accepted too.
     #[arg(required = true, value_name = "REF")]
@@ -104,6 +104,13 @@ pub struct EnqueueArgs {
         allow_negative_numbers = true
     )]
     pub priority: i16,
+}
+
+/// Arguments of `enqueue`.
+#[derive(Debug, Args)]
+pub struct EnqueueArgs {
+    #[command(flatten)]
+    pub request: ReviewRequest,
 
     /// Show progress until the jobs end (exit 0 only if all succeeded).
     #[arg(long)]
@@ -116,22 +123,8 @@ pub struct EnqueueArgs {
 /// Arguments of `review`.
 #[derive(Debug, Args)]
 pub struct ReviewCommandArgs {
-    /// Merge requests: PROJECT:IID, PROJECT!IID or a merge request URL; comma-separated
-    /// lists are accepted too.
-    #[arg(required = true, value_name = "REF")]
-    pub refs: Vec<String>,
-
     #[command(flatten)]
-    pub review: review::ReviewOptions,
-
-    /// Priority: higher runs first.
-    #[arg(
-        long,
-        env = "REVIEWQ_PRIORITY",
-        default_value_t = 0,
-        allow_negative_numbers = true
-    )]
-    pub priority: i16,
+    pub request: ReviewRequest,
 
     /// Jobs run at once by this process (chunks of the reviews).
     #[arg(long, env = "REVIEWQ_CONCURRENCY", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=1000))]
@@ -270,9 +263,9 @@ fn state_error(err: crate::queue::Error) -> anyhow::Error {
 
 async fn enqueue(db: &DbArgs, args: EnqueueArgs) -> anyhow::Result<ExitCode> {
     // Validate everything before touching the database.
-    let refs = parse_checked_refs(&args.refs, &args.gitlab)?;
+    let refs = parse_checked_refs(&args.request.refs, &args.gitlab)?;
     let pool = db.pool(2).await?;
-    let ids = enqueue_reviews(&pool, refs, &args.review, args.priority).await?;
+    let ids = enqueue_reviews(&pool, refs, &args.request).await?;
     {
         let mut out = std::io::stdout().lock();
         for id in &ids {
@@ -319,13 +312,12 @@ pub fn parse_checked_refs(
 pub async fn enqueue_reviews(
     pool: &sqlx::PgPool,
     refs: Vec<crate::mr_ref::MrRef>,
-    options: &review::ReviewOptions,
-    priority: i16,
+    request: &ReviewRequest,
 ) -> anyhow::Result<Vec<JobId>> {
     let mut tx = pool.begin().await?;
     let mut ids = Vec::with_capacity(refs.len());
     for r in refs {
-        let job = review::ReviewArgs::new(r, options).job(priority);
+        let job = review::ReviewArgs::new(r, &request.review).job(request.priority);
         ids.push(Queue::enqueue(&mut *tx, &job).await?.id());
     }
     tx.commit().await.context("could not commit the new jobs")?;

@@ -29,13 +29,13 @@ const PROGRESS_EVERY: Duration = Duration::from_millis(250);
 /// # Errors
 /// Usage errors for bad input or settings (nothing written); runtime failures.
 pub async fn run(db: &DbArgs, args: ReviewCommandArgs) -> anyhow::Result<ExitCode> {
-    let refs = parse_checked_refs(&args.refs, &args.gitlab)?;
+    let refs = parse_checked_refs(&args.request.refs, &args.gitlab)?;
     let deps = review_deps(&args.gitlab, &args.llm)?;
     let pool = db.pool(args.concurrency / 2 + 5).await?;
     crate::migrate(&pool)
         .await
         .context("could not apply migrations")?;
-    let ids = enqueue_reviews(&pool, refs, &args.review, args.priority).await?;
+    let ids = enqueue_reviews(&pool, refs, &args.request).await?;
     let queue = Queue::new(pool.clone());
     let config = WorkerConfig {
         concurrency: args.concurrency as usize,

@@ -206,3 +206,53 @@ async fn a_password_in_a_bad_database_url_is_never_printed() {
     let all = format!("{}{}", stdout(&out), stderr(&out));
     assert!(!all.contains("hunter2-secret"), "{all}");
 }
+
+#[sqlx::test]
+async fn review_dry_run_prints_the_comments_posts_nothing_and_exits_0(pool: PgPool) {
+    use reviewq::sim::{FakeGitLab, FakeGlm, GlmBehaviour};
+
+    use crate::pipeline::{PROJECT, mixed_mr};
+
+    let gitlab = FakeGitLab::start("cli-token").await.unwrap();
+    let glm = FakeGlm::start("cli-key", GlmBehaviour::default())
+        .await
+        .unwrap();
+    gitlab.add_merge_request(mixed_mr(1)).unwrap();
+    let out = reviewq()
+        .args(["review", &format!("{PROJECT}:1"), "--dry-run"])
+        .env("DATABASE_URL", url_of(&pool))
+        .env("GITLAB_URL", gitlab.base_url())
+        .env("GITLAB_TOKEN", "cli-token")
+        .env("GLM_BASE_URL", glm.base_url())
+        .env("GLM_API_KEY", "cli-key")
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(text.contains("--dry-run: nothing was posted"), "{text}");
+    assert!(
+        text.contains("--- src/cart.rs:"),
+        "inline comments are printed: {text}"
+    );
+    assert!(text.contains("--- summary note ---"), "{text}");
+    assert!(stderr(&out).contains("succeeded"), "progress is shown");
+    assert_eq!(gitlab.posted_discussions() + gitlab.posted_notes(), 0);
+    assert!(glm.request_count() > 0);
+
+    // Without a token the same command is a usage error naming the setting, and writes nothing.
+    let out = reviewq()
+        .args(["review", &format!("{PROJECT}:1")])
+        .env("DATABASE_URL", url_of(&pool))
+        .env("GLM_API_KEY", "cli-key")
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("GITLAB_TOKEN"), "{}", stderr(&out));
+    let reviews: i64 = sqlx::query_scalar("select count(*) from jobs where kind = 'review'")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(reviews, 1, "only the first run enqueued");
+}
