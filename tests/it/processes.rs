@@ -340,3 +340,79 @@ async fn a_worker_killed_after_gitlab_stored_a_comment_but_before_recording_it_p
     );
     assert!(markers.values().all(|&n| n == 1));
 }
+
+#[sqlx::test]
+async fn tokens_and_keys_never_reach_logs_output_or_the_database(pool: PgPool) {
+    use reviewq::{
+        jobs::review::{ReviewArgs, ReviewOptions},
+        review::ReviewType,
+        sim::{FakeGitLab, FakeGlm, GlmBehaviour, GlmFault},
+    };
+
+    use crate::pipeline::{PROJECT, mixed_mr};
+
+    const TOKEN: &str = "glpat-SECRET-gitlab-7f3a9c";
+    const KEY: &str = "glm-SECRET-key-41d8e2";
+    let gitlab = FakeGitLab::start(TOKEN).await.unwrap();
+    let glm = FakeGlm::start(KEY, GlmBehaviour::default()).await.unwrap();
+    gitlab.add_merge_request(mixed_mr(1)).unwrap();
+    // Errors too: their messages are where secrets usually leak.
+    glm.push_faults([GlmFault::RateLimited, GlmFault::ServerError]);
+    let url = url_of(&pool);
+    let options = ReviewOptions {
+        review_type: ReviewType::General,
+        dry_run: false,
+        force: false,
+    };
+    let mr = format!("{PROJECT}:1").parse().unwrap();
+    let id = Queue::enqueue(&pool, &ReviewArgs::new(mr, &options).job(0))
+        .await
+        .unwrap()
+        .id();
+
+    let mut worker = crate::helpers::reviewq()
+        .args(["worker", "--exit-when-idle"])
+        .env("DATABASE_URL", &url)
+        .env("RUST_LOG", "debug")
+        .env("GITLAB_URL", gitlab.base_url())
+        .env("GITLAB_TOKEN", TOKEN)
+        .env("GLM_BASE_URL", glm.base_url())
+        .env("GLM_API_KEY", KEY)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = worker.stderr.take().unwrap();
+    let stdout = worker.stdout.take().unwrap();
+    let read = |mut r: Box<dyn tokio::io::AsyncRead + Unpin + Send>| async move {
+        let mut s = String::new();
+        r.read_to_string(&mut s).await.unwrap();
+        s
+    };
+    let (err, out) = tokio::join!(read(Box::new(stderr)), read(Box::new(stdout)));
+    let status = tokio::time::timeout(Duration::from_secs(60), worker.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "{err}");
+    assert_eq!(state_of(&pool, id).await, JobState::Succeeded);
+    assert!(err.len() > 1000, "the debug log was captured");
+
+    for secret in [TOKEN, KEY] {
+        assert!(
+            !err.contains(secret) && !out.contains(secret),
+            "{secret} in the worker's output"
+        );
+        let in_db: i64 = sqlx::query_scalar(
+            "select (select count(*) from jobs where payload::text like '%' || $1 || '%' or last_error like '%' || $1 || '%')
+                  + (select count(*) from job_attempts where error like '%' || $1 || '%')
+                  + (select count(*) from llm_calls where coalesce(error_message, '') like '%' || $1 || '%')
+                  + (select count(*) from outbox where body like '%' || $1 || '%' or coalesce(error, '') like '%' || $1 || '%')",
+        )
+        .bind(secret)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        assert_eq!(in_db, 0, "{secret} stored in the database");
+    }
+}
