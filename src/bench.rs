@@ -289,10 +289,8 @@ mod e2e {
             let worker = Worker::new(queue.clone(), Dispatcher::with_review(deps), config);
             in_process = Some(tokio::spawn(worker.run(stop.clone())));
         } else {
-            let url = db
-                .database_url
-                .clone()
-                .context("DATABASE_URL is needed for worker processes")?;
+            // The configured URL, or local mode's cluster: the worker processes share it.
+            let url = db.url()?;
             let exe = std::env::current_exe()?;
             for _ in 0..args.workers {
                 children.push(

@@ -451,6 +451,10 @@ impl Queue {
     /// Marks many jobs succeeded in one statement, each fenced by its lease; releases
     /// their parents' counts. Returns how many were still held (the others were fenced out).
     ///
+    /// The worker's hot loop uses [`Queue::complete_and_claim`], whose first CTEs are this
+    /// statement; this one is for completions inside a caller's transaction, which need the
+    /// count to detect a lost lease and must not claim.
+    ///
     /// # Errors
     /// Database errors.
     pub async fn complete_many<'e, E>(exec: E, leases: &[Lease]) -> Result<u64>
@@ -602,27 +606,6 @@ impl Queue {
         .fetch_optional(exec)
         .await?;
         row.map(|r| r.run_at).ok_or(Error::LeaseLost(lease))
-    }
-
-    /// Ends a running job as `cancelled` from inside its handler (the work was abandoned
-    /// on purpose, e.g. the merge request was closed).
-    ///
-    /// # Errors
-    /// [`Error::LeaseLost`]; database errors.
-    pub async fn cancel_running(&self, lease: Lease, reason: &str) -> Result<()> {
-        Self::transition(
-            &self.pool,
-            lease,
-            Transition {
-                state: JobState::Cancelled,
-                delay: Duration::ZERO,
-                failed: false,
-                error: Some(reason),
-                outcome: "cancelled",
-            },
-        )
-        .await
-        .map(drop)
     }
 
     /// Puts every job `worker` still holds back in the queue to run at once elsewhere,
