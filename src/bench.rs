@@ -280,6 +280,7 @@ mod e2e {
                 budget: ChunkBudget::new(MIN_PROMPT_TOKENS)?,
                 chunk_timeout: Duration::from_secs(120),
                 max_chunks: args.chunks as usize,
+                spend: crate::spend::SpendPolicy::default(),
             };
             let config = WorkerConfig {
                 concurrency: args.concurrency as usize,

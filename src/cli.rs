@@ -51,6 +51,8 @@ pub enum Command {
     Status(StatusArgs),
     /// Token spend and cost from the LLM ledger, by day, project, merge request or model.
     Usage(crate::usage::UsageArgs),
+    /// Daily token budgets: list them with today's use, or set or clear a project's.
+    Budget(BudgetArgs),
     /// Run a failed or cancelled job again (or a waiting one now).
     Retry {
         /// The job's id.
@@ -186,6 +188,38 @@ pub struct StatusArgs {
     pub limit: i64,
 }
 
+/// Arguments of `budget`.
+#[derive(Debug, Args)]
+pub struct BudgetArgs {
+    #[command(subcommand)]
+    pub action: Option<BudgetAction>,
+
+    /// The fleet-wide budget workers use (shown in the list; set it on the workers).
+    #[arg(long, env = "REVIEWQ_DAILY_TOKEN_BUDGET", value_parser = clap::value_parser!(u64).range(1..))]
+    pub daily_token_budget: Option<u64>,
+
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `reviewq budget` actions.
+#[derive(Debug, Subcommand)]
+pub enum BudgetAction {
+    /// Set a project's daily token budget (reviews waiting for a budget look again at once).
+    Set {
+        /// The project as reviews name it: `group/project` or its numeric id.
+        project: String,
+        /// Tokens per UTC day (0 stops its reviews from calling the LLM).
+        tokens: u64,
+    },
+    /// Remove a project's budget.
+    Clear {
+        /// The project.
+        project: String,
+    },
+}
+
 /// The LLM fleet limit's resource name.
 pub const LLM_RESOURCE: &str = "llm";
 
@@ -206,6 +240,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Review(args) => crate::oneshot::run(&cli.db, args).await,
         Command::Status(args) => status(&cli.db, args).await,
         Command::Usage(args) => crate::usage::run(&cli.db, args).await,
+        Command::Budget(args) => budget(&cli.db, args).await,
         Command::Retry { id } => {
             let queue = Queue::new(cli.db.pool(2).await?);
             queue.retry(id).await.map_err(state_error)?;
@@ -273,8 +308,10 @@ async fn enqueue(db: &DbArgs, args: EnqueueArgs) -> anyhow::Result<ExitCode> {
         }
     }
     if args.wait {
-        let all_ok = crate::oneshot::wait_for(&Queue::new(pool), &ids).await?;
-        return Ok(if all_ok {
+        let watched =
+            crate::oneshot::wait_for(&Queue::new(pool), &ids, crate::oneshot::OnWaiting::Watch)
+                .await?;
+        return Ok(if watched == crate::oneshot::Watched::Ended(true) {
             ExitCode::SUCCESS
         } else {
             ExitCode::from(1)
@@ -335,6 +372,7 @@ pub fn review_deps(gitlab: &GitLabArgs, llm: &LlmArgs) -> Result<review::ReviewD
         budget: llm.budget()?,
         chunk_timeout: Duration::from_secs(llm.chunk_timeout),
         max_chunks: llm.max_chunks.max(1),
+        spend: llm.spend(),
     })
 }
 
@@ -356,7 +394,72 @@ async fn worker(db: &DbArgs, args: WorkerArgs) -> anyhow::Result<ExitCode> {
     let worker = Worker::new(Queue::new(pool), Dispatcher::with_review(deps), config);
     let token = CancellationToken::new();
     shutdown::on_signal(token.clone());
-    worker.run(token).await?;
+    let summary = worker.run(token).await?;
+    if let Some(waiting) = summary.blocked {
+        eprintln!(
+            "reviewq: stopped with work left: every remaining job is waiting: {}",
+            waiting.reason
+        );
+        return Ok(ExitCode::from(1));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn budget(db: &DbArgs, args: BudgetArgs) -> anyhow::Result<ExitCode> {
+    let project = |raw: &str| {
+        crate::mr_ref::Project::parse(raw)
+            .map(|p| p.to_string())
+            .map_err(|e| UsageError(format!("invalid project {raw:?}: {e}")))
+    };
+    let action = match &args.action {
+        Some(BudgetAction::Set { project: p, tokens }) => Some((project(p)?, Some(*tokens))),
+        Some(BudgetAction::Clear { project: p }) => Some((project(p)?, None)),
+        None => None,
+    };
+    let pool = db.pool(2).await?;
+    if let Some((project, tokens)) = action {
+        let woken = crate::spend::set_project_budget(&pool, &project, tokens).await?;
+        match tokens {
+            Some(t) => println!("project {project}: daily budget {t} tokens"),
+            None => println!("project {project}: no budget"),
+        }
+        if woken > 0 {
+            println!("{woken} waiting jobs look at their budget again now");
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let policy = crate::spend::SpendPolicy {
+        daily_tokens: args.daily_token_budget,
+        ..crate::spend::SpendPolicy::default()
+    };
+    let rows = crate::spend::budgets(&pool, &policy).await?;
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        serde_json::to_writer_pretty(&mut out, &rows)?;
+        writeln!(out)?;
+    } else {
+        writeln!(
+            out,
+            "{:<40}  {:>14}  {:>14}",
+            "PROJECT", "DAILY BUDGET", "USED TODAY"
+        )?;
+        for r in rows {
+            writeln!(
+                out,
+                "{:<40}  {:>14}  {:>14}",
+                if r.project == "*" {
+                    "* (fleet, REVIEWQ_DAILY_TOKEN_BUDGET)".to_owned()
+                } else {
+                    r.project
+                },
+                r.daily_tokens
+                    .map(|t| t.to_string())
+                    .unwrap_or_else(|| "none".into()),
+                r.used_today
+            )?;
+        }
+        writeln!(out, "(a day is a UTC calendar day)")?;
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -372,6 +475,18 @@ struct JobDetail {
 async fn status(db: &DbArgs, args: StatusArgs) -> anyhow::Result<ExitCode> {
     let queue = Queue::new(db.pool(2).await?);
     let mut out = std::io::stdout().lock();
+    if !args.json
+        && let Some(pause) = crate::spend::current_pause(queue.pool()).await?
+    {
+        writeln!(
+            out,
+            "LLM WORK PAUSED since {}: {}\n  next probe call at {} ({} probes so far); work resumes by itself when one succeeds\n",
+            pause.since.format("%Y-%m-%d %H:%M:%S UTC"),
+            pause.reason,
+            pause.probe_at.format("%Y-%m-%d %H:%M:%S UTC"),
+            pause.probes
+        )?;
+    }
     match args.id {
         Some(id) => {
             let job = queue.get(id).await.map_err(state_error)?;
@@ -453,13 +568,18 @@ fn print_table(out: &mut impl Write, rows: &[JobDetail]) -> std::io::Result<()> 
             format!("{}/{}", j.attempt, j.max_attempts),
             progress(&r.children),
             when.format("%Y-%m-%d %H:%M:%S"),
-            j.last_error
-                .as_deref()
-                .map(|e| truncate(e, 60))
-                .unwrap_or_default(),
+            match (&j.waiting, &j.last_error) {
+                (Some(w), _) if !j.state.is_finished() =>
+                    truncate(&format!("waiting: {}", w.reason), 60),
+                (_, Some(e)) => truncate(e, 60),
+                _ => String::new(),
+            },
         )?;
     }
-    writeln!(out, "(* waiting for a retry)")
+    writeln!(
+        out,
+        "(* waiting for a retry or a condition; `reviewq status ID` shows why)"
+    )
 }
 
 fn print_detail(out: &mut impl Write, d: &JobDetail) -> std::io::Result<()> {
@@ -491,6 +611,14 @@ fn print_detail(out: &mut impl Write, d: &JobDetail) -> std::io::Result<()> {
             c.cancelled,
             c.running,
             c.queued
+        )?;
+    }
+    if let Some(w) = j.waiting.as_ref().filter(|_| !j.state.is_finished()) {
+        writeln!(
+            out,
+            "  waiting:   {} (since {})",
+            w.reason,
+            w.since.format("%Y-%m-%d %H:%M:%S UTC")
         )?;
     }
     if let Some(err) = &j.last_error {

@@ -222,9 +222,33 @@ pub struct LlmArgs {
     /// the summary. Caps the spend of a gigantic merge request.
     #[arg(long, env = "REVIEWQ_MAX_CHUNKS", default_value_t = crate::review::chunk::DEFAULT_MAX_CHUNKS)]
     pub max_chunks: usize,
+
+    /// Tokens the whole fleet may spend per UTC day; when spent, no LLM call starts and
+    /// reviews wait (with the reason in `status`) until the next day or a higher budget.
+    /// Unset: no fleet-wide budget. Per-project budgets: `reviewq budget set`.
+    #[arg(long, env = "REVIEWQ_DAILY_TOKEN_BUDGET", value_parser = clap::value_parser!(u64).range(1..))]
+    pub daily_token_budget: Option<u64>,
+
+    /// Seconds between probe calls while LLM work is paused because the provider said
+    /// the account is out of balance or over quota (a reset time it gives wins).
+    #[arg(long, env = "REVIEWQ_QUOTA_PROBE_SECS", default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub quota_probe_secs: u64,
+
+    /// Seconds between checks of a job waiting for a spent budget.
+    #[arg(long, env = "REVIEWQ_BUDGET_RECHECK_SECS", default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub budget_recheck_secs: u64,
 }
 
 impl LlmArgs {
+    /// The spend policy these settings give.
+    pub fn spend(&self) -> crate::spend::SpendPolicy {
+        crate::spend::SpendPolicy {
+            daily_tokens: self.daily_token_budget,
+            probe_interval: Duration::from_secs(self.quota_probe_secs),
+            budget_recheck: Duration::from_secs(self.budget_recheck_secs),
+        }
+    }
+
     /// Builds the client.
     ///
     /// # Errors

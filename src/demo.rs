@@ -19,7 +19,7 @@ use crate::{
     },
     llm::{LlmClient, LlmConfig},
     mr_ref::MrRef,
-    oneshot::wait_for,
+    oneshot::{OnWaiting, Watched, wait_for},
     queue::{Limiter, Queue, Worker, WorkerConfig},
     review::{ChunkBudget, ReviewType, chunk::DEFAULT_MAX_PROMPT_TOKENS},
     sim::{
@@ -76,6 +76,7 @@ pub async fn run(db: &DbArgs) -> anyhow::Result<ExitCode> {
         budget: ChunkBudget::new(DEFAULT_MAX_PROMPT_TOKENS)?,
         chunk_timeout: Duration::from_secs(60),
         max_chunks: 50,
+        spend: crate::spend::SpendPolicy::default(),
     };
     let queue = Queue::new(pool.clone());
     Limiter::set_capacity(&pool, LLM_RESOURCE, 3).await?;
@@ -109,7 +110,7 @@ pub async fn run(db: &DbArgs) -> anyhow::Result<ExitCode> {
                 .id(),
         );
     }
-    let ok = wait_for(&queue, &ids).await?;
+    let ok = wait_for(&queue, &ids, OnWaiting::Stop).await? == Watched::Ended(true);
     stop.cancel();
     running.await.context("the worker panicked")??;
 

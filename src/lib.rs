@@ -40,6 +40,7 @@ pub mod review;
 pub mod server;
 pub mod shutdown;
 pub mod sim;
+pub mod spend;
 pub mod telemetry;
 pub mod usage;
 

@@ -46,17 +46,22 @@ pub async fn run(db: &DbArgs, args: ReviewCommandArgs) -> anyhow::Result<ExitCod
     let stop = CancellationToken::new();
     shutdown::on_signal(stop.clone());
     let running = tokio::spawn(worker.run(stop.clone()));
-    let all_ok = tokio::select! {
-        ok = wait_for(&queue, &ids) => ok?,
-        () = stop.cancelled() => false,
+    let watched = tokio::select! {
+        watched = wait_for(&queue, &ids, OnWaiting::Stop) => watched?,
+        () = stop.cancelled() => Watched::Ended(false),
     };
     stop.cancel();
     running.await.context("the worker task panicked")??;
     report(&pool, &ids).await?;
-    Ok(if all_ok {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
+    Ok(match watched {
+        Watched::Ended(true) => ExitCode::SUCCESS,
+        Watched::Ended(false) => ExitCode::from(1),
+        Watched::Blocked(reason) => {
+            eprintln!(
+                "reviewq: not waiting: {reason}\nThe review stays queued; a `reviewq worker` on this database finishes it when that changes."
+            );
+            ExitCode::from(1)
+        }
     })
 }
 
@@ -68,6 +73,8 @@ struct Progress {
     chunks: i64,
     posted: i64,
     comments: i64,
+    /// Why the review waits (its own reason or a chunk's), while it does.
+    waiting: Option<String>,
 }
 
 async fn progress(pool: &PgPool, id: JobId) -> anyhow::Result<Progress> {
@@ -80,7 +87,10 @@ async fn progress(pool: &PgPool, id: JobId) -> anyhow::Result<Progress> {
             (select count(*) from outbox o join reviews r on r.id = o.review_id
                 where r.job_id = j.id and o.state in ('posted', 'dry_run')) as "posted!",
             (select count(*) from outbox o join reviews r on r.id = o.review_id
-                where r.job_id = j.id and (o.kind = 'inline' or o.key = 'summary')) as "comments!"
+                where r.job_id = j.id and (o.kind = 'inline' or o.key = 'summary')) as "comments!",
+            case when j.state = 'queued' then coalesce(j.waiting->>'reason',
+                (select c.waiting->>'reason' from jobs c where c.parent_id = j.id
+                 and c.state = 'queued' and c.waiting is not null limit 1)) end as waiting
         from jobs j where j.id = $1
         "#,
         id.get()
@@ -93,15 +103,40 @@ async fn progress(pool: &PgPool, id: JobId) -> anyhow::Result<Progress> {
         chunks: r.chunks,
         posted: r.posted,
         comments: r.comments,
+        waiting: r.waiting,
     })
 }
 
-/// Prints a line whenever a job's progress changes, until every job has ended. Returns
-/// whether all succeeded.
+/// How watching jobs ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Watched {
+    /// Every job ended; `true` if all succeeded.
+    Ended(bool),
+    /// A job waits for a condition (a spent budget, a paused provider), and the caller
+    /// asked not to wait for it: the reason.
+    Blocked(String),
+}
+
+/// What to do when a job waits for a condition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnWaiting {
+    /// Keep watching (the reason is shown): `enqueue --wait`, where workers elsewhere
+    /// resume the job when the condition ends.
+    Watch,
+    /// Stop and report it: `review` in CI must not sit waiting for a budget or a top-up.
+    Stop,
+}
+
+/// Prints a line whenever a job's progress changes, until every job has ended (or, with
+/// [`OnWaiting::Stop`], until one waits for a condition).
 ///
 /// # Errors
 /// Database errors.
-pub async fn wait_for(queue: &Queue, ids: &[JobId]) -> anyhow::Result<bool> {
+pub async fn wait_for(
+    queue: &Queue,
+    ids: &[JobId],
+    on_waiting: OnWaiting,
+) -> anyhow::Result<Watched> {
     // On a terminal: one live bar per job (chunks reviewed, comments posted). Otherwise
     // (CI logs, pipes): a plain line whenever a job's progress changes.
     let bars = std::io::stderr().is_terminal().then(|| {
@@ -126,8 +161,21 @@ pub async fn wait_for(queue: &Queue, ids: &[JobId]) -> anyhow::Result<bool> {
         let mut all_ok = true;
         for &id in ids {
             let p = progress(queue.pool(), id).await?;
+            if on_waiting == OnWaiting::Stop
+                && let Some(reason) = &p.waiting
+            {
+                if let Some((all, _)) = &bars {
+                    all.clear().ok();
+                }
+                return Ok(Watched::Blocked(format!("job {id}: {reason}")));
+            }
             if last.get(&id) != Some(&p) {
-                let message = format!("{}  comments posted {}/{}", p.state, p.posted, p.comments);
+                let mut message =
+                    format!("{}  comments posted {}/{}", p.state, p.posted, p.comments);
+                if let Some(reason) = &p.waiting {
+                    message.push_str("  waiting: ");
+                    message.push_str(reason);
+                }
                 match bars.as_ref().and_then(|(_, bars)| bars.get(&id)) {
                     Some(bar) => {
                         bar.set_length(u64::try_from(p.chunks).unwrap_or(0));
@@ -150,7 +198,7 @@ pub async fn wait_for(queue: &Queue, ids: &[JobId]) -> anyhow::Result<bool> {
             all_ok &= p.state == JobState::Succeeded;
         }
         if all_done {
-            return Ok(all_ok);
+            return Ok(Watched::Ended(all_ok));
         }
         tokio::time::sleep(PROGRESS_EVERY).await;
     }

@@ -14,6 +14,7 @@
 
 use std::{collections::HashMap, time::Duration};
 
+use chrono::{DateTime, Utc};
 use clap::Args;
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
@@ -25,13 +26,16 @@ use crate::{
     ledger::{self, CallContext},
     llm::{self, ChatRequest, LlmClient, Message},
     mr_ref::{MrRef, Project},
-    queue::{Error as QueueError, JobContext, JobError, JobResult, NewJob, Outcome, Queue},
+    queue::{
+        Error as QueueError, JobContext, JobError, JobResult, NewJob, Outcome, Queue, Waiting,
+    },
     review::{
         self, Anchor, Chunk, ChunkBudget, ChunkConfig, FileDiff, Finding, FindingKey, HeadSha,
         Marker, MarkerKind, ParsedFile, ReviewType, Severity, SkippedFile, SummaryReport,
         UnanchoredFinding, UnanchoredReason, chunk::split_in_two, diff::Content,
         render::FailedChunk, skip::SkipRules,
     },
+    spend::{self, Admission, SpendPolicy},
 };
 
 /// The stable kind name of a merge-request review.
@@ -156,6 +160,8 @@ pub struct ReviewDeps {
     pub chunk_timeout: Duration,
     /// Most chunks one review sends; files beyond are skipped and listed (a spend cap).
     pub max_chunks: usize,
+    /// Daily budgets and the quota pause.
+    pub spend: SpendPolicy,
 }
 
 fn gitlab_error(err: gitlab::Error) -> JobError {
@@ -1118,11 +1124,22 @@ async fn review_chunk(ctx: &JobContext, deps: &ReviewDeps, args: ChunkArgs) -> J
     let mut unusable = 0;
     loop {
         let permit = ctx.acquire(LLM_RESOURCE).await?;
+        let probe = match spend::admit(&pool, &deps.spend, &call.project).await? {
+            Admission::Go => false,
+            Admission::Probe => true,
+            Admission::Wait { until, waiting } => {
+                drop(permit);
+                return wait(ctx, until, &waiting).await;
+            }
+        };
         let call_id = ledger::start(&pool, &call).await?;
         let result = deps.llm.complete(&request).await;
         // Free the slot before the bookkeeping: another chunk may start its call now.
         if let Err(err) = permit.release().await {
             tracing::warn!(error = %err, "could not release the LLM slot; it frees itself when the lease lapses");
+        }
+        if probe && result.is_ok() {
+            spend::resume(&pool).await?;
         }
         match result {
             Ok(done) => match review::parse_answer(&done.content) {
@@ -1140,6 +1157,9 @@ async fn review_chunk(ctx: &JobContext, deps: &ReviewDeps, args: ChunkArgs) -> J
                     tracing::warn!(error = %err, "unusable answer; asking once more");
                 }
             },
+            Err(err) if err.kind == llm::ErrorKind::QuotaExhausted => {
+                return pause_llm(ctx, deps, call_id, &err).await;
+            }
             Err(err) => {
                 ledger::failed(&pool, call_id, &err).await?;
                 if err.kind == llm::ErrorKind::ContextTooLong {
@@ -1161,6 +1181,49 @@ async fn review_chunk(ctx: &JobContext, deps: &ReviewDeps, args: ChunkArgs) -> J
             }
         }
     }
+}
+
+/// Makes this chunk wait for a spending condition (a budget, the pause).
+async fn wait(ctx: &JobContext, until: DateTime<Utc>, waiting: &Waiting) -> JobResult {
+    let mut tx = ctx.queue().pool().begin().await.map_err(db)?;
+    Queue::wait(&mut tx, ctx.lease(), until, waiting).await?;
+    tx.commit().await.map_err(db)?;
+    tracing::info!(until = %until, reason = %waiting.reason, "chunk waits");
+    Ok(Outcome::Settled)
+}
+
+/// The provider said the account cannot pay: record the call, pause LLM work for the
+/// whole fleet and make this chunk wait for the probe, all in one transaction. Nothing
+/// fails: every queued chunk waits instead of trying (and failing) one by one.
+async fn pause_llm(
+    ctx: &JobContext,
+    deps: &ReviewDeps,
+    call_id: ledger::CallId,
+    err: &llm::Error,
+) -> JobResult {
+    let mut tx = ctx.queue().pool().begin().await.map_err(db)?;
+    ledger::failed(&mut *tx, call_id, err).await?;
+    let probe_after = err.retry_after.unwrap_or(deps.spend.probe_interval);
+    let pause = spend::pause(
+        &mut *tx,
+        &describe_llm_error(err),
+        err.provider_code.as_deref(),
+        probe_after,
+    )
+    .await?;
+    let until = pause.probe_at + chrono::Duration::seconds(1);
+    match Queue::wait(&mut tx, ctx.lease(), until, &pause.waiting()).await {
+        Ok(()) => {}
+        Err(QueueError::LeaseLost(lease)) => {
+            // Keep the ledger row and the pause (both true whoever owns the job now).
+            tx.commit().await.map_err(db)?;
+            return Err(QueueError::LeaseLost(lease).into());
+        }
+        Err(other) => return Err(other.into()),
+    }
+    tx.commit().await.map_err(db)?;
+    tracing::warn!(reason = %pause.reason, probe_at = %pause.probe_at, "the LLM account cannot pay: LLM work paused fleet-wide");
+    Ok(Outcome::Settled)
 }
 
 /// Backoff between LLM tries inside one attempt: 1 s, 2 s, 4 s, with full jitter on top.

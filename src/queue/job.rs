@@ -114,6 +114,20 @@ impl fmt::Display for JobState {
     }
 }
 
+/// Why a queued job is not running although nothing went wrong: a handler chose to wait
+/// for a condition outside the queue (a spending limit, a paused provider). Waiting never
+/// counts against `max_attempts`; the next claim clears it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Waiting {
+    /// What would end the wait: [`crate::queue::Queue::wake`] with this key makes every job
+    /// waiting on it runnable at once (e.g. when an operator raises a budget).
+    pub key: String,
+    /// For people: `status` shows it on the job (and on its parent).
+    pub reason: String,
+    /// Since when the condition holds, which may be long before this job began to wait.
+    pub since: DateTime<Utc>,
+}
+
 /// A job to insert.
 #[derive(Debug, Clone, Serialize)]
 pub struct NewJob {

@@ -24,7 +24,7 @@ pub use self::{
     error::{Error, JobError, Result, ResultExt},
     job::{
         ClaimedJob, DEFAULT_MAX_ATTEMPTS, Enqueued, InvalidJobId, JobId, JobState, Lease, NewJob,
-        WorkerId,
+        Waiting, WorkerId,
     },
     limit::{Limiter, Permit},
     retry::{RetryDecision, RetryPolicy},
@@ -86,6 +86,8 @@ pub struct JobRow {
     pub created_at: DateTime<Utc>,
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
+    /// Why the job waits, or for a parent, why its first waiting child does.
+    pub waiting: Option<sqlx::types::Json<Waiting>>,
 }
 
 /// One finished attempt from the history table.
@@ -117,14 +119,17 @@ impl ChildCounts {
 }
 
 /// Whether the fleet has anything left to do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Backlog {
     /// Queued jobs that can run now.
     pub runnable: bool,
-    /// Queued jobs waiting for a retry time or for children.
+    /// Queued jobs waiting for a retry time, for children or for a condition.
     pub waiting: bool,
     /// Jobs some worker holds.
     pub running: bool,
+    /// Set when every job left is waiting for a condition ([`Waiting`]): one of them.
+    /// Nothing will happen until that condition changes.
+    pub blocked: Option<Waiting>,
 }
 
 impl Backlog {
@@ -379,7 +384,8 @@ impl Queue {
                 for update skip locked
             )
             update jobs j set state = 'running', attempt = j.attempt + 1, worker_id = $2,
-                lease_expires_at = now() + $3::interval, started_at = now(), updated_at = now()
+                lease_expires_at = now() + $3::interval, started_at = now(), updated_at = now(),
+                waiting = null
             where j.id = any(array(select id from picked))
             returning j.id, j.kind, j.payload, j.attempt, j.failed_attempts, j.max_attempts,
                 j.parent_id, j.started_at as "started_at!"
@@ -861,7 +867,10 @@ impl Queue {
             select id as "id: JobId", kind, state as "state: JobState", priority, attempt,
                 failed_attempts, max_attempts, run_at, lease_expires_at, worker_id, last_error,
                 dedupe_key, parent_id as "parent_id: JobId", pending_children, payload,
-                created_at, started_at, finished_at
+                created_at, started_at, finished_at, case when state = 'queued' then coalesce(waiting, (select c.waiting from jobs c
+                    where c.parent_id = jobs.id and c.state = 'queued'
+                    and c.waiting is not null limit 1)) end
+                    as "waiting: sqlx::types::Json<Waiting>"
             from jobs where id = $1
             "#,
             id.get()
@@ -882,7 +891,10 @@ impl Queue {
             select id as "id: JobId", kind, state as "state: JobState", priority, attempt,
                 failed_attempts, max_attempts, run_at, lease_expires_at, worker_id, last_error,
                 dedupe_key, parent_id as "parent_id: JobId", pending_children, payload,
-                created_at, started_at, finished_at
+                created_at, started_at, finished_at, case when state = 'queued' then coalesce(waiting, (select c.waiting from jobs c
+                    where c.parent_id = jobs.id and c.state = 'queued'
+                    and c.waiting is not null limit 1)) end
+                    as "waiting: sqlx::types::Json<Waiting>"
             from jobs where parent_id is null
             order by id desc
             limit $1
@@ -956,19 +968,81 @@ impl Queue {
             r#"
             select
                 exists (select 1 from jobs where state = 'queued' and pending_children = 0
-                        and run_at <= now()) as "runnable!",
+                        and run_at <= now() and waiting is null) as "runnable!",
                 exists (select 1 from jobs where state = 'queued'
                         and (pending_children > 0 or run_at > now())) as "waiting!",
-                exists (select 1 from jobs where state = 'running') as "running!"
+                exists (select 1 from jobs where state = 'running') as "running!",
+                exists (select 1 from jobs where state = 'queued' and pending_children = 0
+                        and waiting is null) as "unconditional!",
+                (select waiting from jobs where state = 'queued' and pending_children = 0
+                 and waiting is not null limit 1) as "blocked: sqlx::types::Json<Waiting>"
             "#
         )
         .fetch_one(&self.pool)
         .await?;
+        // A job waiting for a condition whose recheck time has come counts as waiting, not
+        // runnable: claiming it would only make it wait again.
+        let blocked = (!r.running && !r.unconditional)
+            .then_some(r.blocked)
+            .flatten()
+            .map(|w| w.0);
         Ok(Backlog {
             runnable: r.runnable,
-            waiting: r.waiting,
+            waiting: r.waiting || blocked.is_some(),
             running: r.running,
+            blocked,
         })
+    }
+
+    /// Makes this attempt wait for a condition outside the queue, in `tx`: the job goes
+    /// back to `queued` until `until` (when its handler checks the condition again), with
+    /// `waiting` shown by `status`. The attempt is not counted as failed.
+    ///
+    /// # Errors
+    /// [`Error::LeaseLost`] if the attempt no longer holds the job; database errors.
+    pub async fn wait(
+        tx: &mut Transaction<'_, Postgres>,
+        lease: Lease,
+        until: DateTime<Utc>,
+        waiting: &Waiting,
+    ) -> Result<()> {
+        let rows = sqlx::query!(
+            r#"
+            update jobs set state = 'queued', run_at = greatest($3, now()),
+                lease_expires_at = null, waiting = $4, updated_at = now()
+            where id = $1 and attempt = $2 and state = 'running'
+            "#,
+            lease.job_id.get(),
+            lease.attempt,
+            until,
+            sqlx::types::Json(waiting) as _,
+        )
+        .execute(&mut **tx)
+        .await?
+        .rows_affected();
+        if rows == 0 {
+            return Err(Error::LeaseLost(lease));
+        }
+        Ok(())
+    }
+
+    /// Ends every wait on `key` now: those jobs become runnable (and workers are notified).
+    /// Returns how many were woken.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn wake<'e, E>(exec: E, key: &str) -> Result<u64>
+    where
+        E: PgExecutor<'e>,
+    {
+        Ok(sqlx::query!(
+            r#"update jobs set run_at = now(), updated_at = now()
+               where state = 'queued' and waiting->>'key' = $1 and run_at > now()"#,
+            key
+        )
+        .execute(exec)
+        .await?
+        .rows_affected())
     }
 }
 

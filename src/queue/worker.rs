@@ -18,8 +18,8 @@ use tokio::{sync::Notify, task::JoinSet};
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    ClaimedJob, Error, FailureRecorded, JOBS_CHANNEL, JobError, JobId, Lease, Limiter, Permit,
-    Queue, Result, RetryPolicy, SLOTS_CHANNEL, WorkerId,
+    Backlog, ClaimedJob, Error, FailureRecorded, JOBS_CHANNEL, JobError, JobId, Lease, Limiter,
+    Permit, Queue, Result, RetryPolicy, SLOTS_CHANNEL, Waiting, WorkerId,
 };
 
 /// Most completions written by one statement. Larger batches stop paying off and hold
@@ -142,12 +142,15 @@ impl Default for WorkerConfig {
 }
 
 /// What a worker did before it stopped.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RunSummary {
     /// Jobs whose handler returned, whatever the result.
     pub processed: u64,
     /// Jobs handed back at shutdown.
     pub handed_back: u64,
+    /// With `exit_when_idle`: the worker stopped because every job left waits for this
+    /// condition, so the work is not done (the caller should say so and exit non-zero).
+    pub blocked: Option<Waiting>,
 }
 
 /// What [`Worker::process_next`] did.
@@ -303,6 +306,7 @@ impl<H: JobHandler> Worker<H> {
         // Successful jobs whose completion is not written yet; written with the next claim.
         let mut succeeded: Vec<Lease> = Vec::new();
         let mut db_retry = DB_RETRY_MIN;
+        let mut blocked = None;
         loop {
             // Let jobs that are finishing right now finish, so that one statement completes
             // them all and claims as many: yield, reap, and go on while that reaps more.
@@ -356,13 +360,22 @@ impl<H: JobHandler> Worker<H> {
                 if tasks.len() < self.config.concurrency || !succeeded.is_empty() {
                     continue;
                 }
-            } else if self.config.exit_when_idle
-                && tasks.is_empty()
-                && claimed == 0
-                && self.queue.backlog().await.is_ok_and(|b| b.is_empty())
-            {
-                tracing::info!("nothing queued, running or waiting: exiting");
-                break;
+            } else if self.config.exit_when_idle && tasks.is_empty() && claimed == 0 {
+                match self.queue.backlog().await {
+                    Ok(backlog) if backlog.is_empty() => {
+                        tracing::info!("nothing queued, running or waiting: exiting");
+                        break;
+                    }
+                    Ok(Backlog {
+                        blocked: Some(waiting),
+                        ..
+                    }) => {
+                        tracing::warn!(reason = %waiting.reason, "every job left is waiting for a condition: exiting");
+                        blocked = Some(waiting);
+                        break;
+                    }
+                    _ => {}
+                }
             }
             tokio::select! {
                 biased;
@@ -409,6 +422,7 @@ impl<H: JobHandler> Worker<H> {
         let summary = RunSummary {
             processed: self.processed.load(Ordering::Relaxed),
             handed_back,
+            blocked,
         };
         tracing::info!(processed = summary.processed, "worker stopped");
         Ok(summary)

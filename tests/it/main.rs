@@ -10,5 +10,6 @@ mod processes;
 mod queue;
 mod server;
 mod sim;
+mod spend;
 mod tls;
 mod usage;

@@ -14,6 +14,7 @@ use reviewq::{
     queue::{JobId, JobState, Limiter, Queue, RetryPolicy, Worker, WorkerConfig},
     review::{ChunkBudget, ReviewType},
     sim::{FakeGitLab, FakeGlm, FileSpec, GitLabFault, GlmBehaviour, GlmFault, MrSpec, Route},
+    spend::{self, SpendPolicy},
 };
 use secrecy::SecretString;
 use sqlx::PgPool;
@@ -65,6 +66,10 @@ struct Harness {
 
 impl Harness {
     async fn start(pool: PgPool) -> Self {
+        Self::start_with(pool, SpendPolicy::default()).await
+    }
+
+    async fn start_with(pool: PgPool, spend: SpendPolicy) -> Self {
         let gitlab = FakeGitLab::start(TOKEN).await.unwrap();
         let glm = FakeGlm::start(KEY, GlmBehaviour::default()).await.unwrap();
         gitlab.add_merge_request(mixed_mr(1)).unwrap();
@@ -86,6 +91,7 @@ impl Harness {
             budget: ChunkBudget::new(24_000).unwrap(),
             chunk_timeout: Duration::from_secs(30),
             max_chunks: 50,
+            spend,
         };
         let queue = Queue::new(pool.clone());
         Limiter::set_capacity(&pool, "llm", 3).await.unwrap();
@@ -334,32 +340,140 @@ async fn a_rate_limited_call_is_retried_and_every_request_is_in_the_ledger(pool:
     assert_eq!(tokens as u64, h.glm.billed_total_tokens());
 }
 
+/// Drains the worker until `done` holds, waiting out retry and wait times.
+async fn run_until(h: &Harness, what: &str, mut done: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !done().await {
+        h.worker.drain().await.unwrap();
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 #[sqlx::test]
-async fn an_account_in_arrears_causes_no_retry_storm_and_the_reason_is_shown(pool: PgPool) {
-    let h = Harness::start(pool).await;
+async fn an_account_in_arrears_pauses_llm_work_fleet_wide_and_a_successful_probe_resumes_it(
+    pool: PgPool,
+) {
+    let spend = SpendPolicy {
+        probe_interval: Duration::from_secs(1),
+        ..SpendPolicy::default()
+    };
+    let h = Harness::start_with(pool, spend).await;
+    for iid in 2..=4 {
+        h.gitlab.add_merge_request(mixed_mr(iid)).unwrap();
+    }
     h.glm.set_fault_for_every_request(Some(GlmFault::Arrears));
-    let id = h.enqueue(1, options()).await;
-    h.run(&[id]).await;
-    let chunks: i64 = sqlx::query_scalar("select count(*) from review_chunks")
-        .fetch_one(&h.pool)
+    let mut ids = Vec::new();
+    for iid in 1..=4 {
+        ids.push(h.enqueue(iid, options()).await);
+    }
+    run_until(&h, "the pause", async || {
+        spend::current_pause(&h.pool).await.unwrap().is_some()
+    })
+    .await;
+    // Let every chunk reach the pause; then watch the traffic for two probe intervals.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    h.worker.drain().await.unwrap();
+    let before = h.glm.request_count();
+    assert!(
+        before <= 3,
+        "only the calls already in flight (at most the fleet limit of 3) met the 1113: {before}"
+    );
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_millis(2500) {
+        h.worker.drain().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let probes = h.glm.request_count() - before;
+    assert!(
+        (1..=3).contains(&probes),
+        "one probe per interval, not a retry storm: {probes} requests in 2.5 s"
+    );
+    for &id in &ids {
+        let job = h.queue.get(id).await.unwrap();
+        assert_eq!(job.state, JobState::Queued, "no job failed");
+        let waiting = job.waiting.expect("every review shows why it waits").0;
+        assert!(
+            waiting.reason.contains("paused fleet-wide")
+                && waiting.reason.contains("out of balance"),
+            "{}",
+            waiting.reason
+        );
+    }
+    let blocked = h.queue.backlog().await.unwrap().blocked;
+    assert!(blocked.is_some(), "the only work left is paused");
+
+    // The account is topped up: the next probe succeeds and everything resumes by itself.
+    h.glm.set_fault_for_every_request(None);
+    h.run(&ids).await;
+    for &id in &ids {
+        assert_eq!(h.state(id).await, JobState::Succeeded);
+    }
+    assert!(spend::current_pause(&h.pool).await.unwrap().is_none());
+    let refused: i64 = sqlx::query_scalar(
+        "select count(*) from llm_calls where status = 'error' and error_code = '1113'",
+    )
+    .fetch_one(&h.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        refused as u64,
+        before + probes,
+        "every refused request is in the ledger"
+    );
+}
+
+#[sqlx::test]
+async fn a_spent_fleet_budget_makes_reviews_wait_without_calling_the_model(pool: PgPool) {
+    let spend = SpendPolicy {
+        daily_tokens: Some(1),
+        ..SpendPolicy::default()
+    };
+    let h = Harness::start_with(pool, spend).await;
+    h.gitlab.add_merge_request(mixed_mr(2)).unwrap();
+    let first = h.enqueue(1, options()).await;
+    h.run(&[first]).await;
+    assert_eq!(h.state(first).await, JobState::Succeeded, "under budget");
+    let calls = h.glm.request_count();
+
+    let second = h.enqueue(2, options()).await;
+    run_until(&h, "the second review to wait", async || {
+        h.queue.get(second).await.unwrap().waiting.is_some()
+    })
+    .await;
+    assert_eq!(h.glm.request_count(), calls, "no call over the budget");
+    let job = h.queue.get(second).await.unwrap();
+    assert_eq!(job.state, JobState::Queued);
+    let reason = job.waiting.unwrap().0.reason;
+    assert!(reason.contains("REVIEWQ_DAILY_TOKEN_BUDGET=1"), "{reason}");
+}
+
+#[sqlx::test]
+async fn a_project_budget_holds_its_reviews_until_an_operator_raises_it(pool: PgPool) {
+    let h = Harness::start(pool).await;
+    spend::set_project_budget(&h.pool, PROJECT, Some(0))
         .await
         .unwrap();
-    assert!(
-        h.glm.request_count() as i64 <= chunks,
-        "one request per chunk, no retries: {}",
-        h.glm.request_count()
-    );
-    let job = h.queue.get(id).await.unwrap();
-    assert_eq!(job.state, JobState::Failed);
-    assert!(
-        job.last_error.unwrap().contains("out of balance"),
-        "the reason is shown"
-    );
-    let summary = h.gitlab.notes(PROJECT, 1).unwrap();
-    assert!(
-        summary.iter().any(|n| n.body.contains("out of balance")),
-        "and named in the summary"
-    );
+    let id = h.enqueue(1, options()).await;
+    run_until(&h, "the review to wait", async || {
+        h.queue.get(id).await.unwrap().waiting.is_some()
+    })
+    .await;
+    assert_eq!(h.glm.request_count(), 0);
+    let reason = h.queue.get(id).await.unwrap().waiting.unwrap().0.reason;
+    assert!(reason.contains(&format!("project {PROJECT}")), "{reason}");
+
+    let woken = spend::set_project_budget(&h.pool, PROJECT, Some(1_000_000))
+        .await
+        .unwrap();
+    assert!(woken >= 1, "raising the budget wakes the waiting chunks");
+    h.run(&[id]).await;
+    assert_eq!(h.state(id).await, JobState::Succeeded);
+    let rows = spend::budgets(&h.pool, &SpendPolicy::default())
+        .await
+        .unwrap();
+    let project = rows.iter().find(|r| r.project == PROJECT).unwrap();
+    assert!(project.used_today > 0, "today's use is counted: {rows:?}");
 }
 
 #[sqlx::test]
