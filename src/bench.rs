@@ -42,6 +42,8 @@ pub enum Bench {
     E2e(E2eBenchArgs),
     /// Webhook answer latency of `serve` under a steady delivery rate.
     Serve(crate::bench_serve::ServeBenchArgs),
+    /// Worker memory and prompt sizes while reviewing a hostile, gigantic merge request.
+    Gigantic(crate::bench_gigantic::GiganticBenchArgs),
 }
 
 /// Arguments of `bench e2e`.
@@ -170,6 +172,7 @@ pub async fn run(db: &DbArgs, args: BenchArgs) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Bench::Serve(args) => crate::bench_serve::run(db, args).await,
+        Bench::Gigantic(args) => crate::bench_gigantic::run(db, args).await,
         Bench::E2e(args) => {
             let pool = db.pool(args.concurrency / 2 + 8).await?;
             crate::migrate(&pool).await?;

@@ -23,6 +23,7 @@
 #![forbid(unsafe_code)]
 
 pub mod bench;
+pub mod bench_gigantic;
 pub mod bench_serve;
 pub mod cli;
 pub mod config;

@@ -165,6 +165,31 @@ pub fn sized_merge_request(
     }
 }
 
+/// A hostile, gigantic MR: `files` small modified files (as [`many_files_merge_request`])
+/// plus one generated file `dist/bundle.min.js` whose added-file diff is about `big_bytes`
+/// long (lines of about 100 characters), sent whole, as a misconfigured or malicious GitLab
+/// might (GitLab itself marks such a file `too_large`).
+pub fn gigantic_merge_request(
+    project_path: &str,
+    project_id: u64,
+    iid: u64,
+    files: usize,
+    big_bytes: usize,
+) -> MrSpec {
+    let mut mr = many_files_merge_request(project_path, project_id, iid, files);
+    const LINE: &str =
+        "+var a=function(b){return b.map(function(c){return c*2}).filter(Boolean)};// padding\n";
+    let lines = big_bytes.div_ceil(LINE.len()).max(1);
+    let mut diff = String::with_capacity(lines * LINE.len() + 32);
+    diff.push_str(&format!("@@ -0,0 +1,{lines} @@\n"));
+    for _ in 0..lines {
+        diff.push_str(LINE);
+    }
+    mr.files.push(FileSpec::added("dist/bundle.min.js", &diff));
+    mr.title = format!("Vendor a bundle and touch {files} files");
+    mr
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -182,5 +207,8 @@ mod tests {
         gitlab
             .add_merge_request(sized_merge_request("g/p", 9, 2, 2, 25))
             .expect("valid sized MR");
+        gitlab
+            .add_merge_request(gigantic_merge_request("g/p", 9, 3, 5, 10_000))
+            .expect("valid gigantic MR");
     }
 }

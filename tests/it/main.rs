@@ -4,6 +4,7 @@
 mod cli;
 mod gitlab;
 mod helpers;
+mod hostile;
 mod llm;
 mod pipeline;
 mod processes;
