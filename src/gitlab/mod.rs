@@ -19,8 +19,9 @@ use url::Url;
 pub use self::{
     error::Error,
     types::{
-        Author, DiffFile, DiffRefs, DiffShas, Discussion, LineAnchor, MergeRequest, MrVersion,
-        Note, NotePosition, ParseProjectRefError, Position, PostedDiscussion, ProjectRef,
+        Author, Commit, Compare, DiffFile, DiffRefs, DiffShas, Discussion, DraftNote, LineAnchor,
+        MergeRequest, MrVersion, Note, NotePosition, ParseProjectRefError, Position,
+        PostedDiscussion, ProjectRef,
     },
 };
 use self::{
@@ -110,6 +111,14 @@ struct NoteBody<'a> {
 struct DiscussionBody<'a> {
     body: &'a str,
     position: PositionBody<'a>,
+}
+
+/// `POST .../draft_notes` body; without a position the draft becomes a plain thread.
+#[derive(Serialize)]
+struct DraftNoteBody<'a> {
+    note: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    position: Option<PositionBody<'a>>,
 }
 
 impl GitLabClient {
@@ -368,12 +377,138 @@ impl GitLabClient {
         .await
     }
 
+    /// The MR's commits, newest first as GitLab lists them
+    /// (`GET .../merge_requests/:iid/commits`, all pages). After a force-push the list holds
+    /// only the new history: a previously reviewed head missing from it means history was
+    /// rewritten.
+    ///
+    /// # Errors
+    /// See [`Error`].
+    pub async fn mr_commits(&self, project: &ProjectRef, iid: u64) -> Result<Vec<Commit>> {
+        let what = format!("commits of merge request {project}!{iid}");
+        self.get_all(&format!("{}/commits", mr_path(project, iid)), &[], &what)
+            .await
+    }
+
+    /// What `to` changes relative to its merge base with `from`
+    /// (`GET /projects/:id/repository/compare?from=&to=`, GitLab's default `from...to`).
+    /// Between two heads of one MR with linear history that is exactly the new commits; after
+    /// a force-push it is usually the whole MR again. Check [`Compare::is_partial`] before
+    /// trusting `diffs`.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] when either ref does not exist (GitLab's `404 Ref Not Found`, or
+    /// the project's 404); otherwise see [`Error`].
+    pub async fn compare(&self, project: &ProjectRef, from: &str, to: &str) -> Result<Compare> {
+        let what = format!("comparison {from}...{to} in project {project}");
+        let path = format!("/projects/{}/repository/compare", project.to_path_segment());
+        let url = self.url(&path, &[("from", from), ("to", to)])?;
+        let reply = self.http.send(Method::GET, url, None, &what).await?;
+        decode(&reply, &what)
+    }
+
+    /// Adds a draft note (`POST .../draft_notes`): inline when `position` is given, else a
+    /// plain thread once published. Nobody but the token's user sees it until
+    /// [`Self::bulk_publish_draft_notes`].
+    ///
+    /// GitLab checks only the position's shape here; whether the line exists is decided when
+    /// the draft is published. A timeout or 5xx may hide a created draft: look for the body's
+    /// marker with [`Self::draft_notes`] before retrying.
+    ///
+    /// # Errors
+    /// - [`Error::PositionRejected`]: the position was refused (locally, or by GitLab's 400).
+    /// - [`Error::UnsafeBody`]: a line of `body` starts with `/`.
+    pub async fn create_draft_note(
+        &self,
+        project: &ProjectRef,
+        iid: u64,
+        body: &str,
+        position: Option<&Position>,
+    ) -> Result<DraftNote> {
+        check_body(body)?;
+        if let Some(position) = position {
+            check_position(position)?;
+        }
+        let what = format!("new draft note on merge request {project}!{iid}");
+        let url = self.url(&format!("{}/draft_notes", mr_path(project, iid)), &[])?;
+        let payload = DraftNoteBody {
+            note: body,
+            position: position.map(PositionBody::from),
+        };
+        let sent = self
+            .http
+            .send(Method::POST, url, Some(to_json(&payload)?), &what)
+            .await;
+        let reply = match position {
+            Some(_) => sent.map_err(Error::into_position_rejected)?,
+            None => sent?,
+        };
+        decode(&reply, &what)
+    }
+
+    /// The token user's draft notes on the MR (`GET .../draft_notes`, all pages), in GitLab's
+    /// order (creation order in practice; GitLab does not promise one).
+    ///
+    /// # Errors
+    /// See [`Error`].
+    pub async fn draft_notes(&self, project: &ProjectRef, iid: u64) -> Result<Vec<DraftNote>> {
+        let what = format!("draft notes of merge request {project}!{iid}");
+        self.get_all(
+            &format!("{}/draft_notes", mr_path(project, iid)),
+            &[],
+            &what,
+        )
+        .await
+    }
+
+    /// Deletes one draft note (`DELETE .../draft_notes/:id`, answered 204).
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] for an unknown (or already published) draft; otherwise see [`Error`].
+    pub async fn delete_draft_note(
+        &self,
+        project: &ProjectRef,
+        iid: u64,
+        draft_note_id: u64,
+    ) -> Result<()> {
+        let what = format!("draft note {draft_note_id} on merge request {project}!{iid}");
+        let path = format!("{}/draft_notes/{draft_note_id}", mr_path(project, iid));
+        let url = self.url(&path, &[])?;
+        self.http.send(Method::DELETE, url, None, &what).await?;
+        Ok(())
+    }
+
+    /// Publishes every draft note of the token's user on the MR at once
+    /// (`POST .../draft_notes/bulk_publish`, answered 204): one notification for the review
+    /// instead of one per comment.
+    ///
+    /// With no drafts pending GitLab succeeds without doing anything, so a retry after a
+    /// failure publishes only what is still pending. A timeout or 5xx may hide a publish that
+    /// happened (drafts gone, threads present) or, if GitLab failed midway, threads created
+    /// while their drafts remain: before retrying, list [`Self::draft_notes`] and delete those
+    /// whose marker [`Self::discussions`] already shows.
+    ///
+    /// # Errors
+    /// See [`Error`].
+    pub async fn bulk_publish_draft_notes(&self, project: &ProjectRef, iid: u64) -> Result<()> {
+        let what = format!("publishing the draft notes of merge request {project}!{iid}");
+        let path = format!("{}/draft_notes/bulk_publish", mr_path(project, iid));
+        let url = self.url(&path, &[])?;
+        self.http.send(Method::POST, url, None, &what).await?;
+        Ok(())
+    }
+
     /// A file's raw content at a commit, branch or tag
     /// (`GET /projects/:id/repository/files/:path/raw?ref=`).
     ///
+    /// A missing file is an error of its own kind, to match on rather than parse:
+    /// `Err(Error::NotFound { .. })` means GitLab answered 404, i.e. the file does not exist
+    /// at that ref (or the ref or project does not; GitLab says which only in the message,
+    /// which callers should not parse). An empty file is `Ok` with no bytes.
+    ///
     /// # Errors
-    /// [`Error::NotFound`] when the file does not exist at that ref; [`Error::BodyTooLarge`]
-    /// above the configured limit.
+    /// [`Error::NotFound`] as above; [`Error::BodyTooLarge`] above the configured limit;
+    /// otherwise see [`Error`].
     pub async fn get_file_raw(
         &self,
         project: &ProjectRef,

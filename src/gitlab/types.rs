@@ -106,6 +106,14 @@ fn null_as_false<'de, D: Deserializer<'de>>(deserializer: D) -> Result<bool, D::
     Ok(Option::<bool>::deserialize(deserializer)?.unwrap_or(false))
 }
 
+/// GitLab sends `null` for some lists it has nothing in (`parent_ids` of context commits,
+/// `labels` on some versions); `#[serde(default)]` alone only covers absence.
+fn null_as_empty<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+    deserializer: D,
+) -> Result<Vec<T>, D::Error> {
+    Ok(Option::<Vec<T>>::deserialize(deserializer)?.unwrap_or_default())
+}
+
 /// A GitLab user as embedded in MRs and notes.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct Author {
@@ -204,6 +212,10 @@ pub struct MergeRequest {
     /// Last update time.
     #[serde(default)]
     pub updated_at: Option<DateTime<Utc>>,
+    /// Label names (GitLab sends names unless asked for `with_labels_details`); policy may
+    /// skip or steer a review by label.
+    #[serde(default, deserialize_with = "null_as_empty")]
+    pub labels: Vec<String>,
 }
 
 impl MergeRequest {
@@ -472,6 +484,98 @@ pub struct Discussion {
     /// Notes, oldest first.
     #[serde(default)]
     pub notes: Vec<Note>,
+}
+
+/// A draft (pending) note of `GET`/`POST .../merge_requests/:iid/draft_notes`: visible only to
+/// its author until published with `bulk_publish`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct DraftNote {
+    /// Draft id (not the id of the note it becomes when published).
+    pub id: u64,
+    /// Markdown body (drafts call it `note`; published notes call it `body`).
+    #[serde(default)]
+    pub note: String,
+    /// Author's user id; GitLab only ever lists the caller's own drafts.
+    #[serde(default)]
+    pub author_id: Option<u64>,
+    /// The thread a reply draft continues (40-hex); `None` for a draft that starts one.
+    #[serde(default)]
+    pub discussion_id: Option<String>,
+    /// Anchor as sent. GitLab answers an object of `null`s (with `position_type: "text"`) for
+    /// a draft without one: use [`DraftNote::diff_position`] rather than this field.
+    #[serde(default)]
+    pub position: Option<NotePosition>,
+}
+
+impl DraftNote {
+    /// The anchor of an inline draft; `None` for an overview draft, whose `position` GitLab
+    /// sends as an object of `null`s.
+    pub fn diff_position(&self) -> Option<&NotePosition> {
+        self.position.as_ref().filter(|p| {
+            p.head_sha.as_deref().is_some_and(|s| !s.is_empty())
+                && p.new_path.as_deref().is_some_and(|s| !s.is_empty())
+        })
+    }
+}
+
+/// A commit as `GET .../merge_requests/:iid/commits` and `GET .../repository/compare` list it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct Commit {
+    /// Full 40-hex SHA: what positions, versions and `compare` use.
+    pub id: String,
+    /// Abbreviated SHA, for humans.
+    #[serde(default)]
+    pub short_id: String,
+    /// First line of the message.
+    #[serde(default)]
+    pub title: String,
+    /// Whole message (`None` if GitLab left it out).
+    #[serde(default)]
+    pub message: Option<String>,
+    /// Author name as recorded in the commit.
+    #[serde(default)]
+    pub author_name: Option<String>,
+    /// Parent SHAs. Can be empty even for a commit that has parents: GitLab served the MR
+    /// commit list from its database without them (issue 496665, fixed behind
+    /// `commits_from_gitaly`), and context commits send `null`. Do not infer history from an
+    /// empty list.
+    #[serde(default, deserialize_with = "null_as_empty")]
+    pub parent_ids: Vec<String>,
+    /// Commit time as GitLab reports it (the committer date).
+    #[serde(default)]
+    pub created_at: Option<DateTime<Utc>>,
+}
+
+/// `GET /projects/:id/repository/compare?from=&to=`: what `to` adds over the merge base of
+/// `from` and `to` (GitLab's default, `from...to`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct Compare {
+    /// Commits reachable from `to` but not from `from`, oldest first.
+    #[serde(default, deserialize_with = "null_as_empty")]
+    pub commits: Vec<Commit>,
+    /// Changed files, in the same shape as MR diffs; may be incomplete (see
+    /// [`Compare::is_partial`]).
+    #[serde(default, deserialize_with = "null_as_empty")]
+    pub diffs: Vec<DiffFile>,
+    /// GitLab stopped collecting diffs at its limits (the name is historical: it is the diff
+    /// collection's overflow flag), so `diffs` lacks files.
+    #[serde(default, deserialize_with = "null_as_false")]
+    pub compare_timeout: bool,
+    /// `from` and `to` are the same commit: nothing to compare, both lists are empty.
+    #[serde(default, deserialize_with = "null_as_false")]
+    pub compare_same_ref: bool,
+    /// Link for humans.
+    #[serde(default)]
+    pub web_url: Option<String>,
+}
+
+impl Compare {
+    /// True when GitLab left part of the change out: the diff collection overflowed
+    /// (`compare_timeout`), or a file's diff was collapsed or too large. An incremental review
+    /// built on a partial comparison would miss changes; fall back to the full MR diff.
+    pub fn is_partial(&self) -> bool {
+        self.compare_timeout || self.diffs.iter().any(|f| f.collapsed || f.too_large)
+    }
 }
 
 /// What `post_discussion` created: the ids to record so the comment is never posted twice.

@@ -10,8 +10,9 @@
 //! This module depends on nothing else in the crate: the clients talk to it over HTTP only.
 //!
 //! # Layout
-//! - [`gitlab`]: [`FakeGitLab`]: merge requests, versions, paginated diffs, discussions
-//!   with GitLab's position validation, notes, raw files, faults per route.
+//! - [`gitlab`]: [`FakeGitLab`]: merge requests, versions, paginated diffs, commits and
+//!   comparisons between pushes, discussions and draft notes with GitLab's position
+//!   validation, notes, raw files, faults per route.
 //! - [`glm`]: [`FakeGlm`]: chat completions whose findings are derived deterministically
 //!   from the diff in the prompt ([`glm::rules`]), usage accounting, in-flight peak, faults.
 //! - [`fixtures`]: realistic demo MRs and a many-files MR generator.
@@ -46,6 +47,23 @@ pub enum Error {
         project: String,
         /// MR number.
         iid: u64,
+    },
+    /// A test helper named a discussion the merge request does not have.
+    #[error("the simulated GitLab has no discussion {discussion_id} on {project}!{iid}")]
+    UnknownDiscussion {
+        /// Project path or id as given.
+        project: String,
+        /// MR number.
+        iid: u64,
+        /// The discussion id as given.
+        discussion_id: String,
+    },
+    /// A simulated push that git could not have made (e.g. a fast-forward to a commit the
+    /// merge request already has).
+    #[error("invalid simulated push: {reason}")]
+    InvalidPush {
+        /// What is wrong.
+        reason: String,
     },
     /// A file's `diff` is not a GitLab diff (hunks starting at `@@`); rejected when the MR is
     /// added so a broken fixture fails loudly instead of making every position "invalid".

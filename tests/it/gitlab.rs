@@ -107,6 +107,7 @@ async fn merge_request_is_fetched_with_private_token_and_url_encoded_project_pat
     let shas = mr.diff_shas().expect("diff_refs present");
     assert_eq!(shas.head_sha, "8e0b45049b6253b8984cde9241830d2851168142");
     assert_eq!(shas.base_sha, "dd692733bb84bc3e9e862e66c099daec2fa00c83");
+    assert_eq!(mr.labels, ["backend", "database"]);
 }
 
 #[tokio::test]
@@ -725,6 +726,388 @@ async fn a_raw_file_is_fetched_with_its_path_encoded_and_the_ref_as_query() {
         .await
         .expect("file");
     assert_eq!(bytes, b"fn main() {}\n");
+}
+
+#[tokio::test]
+async fn a_missing_raw_file_is_a_not_found_error_and_an_empty_file_is_empty_bytes() {
+    let server = MockServer::start().await;
+    let raw = "/api/v4/projects/group%2Fsub%2Fproj/repository/files";
+    Mock::given(method("GET"))
+        .and(path(format!("{raw}/.reviewq.toml/raw")))
+        .respond_with(
+            ResponseTemplate::new(404).set_body_json(json!({"message": "404 File Not Found"})),
+        )
+        .expect(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path(format!("{raw}/empty.txt/raw")))
+        .respond_with(ResponseTemplate::new(200).set_body_string(""))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let client = client(&server);
+
+    let missing = client
+        .get_file_raw(&project(), ".reviewq.toml", "main")
+        .await;
+    let empty = client
+        .get_file_raw(&project(), "empty.txt", "main")
+        .await
+        .expect("an empty file exists");
+
+    // The caller tells "absent" from every other failure by the variant alone.
+    let absent = match missing {
+        Err(Error::NotFound { .. }) => None,
+        Ok(bytes) => Some(bytes),
+        Err(other) => panic!("expected NotFound, got {other:?}"),
+    };
+    assert_eq!(absent, None);
+    assert!(empty.is_empty());
+}
+
+/// A page of `GET .../merge_requests/:iid/commits` in GitLab's shape (docs example fields).
+fn commit_json(sha: &str, title: &str, parent_ids: Value) -> Value {
+    json!({
+        "id": sha,
+        "short_id": &sha[..11],
+        "created_at": "2012-09-20T11:50:22.000+03:00",
+        "parent_ids": parent_ids,
+        "title": title,
+        "message": format!("{title}\n"),
+        "author_name": "Example User",
+        "author_email": "user@example.com",
+        "authored_date": "2012-09-20T11:50:22.000+03:00",
+        "committer_name": "Example User",
+        "committer_email": "user@example.com",
+        "committed_date": "2012-09-20T11:50:22.000+03:00",
+        "trailers": {},
+        "extended_trailers": {},
+        "web_url": format!("https://gitlab.example.com/group/sub/proj/-/commit/{sha}"),
+    })
+}
+
+#[tokio::test]
+async fn merge_request_commits_are_read_across_pages_and_missing_parent_ids_read_as_empty() {
+    let server = MockServer::start().await;
+    let newest = "ed899a2f4b50b4370feeea94676502b42383c746";
+    let older = "6104942438c14ec7bd21c6cd5bd995272b3faff6";
+    Mock::given(method("GET"))
+        .and(path(format!("{MR_PATH}/commits")))
+        .and(query_param("page", "1"))
+        .and(query_param("per_page", "100"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .insert_header("x-next-page", "2")
+                .set_body_json(json!([commit_json(
+                    newest,
+                    "Replace sanitize with escape once",
+                    json!([older])
+                )])),
+        )
+        .expect(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path(format!("{MR_PATH}/commits")))
+        .and(query_param("page", "2"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .insert_header("x-next-page", "")
+                // Served from GitLab's database: parent_ids empty (issue 496665) or null.
+                .set_body_json(json!([
+                    commit_json(older, "Sanitize for network graph", json!([])),
+                    commit_json(
+                        "0000000000000000000000000000000000000001",
+                        "Root",
+                        Value::Null
+                    ),
+                ])),
+        )
+        .expect(1)
+        .mount(&server)
+        .await;
+
+    let commits = client(&server)
+        .mr_commits(&project(), 11)
+        .await
+        .expect("commits");
+
+    let ids: Vec<&str> = commits.iter().map(|c| c.id.as_str()).collect();
+    assert_eq!(
+        ids,
+        [newest, older, "0000000000000000000000000000000000000001"]
+    );
+    assert_eq!(commits[0].parent_ids, [older]);
+    assert_eq!(commits[0].title, "Replace sanitize with escape once");
+    assert_eq!(commits[0].short_id, "ed899a2f4b5");
+    assert!(commits[1].parent_ids.is_empty() && commits[2].parent_ids.is_empty());
+    assert_eq!(
+        commits[0].created_at.map(|t| t.to_rfc3339()),
+        Some("2012-09-20T08:50:22+00:00".to_owned())
+    );
+}
+
+#[tokio::test]
+async fn a_comparison_sends_from_and_to_and_reports_what_gitlab_left_out() {
+    let server = MockServer::start().await;
+    let from = "5e6dffa282c5129aa67cd227a0429be21bfdaf80";
+    let to = "f9ce7e16e56c162edbc9e480108041cf6b0291fe";
+    Mock::given(method("GET"))
+        .and(path(
+            "/api/v4/projects/group%2Fsub%2Fproj/repository/compare",
+        ))
+        .and(query_param("from", from))
+        .and(query_param("to", to))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "commit": commit_json(to, "Second", json!([from])),
+            "commits": [commit_json(to, "Second", json!([from]))],
+            "diffs": [
+                {"old_path": "a.rs", "new_path": "a.rs", "a_mode": "100644", "b_mode": "100644",
+                 "diff": "@@ -1 +1 @@\n-a\n+b\n", "new_file": false, "renamed_file": false,
+                 "deleted_file": false},
+                {"old_path": "big.sql", "new_path": "big.sql", "a_mode": "100644",
+                 "b_mode": "100644", "diff": "", "new_file": false, "renamed_file": false,
+                 "deleted_file": false, "too_large": true}
+            ],
+            "compare_timeout": false,
+            "compare_same_ref": false,
+            "web_url": "https://gitlab.example.com/group/sub/proj/-/compare/5e6dffa2...f9ce7e16"
+        })))
+        .expect(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path(
+            "/api/v4/projects/group%2Fsub%2Fproj/repository/compare",
+        ))
+        .and(query_param("from", to))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "commit": null, "commits": [], "diffs": [],
+            "compare_timeout": true, "compare_same_ref": null, "web_url": null
+        })))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let client = client(&server);
+
+    let compare = client.compare(&project(), from, to).await.expect("compare");
+    let overflowed = client.compare(&project(), to, to).await.expect("compare");
+
+    assert_eq!(compare.commits.len(), 1);
+    assert_eq!(compare.commits[0].parent_ids, [from]);
+    assert_eq!(compare.diffs[0].diff, "@@ -1 +1 @@\n-a\n+b\n");
+    assert!(!compare.compare_timeout && !compare.compare_same_ref);
+    assert!(compare.is_partial(), "a too_large file is left out");
+    assert!(overflowed.compare_timeout && !overflowed.compare_same_ref);
+    assert!(overflowed.is_partial());
+}
+
+#[tokio::test]
+async fn a_comparison_with_an_unknown_ref_is_a_fatal_not_found() {
+    let server = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(path(
+            "/api/v4/projects/group%2Fsub%2Fproj/repository/compare",
+        ))
+        .respond_with(
+            ResponseTemplate::new(404).set_body_json(json!({"message": "404 Ref Not Found"})),
+        )
+        .expect(1)
+        .mount(&server)
+        .await;
+
+    let error = client(&server)
+        .compare(&project(), "gone", "main")
+        .await
+        .expect_err("404");
+
+    assert!(
+        matches!(&error, Error::NotFound { message, .. } if message == "404 Ref Not Found"),
+        "{error:?}"
+    );
+    assert_eq!(error.disposition(), Disposition::Fatal);
+}
+
+/// A draft note as GitLab's docs show it (an overview draft: a position of nulls).
+fn overview_draft(id: u64, note: &str) -> Value {
+    json!({
+        "id": id, "author_id": 23, "merge_request_id": 11, "resolve_discussion": false,
+        "discussion_id": null, "note": note, "commit_id": null, "line_code": null,
+        "position": {"base_sha": null, "start_sha": null, "head_sha": null, "old_path": null,
+                     "new_path": null, "position_type": "text", "old_line": null,
+                     "new_line": null, "line_range": null}
+    })
+}
+
+#[tokio::test]
+async fn an_inline_draft_note_is_posted_with_note_and_position_like_a_discussion() {
+    let server = MockServer::start().await;
+    let position = expected_position("file.js", "file.js", json!({"new_line": 18}));
+    let mut created = overview_draft(5, "Possible overflow here.");
+    created["position"] = position.clone();
+    Mock::given(method("POST"))
+        .and(path(format!("{MR_PATH}/draft_notes")))
+        .and(header("content-type", "application/json"))
+        .and(body_json(
+            json!({"note": "Possible overflow here.", "position": position}),
+        ))
+        .respond_with(ResponseTemplate::new(201).set_body_json(created))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let position = Position::new(
+        shas(),
+        &modified_file("file.js"),
+        LineAnchor::Added { new_line: 18 },
+    );
+
+    let draft = client(&server)
+        .create_draft_note(&project(), 11, "Possible overflow here.", Some(&position))
+        .await
+        .expect("created");
+
+    assert_eq!(draft.id, 5);
+    assert_eq!(draft.author_id, Some(23));
+    let anchor = draft.diff_position().expect("inline");
+    assert_eq!((anchor.old_line, anchor.new_line), (None, Some(18)));
+}
+
+#[tokio::test]
+async fn an_overview_draft_note_sends_no_position_and_reads_back_without_one() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path(format!("{MR_PATH}/draft_notes")))
+        .and(body_json(json!({"note": "Summary"})))
+        .respond_with(ResponseTemplate::new(201).set_body_json(overview_draft(6, "Summary")))
+        .expect(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path(format!("{MR_PATH}/draft_notes")))
+        .and(query_param("per_page", "100"))
+        .respond_with(
+            ResponseTemplate::new(200).set_body_json(json!([overview_draft(6, "Summary")])),
+        )
+        .expect(1)
+        .mount(&server)
+        .await;
+    let client = client(&server);
+
+    let draft = client
+        .create_draft_note(&project(), 11, "Summary", None)
+        .await
+        .expect("created");
+    let listed = client.draft_notes(&project(), 11).await.expect("listed");
+
+    assert_eq!(draft.note, "Summary");
+    assert!(draft.position.is_some(), "GitLab sends an object of nulls");
+    assert_eq!(draft.diff_position(), None);
+    assert_eq!(listed, [draft]);
+}
+
+#[tokio::test]
+async fn a_draft_note_is_refused_before_sending_like_a_discussion() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(201))
+        .expect(0)
+        .mount(&server)
+        .await;
+    let client = client(&server);
+    let zero = Position::new(
+        shas(),
+        &modified_file("file.js"),
+        LineAnchor::Added { new_line: 0 },
+    );
+
+    let unsafe_body = client
+        .create_draft_note(&project(), 11, "ok\n/approve", None)
+        .await
+        .expect_err("quick action");
+    let bad_position = client
+        .create_draft_note(&project(), 11, "x", Some(&zero))
+        .await
+        .expect_err("line 0");
+
+    assert!(
+        matches!(unsafe_body, Error::UnsafeBody { line: 2 }),
+        "{unsafe_body:?}"
+    );
+    assert!(
+        matches!(bad_position, Error::PositionRejected { .. }),
+        "{bad_position:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_grape_400_on_a_draft_position_is_a_rejected_position() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path(format!("{MR_PATH}/draft_notes")))
+        .respond_with(ResponseTemplate::new(400).set_body_json(json!({
+            "error": "position[position_type] does not have a valid value"
+        })))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let position = Position::new(
+        shas(),
+        &modified_file("file.js"),
+        LineAnchor::Added { new_line: 1 },
+    );
+
+    let error = client(&server)
+        .create_draft_note(&project(), 11, "x", Some(&position))
+        .await
+        .expect_err("rejected");
+
+    assert!(matches!(error, Error::PositionRejected { .. }), "{error:?}");
+    assert_eq!(error.disposition(), Disposition::Fatal);
+}
+
+#[tokio::test]
+async fn a_draft_is_deleted_and_drafts_are_bulk_published_with_empty_204_answers() {
+    let server = MockServer::start().await;
+    Mock::given(method("DELETE"))
+        .and(path(format!("{MR_PATH}/draft_notes/5")))
+        .and(header("PRIVATE-TOKEN", TOKEN))
+        .respond_with(ResponseTemplate::new(204))
+        .expect(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .and(path(format!("{MR_PATH}/draft_notes/bulk_publish")))
+        .and(header("PRIVATE-TOKEN", TOKEN))
+        .respond_with(ResponseTemplate::new(204))
+        .expect(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("DELETE"))
+        .and(path(format!("{MR_PATH}/draft_notes/6")))
+        .respond_with(
+            ResponseTemplate::new(404)
+                .set_body_json(json!({"message": "404 Draft Note Not Found"})),
+        )
+        .expect(1)
+        .mount(&server)
+        .await;
+    let client = client(&server);
+
+    client
+        .delete_draft_note(&project(), 11, 5)
+        .await
+        .expect("deleted");
+    client
+        .bulk_publish_draft_notes(&project(), 11)
+        .await
+        .expect("published");
+    let gone = client
+        .delete_draft_note(&project(), 11, 6)
+        .await
+        .expect_err("404");
+
+    assert!(matches!(gone, Error::NotFound { .. }), "{gone:?}");
 }
 
 async fn error_for(template: ResponseTemplate) -> Error {

@@ -13,8 +13,13 @@
 //! # Ok(()) }
 //! ```
 //!
-//! What is simulated, and how faithfully, is documented on each route in `routes.rs`; the
-//! wire formats follow `reference/gitlab-glm-api.md` (sections A1–A8).
+//! What is simulated, and how faithfully, is documented on each route in `routes.rs` and on
+//! the handlers in `state.rs`; the wire formats follow `reference/gitlab-glm-api.md` (sections
+//! A1–A8), and commits, comparisons and draft notes follow GitLab's `Entities::Commit`,
+//! `Entities::Compare` and `Entities::DraftNote` (`doc/api/draft_notes.md`).
+//!
+//! There is no repository behind it: a push says what git would compute ([`PushSpec`]), and a
+//! comparison the fake cannot derive from that is refused with a 422 that says so.
 
 mod diff;
 mod routes;
@@ -160,6 +165,24 @@ impl FileSpec {
     }
 }
 
+/// A push for [`FakeGitLab::push_with`]. The fake has no repository: what git would compute
+/// from commits is given here. Each push adds one commit (`head_sha`) and one diff version.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PushSpec {
+    /// The MR's whole diff against its merge base at the new head (what `GET .../diffs`
+    /// serves from now on).
+    pub files: Vec<FileSpec>,
+    /// The new head commit.
+    pub head_sha: String,
+    /// What changed between the previous head and this one: the diffs of
+    /// `compare(previous head, head_sha)`. Ignored when `rewrite_history` is set.
+    pub delta: Vec<FileSpec>,
+    /// A force-push: the new head descends from the merge base, not from the previous head,
+    /// so the old heads leave the MR's commit list and a comparison from one of them answers
+    /// the whole diff (`files`), as GitLab's merge-base comparison does for such history.
+    pub rewrite_history: bool,
+}
+
 /// The endpoints, for fault rules and request counts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Route {
@@ -185,6 +208,18 @@ pub enum Route {
     UpdateNote,
     /// `GET /projects/:id/repository/files/:path/raw`
     RawFile,
+    /// `GET .../merge_requests/:iid/commits`
+    MrCommits,
+    /// `GET /projects/:id/repository/compare`
+    Compare,
+    /// `POST .../merge_requests/:iid/draft_notes`
+    CreateDraftNote,
+    /// `GET .../merge_requests/:iid/draft_notes`
+    ListDraftNotes,
+    /// `DELETE .../merge_requests/:iid/draft_notes/:id`
+    DeleteDraftNote,
+    /// `POST .../merge_requests/:iid/draft_notes/bulk_publish`
+    BulkPublishDraftNotes,
 }
 
 /// A failure the server injects instead of (or after) doing its work.
@@ -200,8 +235,8 @@ pub enum GitLabFault {
     RateLimitedWithoutHint,
     /// `500 {"message":"500 Internal Server Error"}`; nothing is processed.
     ServerError,
-    /// The request is processed (a comment IS stored), then answered with the 500 above: the
-    /// client must find its comment by marker before retrying.
+    /// The request is processed (a comment or draft IS stored, drafts ARE published), then
+    /// answered with the 500 above: the client must find its work by marker before retrying.
     ServerErrorAfterStore,
     /// A proxy's `502 Bad Gateway` HTML page; nothing is processed.
     BadGateway,
@@ -262,6 +297,22 @@ pub struct StoredNote {
     pub created_at: DateTime<Utc>,
     /// Last edit time.
     pub updated_at: DateTime<Utc>,
+}
+
+/// A stored draft note: invisible to [`FakeGitLab::discussions`] and the marker counts until
+/// published.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredDraftNote {
+    /// Draft id (instance-wide, its own sequence).
+    pub id: u64,
+    /// Markdown body.
+    pub note: String,
+    /// Author's username ([`BOT_USERNAME`]: drafts are only created through the API).
+    pub author: String,
+    /// The validated anchor of an inline draft.
+    pub position: Option<StoredPosition>,
+    /// Creation time.
+    pub created_at: DateTime<Utc>,
 }
 
 /// A note's position as accepted.
@@ -338,9 +389,13 @@ impl FakeGitLab {
 
     /// Simulates a push: a new diff version with `files` and `head_sha` (same base and start),
     /// which becomes the latest. Positions with the old head SHA are rejected from now on.
+    /// The MR gains one commit, `head_sha`, whose parent is the previous head; what changed
+    /// between the two is not given, so comparing them answers the fake's 422 (use
+    /// [`Self::push_with`] for that).
     ///
     /// # Errors
-    /// [`Error::UnknownMergeRequest`], [`Error::InvalidDiff`].
+    /// [`Error::UnknownMergeRequest`], [`Error::InvalidDiff`], [`Error::InvalidPush`] when
+    /// `head_sha` is already a commit of the MR.
     pub fn push(
         &self,
         project: &str,
@@ -349,6 +404,42 @@ impl FakeGitLab {
         head_sha: &str,
     ) -> Result<(), Error> {
         self.state().push(project, iid, files, head_sha)
+    }
+
+    /// Simulates a push with its commit history: see [`PushSpec`]. Unlike [`Self::push`], the
+    /// comparison from the previous head is known, so `GET .../repository/compare` can answer it.
+    ///
+    /// # Errors
+    /// [`Error::UnknownMergeRequest`], [`Error::InvalidDiff`] (in `files` or `delta`),
+    /// [`Error::InvalidPush`] when a push without `rewrite_history` names a commit the MR
+    /// already has.
+    pub fn push_with(&self, project: &str, iid: u64, spec: PushSpec) -> Result<(), Error> {
+        self.state().push_with(project, iid, spec)
+    }
+
+    /// Sets the MR's labels (served as names in `labels`).
+    ///
+    /// # Errors
+    /// [`Error::UnknownMergeRequest`].
+    pub fn set_labels(&self, project: &str, iid: u64, labels: Vec<String>) -> Result<(), Error> {
+        self.state().mr_mut(project, iid)?.labels = labels;
+        Ok(())
+    }
+
+    /// Makes comparisons within this MR overflow GitLab's diff limits: `compare_timeout` is
+    /// `true` and only the first half of the files is listed, as GitLab stops collecting at
+    /// its limit.
+    ///
+    /// # Errors
+    /// [`Error::UnknownMergeRequest`].
+    pub fn set_compare_overflow(
+        &self,
+        project: &str,
+        iid: u64,
+        overflow: bool,
+    ) -> Result<(), Error> {
+        self.state().mr_mut(project, iid)?.compare_overflow = overflow;
+        Ok(())
     }
 
     /// Makes the next `gets` fetches of the MR answer `diff_refs: null`.
@@ -382,6 +473,40 @@ impl FakeGitLab {
         system: bool,
     ) -> Result<StoredNote, Error> {
         self.state().seed_note(project, iid, author, body, system)
+    }
+
+    /// Adds a reply by `author` (typically a human answering one of reviewq's threads) at the
+    /// end of a discussion. The reply takes the thread's type, position and resolved state; an
+    /// overview note becomes a resolvable thread, as when a user replies to it in the UI.
+    ///
+    /// # Errors
+    /// [`Error::UnknownMergeRequest`], [`Error::UnknownDiscussion`].
+    pub fn seed_reply(
+        &self,
+        project: &str,
+        iid: u64,
+        discussion_id: &str,
+        author: &str,
+        body: &str,
+    ) -> Result<StoredNote, Error> {
+        self.state()
+            .seed_reply(project, iid, discussion_id, author, body)
+    }
+
+    /// Resolves or unresolves a thread as a human would in the UI (no request is logged).
+    ///
+    /// # Errors
+    /// [`Error::UnknownMergeRequest`], [`Error::UnknownDiscussion`] (also for a thread
+    /// without resolvable notes).
+    pub fn set_discussion_resolved(
+        &self,
+        project: &str,
+        iid: u64,
+        discussion_id: &str,
+        resolved: bool,
+    ) -> Result<(), Error> {
+        self.state()
+            .set_resolved(project, iid, discussion_id, resolved)
     }
 
     /// Makes the next `times` requests to `route` fail with `fault` (rules are consumed in
@@ -421,6 +546,14 @@ impl FakeGitLab {
         Ok(self.state().mr(project, iid)?.discussions.clone())
     }
 
+    /// Draft notes of the MR not yet published or deleted, oldest first.
+    ///
+    /// # Errors
+    /// [`Error::UnknownMergeRequest`].
+    pub fn draft_notes(&self, project: &str, iid: u64) -> Result<Vec<StoredDraftNote>, Error> {
+        Ok(self.state().mr(project, iid)?.drafts.clone())
+    }
+
     /// Every note of the MR, oldest first.
     ///
     /// # Errors
@@ -439,6 +572,7 @@ impl FakeGitLab {
 
     /// How many times each reviewq marker (`<!-- reviewq:... -->`) occurs across the MR's
     /// stored note bodies (a body counts a marker once). A count above 1 is a duplicate post.
+    /// Draft notes are not counted: nobody sees them until they are published.
     ///
     /// # Errors
     /// [`Error::UnknownMergeRequest`].
@@ -479,6 +613,12 @@ impl FakeGitLab {
     /// Overview notes stored through `POST .../notes`, all MRs (500-after-store included).
     pub fn posted_notes(&self) -> u64 {
         self.state().posted_notes
+    }
+
+    /// Draft notes turned into discussions by `bulk_publish`, all MRs (500-after-store
+    /// included).
+    pub fn published_draft_notes(&self) -> u64 {
+        self.state().published_draft_notes
     }
 
     /// Every request received, in the order they were answered.

@@ -16,7 +16,7 @@ use axum::{
     http::{HeaderMap, HeaderValue, StatusCode, Uri, header},
     middleware::{self, Next},
     response::{IntoResponse, Response},
-    routing::get,
+    routing::{delete, get, post},
 };
 use chrono::Utc;
 use serde_json::{Map, Value};
@@ -57,7 +57,20 @@ pub(super) fn router(inner: Shared, max_body: usize) -> Router {
         )
         .route(
             &format!("{MR}/discussions/{{discussion}}/notes"),
-            axum::routing::post(reply),
+            post(reply),
+        )
+        .route(&format!("{MR}/commits"), get(mr_commits))
+        .route(
+            &format!("{MR}/draft_notes"),
+            get(list_draft_notes).post(create_draft_note),
+        )
+        .route(
+            &format!("{MR}/draft_notes/bulk_publish"),
+            post(bulk_publish_draft_notes),
+        )
+        .route(
+            &format!("{MR}/draft_notes/{{draft}}"),
+            delete(delete_draft_note),
         )
         .route(&format!("{MR}/notes"), get(list_notes).post(create_note))
         .route(
@@ -67,6 +80,10 @@ pub(super) fn router(inner: Shared, max_body: usize) -> Router {
         .route(
             "/api/v4/projects/{project}/repository/files/{file}/raw",
             get(raw_file),
+        )
+        .route(
+            "/api/v4/projects/{project}/repository/compare",
+            get(compare),
         )
         .fallback(|| async { error_response(&ApiError::grape_status(404, "404 Not Found")) })
         .layer(DefaultBodyLimit::max(max_body))
@@ -635,6 +652,99 @@ async fn raw_file(
         )
             .into_response())
     })
+    .await
+}
+
+async fn mr_commits(
+    AxumState(inner): AxumState<Shared>,
+    Path((project, iid)): Path<(String, String)>,
+    Query(query): Query2,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    handle(&inner, Route::MrCommits, &headers, |state, base, _| {
+        let key = state.api_mr(&project, &iid)?;
+        paginate(state.mr_commits(key, base)?, &query, &uri, base)
+    })
+    .await
+}
+
+async fn compare(
+    AxumState(inner): AxumState<Shared>,
+    Path(project): Path<String>,
+    Query(query): Query2,
+    headers: HeaderMap,
+) -> Response {
+    handle(&inner, Route::Compare, &headers, |state, base, _| {
+        let required = |name: &str| {
+            query_value(&query, name)
+                .filter(|r| !r.is_empty())
+                .ok_or_else(|| ApiError::grape(&format!("{name} is missing")))
+        };
+        let value = state.compare(&project, required("from")?, required("to")?, base)?;
+        Ok(json_response(StatusCode::OK, &value))
+    })
+    .await
+}
+
+async fn list_draft_notes(
+    AxumState(inner): AxumState<Shared>,
+    Path((project, iid)): Path<(String, String)>,
+    Query(query): Query2,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    handle(&inner, Route::ListDraftNotes, &headers, |state, base, _| {
+        let key = state.api_mr(&project, &iid)?;
+        paginate(state.list_draft_notes(key)?, &query, &uri, base)
+    })
+    .await
+}
+
+async fn create_draft_note(
+    AxumState(inner): AxumState<Shared>,
+    Path((project, iid)): Path<(String, String)>,
+    Query(query): Query2,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    handle(&inner, Route::CreateDraftNote, &headers, |state, _, _| {
+        let key = state.api_mr(&project, &iid)?;
+        let params = params(&query, &headers, &body)?;
+        let value = state.create_draft_note(key, &params)?;
+        Ok(json_response(StatusCode::CREATED, &value))
+    })
+    .await
+}
+
+async fn delete_draft_note(
+    AxumState(inner): AxumState<Shared>,
+    Path((project, iid, draft)): Path<(String, String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    handle(&inner, Route::DeleteDraftNote, &headers, |state, _, _| {
+        let key = state.api_mr(&project, &iid)?;
+        state.delete_draft_note(key, &draft)?;
+        Ok(StatusCode::NO_CONTENT.into_response())
+    })
+    .await
+}
+
+async fn bulk_publish_draft_notes(
+    AxumState(inner): AxumState<Shared>,
+    Path((project, iid)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    handle(
+        &inner,
+        Route::BulkPublishDraftNotes,
+        &headers,
+        |state, _, _| {
+            let key = state.api_mr(&project, &iid)?;
+            state.bulk_publish(key)?;
+            Ok(StatusCode::NO_CONTENT.into_response())
+        },
+    )
     .await
 }
 

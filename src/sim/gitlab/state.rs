@@ -11,8 +11,8 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{Value, json};
 
 use super::{
-    BOT_USERNAME, FileSpec, GitLabFault, MrSpec, RequestRecord, Route, StoredDiscussion,
-    StoredNote, StoredPosition,
+    BOT_USERNAME, FileSpec, GitLabFault, MrSpec, PushSpec, RequestRecord, Route, StoredDiscussion,
+    StoredDraftNote, StoredNote, StoredPosition,
     diff::{FileLines, LineKind},
     fake_sha,
 };
@@ -22,6 +22,11 @@ use crate::sim::{Error, server::Stopper};
 /// a line outside every hunk, an unknown path or SHAs of another version.
 pub(super) const LINE_CODE_ERROR: &str =
     "400 Bad request - Note {:line_code=>[\"can't be blank\", \"must be a valid line code\"]}";
+
+/// The fake's answer to a comparison it cannot compute without a repository (see
+/// [`State::compare`]); not a GitLab answer, hence the explicit wording.
+const COMPARE_LIMITATION: &str =
+    "422 Unprocessable Entity - the simulated GitLab cannot compute this comparison";
 
 /// GitLab's note length limit (characters).
 const MAX_NOTE_CHARS: usize = 1_000_000;
@@ -113,8 +118,40 @@ pub(super) struct Mr {
     pub(super) diff_refs_pending_gets: u32,
     /// Threads, oldest first (overview notes are individual-note threads).
     pub(super) discussions: Vec<StoredDiscussion>,
+    /// The bot's pending draft notes, oldest first.
+    pub(super) drafts: Vec<StoredDraftNote>,
+    /// Every commit the MR ever had, by SHA: a tree rooted at the merge base. Old heads stay
+    /// here after a force-push (GitLab keeps them around for its versions), so comparisons
+    /// from them still resolve.
+    commits: BTreeMap<String, FakeCommit>,
+    /// Label names.
+    pub(super) labels: Vec<String>,
+    /// Comparisons overflow GitLab's diff limits (see `FakeGitLab::set_compare_overflow`).
+    pub(super) compare_overflow: bool,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
+}
+
+/// One commit of the simulated history.
+#[derive(Debug, Clone)]
+struct FakeCommit {
+    id: String,
+    /// `None` only for the merge base, the root of everything the fake knows.
+    parent: Option<String>,
+    title: String,
+    created_at: DateTime<Utc>,
+    /// The diff from `parent` to this commit; `None` when nobody said (a plain `push`, the
+    /// target branch head).
+    change: Option<Vec<FileSpec>>,
+}
+
+/// How a push relates to the previous head.
+enum History {
+    /// A fast-forward: the new head's parent is the previous head; `delta` is the diff
+    /// between them, if known.
+    Appended { delta: Option<Vec<FileSpec>> },
+    /// A force-push: the new head descends from the merge base.
+    Rewritten,
 }
 
 /// One diff version (what a push creates).
@@ -168,9 +205,12 @@ pub(super) struct State {
     pub(super) posted_discussions: u64,
     /// `POST .../notes` that stored a note.
     pub(super) posted_notes: u64,
+    /// Drafts turned into discussions by `bulk_publish`.
+    pub(super) published_draft_notes: u64,
     /// Id sequences (GitLab ids are instance-wide).
     last_note_id: u64,
     last_discussion: u64,
+    last_draft_id: u64,
     last_version_id: u64,
     last_mr_id: u64,
 }
@@ -254,23 +294,7 @@ impl State {
     }
 
     fn new_version(&mut self, spec: VersionSpec) -> Result<Version, Error> {
-        let files = spec
-            .files
-            .into_iter()
-            .map(|mut file| {
-                // GitLab lists added and deleted files with both paths equal.
-                if file.new_file {
-                    file.old_path.clone_from(&file.new_path);
-                } else if file.deleted_file {
-                    file.new_path.clone_from(&file.old_path);
-                }
-                let lines = FileLines::parse(&file.diff).map_err(|reason| Error::InvalidDiff {
-                    path: file.new_path.clone(),
-                    reason,
-                })?;
-                Ok(VersionFile { spec: file, lines })
-            })
-            .collect::<Result<Vec<_>, Error>>()?;
+        let files = checked_files(spec.files)?;
         self.last_version_id += 1;
         Ok(Version {
             id: 100 + self.last_version_id,
@@ -293,6 +317,26 @@ impl State {
             .insert(spec.project_id, spec.project_path.clone());
         self.last_mr_id += 1;
         let now = Utc::now();
+        // The base is the root; the target head (if it moved) and the first head hang off it.
+        let mut commits = BTreeMap::new();
+        let mut add = |id: &str, parent: Option<&str>, title: &str, change| {
+            commits.entry(id.to_owned()).or_insert_with(|| FakeCommit {
+                id: id.to_owned(),
+                parent: parent.map(str::to_owned),
+                title: title.to_owned(),
+                created_at: now,
+                change,
+            });
+        };
+        let base = version.base_sha.as_str();
+        add(base, None, "Merge base", None);
+        add(&version.start_sha, Some(base), "Target branch head", None);
+        add(
+            &version.head_sha,
+            Some(base),
+            &spec.title,
+            Some(version.files.iter().map(|f| f.spec.clone()).collect()),
+        );
         let mr = Mr {
             id: 500 + self.last_mr_id,
             iid: spec.iid,
@@ -304,6 +348,10 @@ impl State {
             versions: vec![version],
             diff_refs_pending_gets: spec.diff_refs_pending_gets,
             discussions: Vec::new(),
+            drafts: Vec::new(),
+            commits,
+            labels: Vec::new(),
+            compare_overflow: false,
             created_at: now,
             updated_at: now,
         };
@@ -318,17 +366,158 @@ impl State {
         files: Vec<FileSpec>,
         head_sha: &str,
     ) -> Result<(), Error> {
-        let latest = self.mr(project, iid)?.latest();
-        let spec = VersionSpec {
+        let history = History::Appended { delta: None };
+        self.push_version(project, iid, files, head_sha, history)
+    }
+
+    pub(super) fn push_with(
+        &mut self,
+        project: &str,
+        iid: u64,
+        spec: PushSpec,
+    ) -> Result<(), Error> {
+        let history = if spec.rewrite_history {
+            History::Rewritten
+        } else {
+            History::Appended {
+                delta: Some(spec.delta),
+            }
+        };
+        self.push_version(project, iid, spec.files, &spec.head_sha, history)
+    }
+
+    /// A new diff version at `head_sha` (same base and start) and, unless a force-push moves
+    /// the branch to a commit the MR already has, a new commit.
+    fn push_version(
+        &mut self,
+        project: &str,
+        iid: u64,
+        files: Vec<FileSpec>,
+        head_sha: &str,
+        history: History,
+    ) -> Result<(), Error> {
+        let mr = self.mr(project, iid)?;
+        let latest = mr.latest();
+        let (base_sha, start_sha, previous) = (
+            latest.base_sha.clone(),
+            latest.start_sha.clone(),
+            latest.head_sha.clone(),
+        );
+        let known = mr.commits.contains_key(head_sha);
+        let title = format!("Push {}", mr.versions.len());
+        let parent = match history {
+            History::Appended { .. } if known => {
+                return Err(Error::InvalidPush {
+                    reason: format!(
+                        "{head_sha} is already a commit of {project}!{iid}; a fast-forward push adds a new one (set rewrite_history to move the branch to an existing commit)"
+                    ),
+                });
+            }
+            History::Appended { delta } => {
+                let delta = delta
+                    .map(|files| Ok::<_, Error>(specs(&checked_files(files)?)))
+                    .transpose()?;
+                Some((previous, delta))
+            }
+            History::Rewritten if known => None,
+            History::Rewritten => Some((base_sha.clone(), None)),
+        };
+        let version = self.new_version(VersionSpec {
             files,
             head_sha: head_sha.to_owned(),
-            base_sha: latest.base_sha.clone(),
-            start_sha: latest.start_sha.clone(),
-        };
-        let version = self.new_version(spec)?;
+            base_sha,
+            start_sha,
+        })?;
+        let commit = parent.map(|(parent, delta)| FakeCommit {
+            id: head_sha.to_owned(),
+            // A force-pushed head descends from the base: its change is the whole diff.
+            change: if parent == version.base_sha {
+                Some(specs(&version.files))
+            } else {
+                delta
+            },
+            parent: Some(parent),
+            title,
+            created_at: version.created_at,
+        });
         let mr = self.mr_mut(project, iid)?;
+        if let Some(commit) = commit {
+            mr.commits.insert(commit.id.clone(), commit);
+        }
         mr.updated_at = version.created_at;
         mr.versions.push(version);
+        Ok(())
+    }
+
+    pub(super) fn seed_reply(
+        &mut self,
+        project: &str,
+        iid: u64,
+        discussion_id: &str,
+        author: &str,
+        body: &str,
+    ) -> Result<StoredNote, Error> {
+        let unknown = || Error::UnknownDiscussion {
+            project: project.to_owned(),
+            iid,
+            discussion_id: discussion_id.to_owned(),
+        };
+        let (position, resolved) = {
+            let discussion = self
+                .mr(project, iid)?
+                .discussions
+                .iter()
+                .find(|d| d.id == discussion_id)
+                .ok_or_else(unknown)?;
+            let first = discussion.notes.first();
+            (
+                first.and_then(|n| n.position.clone()),
+                first.is_some_and(|n| n.resolved),
+            )
+        };
+        let mut note = self.new_note(None, body, author, false, position, true);
+        note.resolved = resolved;
+        let discussion = self
+            .mr_mut(project, iid)?
+            .discussions
+            .iter_mut()
+            .find(|d| d.id == discussion_id)
+            .ok_or_else(unknown)?;
+        if discussion.individual_note {
+            // Replying to an overview comment turns it into a resolvable thread.
+            discussion.individual_note = false;
+            for first in &mut discussion.notes {
+                first.note_type = Some("DiscussionNote".to_owned());
+                first.resolvable = true;
+            }
+        }
+        note.note_type = discussion.notes.first().and_then(|n| n.note_type.clone());
+        discussion.notes.push(note.clone());
+        Ok(note)
+    }
+
+    pub(super) fn set_resolved(
+        &mut self,
+        project: &str,
+        iid: u64,
+        discussion_id: &str,
+        resolved: bool,
+    ) -> Result<(), Error> {
+        let discussion = self
+            .mr_mut(project, iid)?
+            .discussions
+            .iter_mut()
+            .find(|d| d.id == discussion_id && d.notes.iter().any(|n| n.resolvable))
+            .ok_or_else(|| Error::UnknownDiscussion {
+                project: project.to_owned(),
+                iid,
+                discussion_id: discussion_id.to_owned(),
+            })?;
+        let now = Utc::now();
+        for note in discussion.notes.iter_mut().filter(|n| n.resolvable) {
+            note.resolved = resolved;
+            note.updated_at = now;
+        }
         Ok(())
     }
 
@@ -461,7 +650,7 @@ impl State {
             "reviewers": [],
             "source_project_id": mr.project_id,
             "target_project_id": mr.project_id,
-            "labels": [],
+            "labels": mr.labels,
             "draft": false,
             "work_in_progress": false,
             "milestone": null,
@@ -530,23 +719,111 @@ impl State {
             .latest()
             .files
             .iter()
-            .map(|f| {
-                let spec = &f.spec;
-                json!({
-                    "old_path": spec.old_path,
-                    "new_path": spec.new_path,
-                    "a_mode": if spec.new_file { "0" } else { "100644" },
-                    "b_mode": if spec.deleted_file { "0" } else { "100644" },
-                    "diff": spec.diff,
-                    "new_file": spec.new_file,
-                    "renamed_file": spec.renamed_file,
-                    "deleted_file": spec.deleted_file,
-                    "generated_file": spec.generated_file,
-                    "collapsed": spec.collapsed,
-                    "too_large": spec.too_large,
-                })
-            })
+            .map(|f| diff_json(&f.spec))
             .collect())
+    }
+
+    /// `GET .../commits`: the commits from the latest head down to the merge base (excluded),
+    /// newest first, as GitLab lists them. After a force-push the old heads are gone from it.
+    pub(super) fn mr_commits(
+        &self,
+        key: (u64, u64),
+        base_url: &str,
+    ) -> Result<Vec<Value>, ApiError> {
+        let mr = self.api_mr_ref(key)?;
+        let latest = mr.latest();
+        let path = self.project_path(key.0);
+        Ok(mr
+            .ancestry(&latest.head_sha)
+            .into_iter()
+            .take_while(|c| c.id != latest.base_sha)
+            .map(|c| commit_json(c, path, base_url))
+            .collect())
+    }
+
+    /// `GET /projects/:id/repository/compare?from=&to=`, GitLab's merge-base comparison
+    /// (`from...to`): the commits of `to` that `from` lacks, and the diff from their merge base
+    /// to `to`. Refs are the SHAs of an MR's commits (old heads included) and its source and
+    /// target branch names (the first MR of the project that knows both refs is used).
+    ///
+    /// The fake has no repository, so it answers only what it was told:
+    /// - from the merge base (or a force-pushed-over head) to a head: that version's diff;
+    /// - from a head to a later one: the `delta`s of the pushes in between (several only when
+    ///   they touch different files, since hunks of one file cannot be merged here);
+    /// - from a head to an earlier one (or the same): nothing.
+    ///
+    /// Anything else (a push made without a delta, overlapping deltas, refs of two MRs,
+    /// the target branch) is a 422 that says it is a limitation of the fake. An unknown ref
+    /// is GitLab's `404 Ref Not Found`.
+    pub(super) fn compare(
+        &self,
+        project: &str,
+        from: &str,
+        to: &str,
+        base_url: &str,
+    ) -> Result<Value, ApiError> {
+        let project_id = self
+            .project_id(project)
+            .ok_or_else(|| ApiError::message(404, "404 Project Not Found"))?;
+        let mrs: Vec<&Mr> = self
+            .mrs
+            .range((project_id, 0)..=(project_id, u64::MAX))
+            .map(|(_, mr)| mr)
+            .collect();
+        let found = mrs
+            .iter()
+            .find_map(|mr| Some((*mr, mr.resolve(from)?, mr.resolve(to)?)));
+        let Some((mr, from_sha, to_sha)) = found else {
+            let known = |r: &str| mrs.iter().any(|mr| mr.resolve(r).is_some());
+            return Err(if known(from) && known(to) {
+                compare_limitation("the two refs belong to different merge requests")
+            } else {
+                ApiError::message(404, "404 Ref Not Found")
+            });
+        };
+        let same = from_sha == to_sha;
+        // The commits `to` adds over `from`, newest first, down to their merge base.
+        let behind: Vec<&str> = mr
+            .ancestry(&from_sha)
+            .iter()
+            .map(|c| c.id.as_str())
+            .collect();
+        let added: Vec<&FakeCommit> = mr
+            .ancestry(&to_sha)
+            .into_iter()
+            .take_while(|c| !behind.contains(&c.id.as_str()))
+            .collect();
+        let merge_base = mr
+            .ancestry(&to_sha)
+            .into_iter()
+            .find(|c| behind.contains(&c.id.as_str()))
+            .map(|c| c.id.clone())
+            .ok_or_else(|| compare_limitation("the refs share no history"))?;
+        let mut diffs = mr.diff_between(&merge_base, &added)?;
+        let overflow = mr.compare_overflow && !diffs.is_empty();
+        if overflow {
+            diffs.truncate(diffs.len() / 2);
+        }
+        let path = self.project_path(project_id);
+        let commits: Vec<Value> = added
+            .iter()
+            .rev()
+            .map(|c| commit_json(c, path, base_url))
+            .collect();
+        Ok(json!({
+            "commit": commits.last().cloned().unwrap_or(Value::Null),
+            "commits": commits,
+            "diffs": diffs.iter().map(diff_json).collect::<Vec<_>>(),
+            "compare_timeout": overflow,
+            "compare_same_ref": same,
+            "web_url": format!("{base_url}/{path}/-/compare/{from_sha}...{to_sha}"),
+        }))
+    }
+
+    /// `GET .../draft_notes`: the bot's drafts, oldest first.
+    pub(super) fn list_draft_notes(&self, key: (u64, u64)) -> Result<Vec<Value>, ApiError> {
+        let mr = self.api_mr_ref(key)?;
+        Ok(mr.drafts.iter().map(|d| draft_json(d, mr)).collect())
     }
 
     /// `GET .../discussions`: oldest first.
@@ -757,6 +1034,85 @@ impl State {
         Ok(note_json(&note, mr, base_url))
     }
 
+    /// `POST .../draft_notes`: stores a draft. A position is checked with the discussion rules
+    /// (see [`validate_position`]); GitLab itself checks only the position's shape here and
+    /// finds a bad line at publish time, so the fake is stricter, on purpose: the client sees
+    /// the same `PositionRejected` as for discussions.
+    pub(super) fn create_draft_note(
+        &mut self,
+        key: (u64, u64),
+        params: &Value,
+    ) -> Result<Value, ApiError> {
+        let note = required_text(params, "note")?;
+        if params
+            .get("in_reply_to_discussion_id")
+            .is_some_and(|v| !v.is_null())
+        {
+            return Err(ApiError::grape(
+                "in_reply_to_discussion_id is not supported by the simulated GitLab",
+            ));
+        }
+        let position = match params.get("position") {
+            None | Some(Value::Null) => None,
+            Some(position) => Some(validate_position(self.api_mr_ref(key)?, position)?),
+        };
+        self.last_draft_id += 1;
+        let draft = StoredDraftNote {
+            id: 300 + self.last_draft_id,
+            note,
+            author: BOT_USERNAME.to_owned(),
+            position,
+            created_at: Utc::now(),
+        };
+        let mr = self.api_mr_mut(key)?;
+        mr.drafts.push(draft.clone());
+        Ok(draft_json(&draft, mr))
+    }
+
+    /// `DELETE .../draft_notes/:id`.
+    pub(super) fn delete_draft_note(&mut self, key: (u64, u64), id: &str) -> Result<(), ApiError> {
+        let not_found = || ApiError::message(404, "404 Draft Note Not Found");
+        let id: u64 = id.parse().map_err(|_| not_found())?;
+        let mr = self.api_mr_mut(key)?;
+        let index = mr
+            .drafts
+            .iter()
+            .position(|d| d.id == id)
+            .ok_or_else(not_found)?;
+        mr.drafts.remove(index);
+        Ok(())
+    }
+
+    /// `POST .../draft_notes/bulk_publish`: every draft becomes a resolvable thread in
+    /// creation order (a `DiffNote` if positioned, else a `DiscussionNote`, as GitLab 17+
+    /// publishes review comments), then the drafts are gone. No drafts: nothing to do.
+    pub(super) fn bulk_publish(&mut self, key: (u64, u64)) -> Result<(), ApiError> {
+        let drafts = std::mem::take(&mut self.api_mr_mut(key)?.drafts);
+        for draft in drafts {
+            let note_type = if draft.position.is_some() {
+                "DiffNote"
+            } else {
+                "DiscussionNote"
+            };
+            let note = self.new_note(
+                Some(note_type),
+                &draft.note,
+                &draft.author,
+                false,
+                draft.position,
+                true,
+            );
+            let id = self.next_discussion_id();
+            self.published_draft_notes += 1;
+            self.api_mr_mut(key)?.discussions.push(StoredDiscussion {
+                id,
+                individual_note: false,
+                notes: vec![note],
+            });
+        }
+        Ok(())
+    }
+
     /// `PUT .../notes/:note_id`: edits the body.
     pub(super) fn update_note(
         &mut self,
@@ -793,15 +1149,124 @@ struct VersionSpec {
     start_sha: String,
 }
 
+/// Files as a version holds them: paths normalised the way GitLab lists added and deleted
+/// files, diffs parsed (so a broken fixture fails when it is added).
+fn checked_files(files: Vec<FileSpec>) -> Result<Vec<VersionFile>, Error> {
+    files
+        .into_iter()
+        .map(|mut file| {
+            // GitLab lists added and deleted files with both paths equal.
+            if file.new_file {
+                file.old_path.clone_from(&file.new_path);
+            } else if file.deleted_file {
+                file.new_path.clone_from(&file.old_path);
+            }
+            let lines = FileLines::parse(&file.diff).map_err(|reason| Error::InvalidDiff {
+                path: file.new_path.clone(),
+                reason,
+            })?;
+            Ok(VersionFile { spec: file, lines })
+        })
+        .collect()
+}
+
+fn specs(files: &[VersionFile]) -> Vec<FileSpec> {
+    files.iter().map(|f| f.spec.clone()).collect()
+}
+
+impl Mr {
+    /// `sha` and its ancestors, newest first (ending at the merge base); empty if unknown.
+    fn ancestry(&self, sha: &str) -> Vec<&FakeCommit> {
+        let mut chain = Vec::new();
+        let mut next = Some(sha);
+        // The map is a tree (every parent existed before its child), so this ends; the bound
+        // only guards against a bug turning it into a loop.
+        while let Some(sha) = next.filter(|_| chain.len() <= self.commits.len()) {
+            let Some(commit) = self.commits.get(sha) else {
+                break;
+            };
+            chain.push(commit);
+            next = commit.parent.as_deref();
+        }
+        chain
+    }
+
+    /// A ref as `compare` accepts it: a commit of this MR or one of its branch names.
+    fn resolve(&self, git_ref: &str) -> Option<String> {
+        let latest = self.latest();
+        if self.commits.contains_key(git_ref) {
+            Some(git_ref.to_owned())
+        } else if git_ref == self.source_branch {
+            Some(latest.head_sha.clone())
+        } else if git_ref == self.target_branch {
+            Some(latest.start_sha.clone())
+        } else {
+            None
+        }
+    }
+
+    /// The diff from `merge_base` to the newest of `added` (its descendants, newest first).
+    fn diff_between(
+        &self,
+        merge_base: &str,
+        added: &[&FakeCommit],
+    ) -> Result<Vec<FileSpec>, ApiError> {
+        let Some(to) = added.first() else {
+            return Ok(Vec::new());
+        };
+        // From the merge base, a version of that head holds the exact answer.
+        if let Some(version) = self
+            .versions
+            .iter()
+            .rev()
+            .find(|v| v.head_sha == to.id && v.base_sha == merge_base)
+        {
+            return Ok(specs(&version.files));
+        }
+        let mut files: Vec<FileSpec> = Vec::new();
+        for commit in added.iter().rev() {
+            let change = commit.change.as_ref().ok_or_else(|| {
+                compare_limitation(&format!(
+                    "what changed in {} is unknown (pushed with FakeGitLab::push; use push_with)",
+                    commit.id
+                ))
+            })?;
+            let overlaps = change.iter().any(|c| {
+                files.iter().any(|f| {
+                    [&f.old_path, &f.new_path].contains(&&c.old_path)
+                        || [&f.old_path, &f.new_path].contains(&&c.new_path)
+                })
+            });
+            if overlaps {
+                return Err(compare_limitation(
+                    "the pushes in between change the same file, and the fake cannot merge hunks",
+                ));
+            }
+            files.extend(change.iter().cloned());
+        }
+        Ok(files)
+    }
+}
+
+fn compare_limitation(reason: &str) -> ApiError {
+    ApiError::message(422, &format!("{COMPARE_LIMITATION}: {reason}"))
+}
+
 /// The `body` parameter, with Grape's and the model's checks.
 fn required_body(params: &Value) -> Result<String, ApiError> {
-    let body = match params.get("body") {
-        None | Some(Value::Null) => return Err(ApiError::grape("body is missing")),
+    required_text(params, "body")
+}
+
+/// A required note text (`body` of notes, `note` of drafts), with Grape's and the model's
+/// checks.
+fn required_text(params: &Value, name: &str) -> Result<String, ApiError> {
+    let body = match params.get(name) {
+        None | Some(Value::Null) => return Err(ApiError::grape(&format!("{name} is missing"))),
         Some(Value::String(body)) => body.clone(),
-        Some(_) => return Err(ApiError::grape("body is invalid")),
+        Some(_) => return Err(ApiError::grape(&format!("{name} is invalid"))),
     };
     if body.trim().is_empty() {
-        return Err(ApiError::grape("body is empty"));
+        return Err(ApiError::grape(&format!("{name} is empty")));
     }
     if body.chars().count() > MAX_NOTE_CHARS {
         return Err(ApiError::message(
@@ -926,13 +1391,82 @@ fn position_json(p: &StoredPosition) -> Value {
     })
 }
 
-fn note_json(note: &StoredNote, mr: &Mr, base_url: &str) -> Value {
-    let author_id = if note.author == BOT_USERNAME {
+/// A user's id: the bot's, or one stable per name and never the bot's.
+fn user_id(username: &str) -> u64 {
+    if username == BOT_USERNAME {
         BOT_USER_ID
     } else {
-        // Stable per name, never the bot's id.
-        10 + note.author.bytes().map(u64::from).sum::<u64>()
-    };
+        10 + username.bytes().map(u64::from).sum::<u64>()
+    }
+}
+
+/// One file as `GET .../diffs` and `compare` list it.
+fn diff_json(spec: &FileSpec) -> Value {
+    json!({
+        "old_path": spec.old_path,
+        "new_path": spec.new_path,
+        "a_mode": if spec.new_file { "0" } else { "100644" },
+        "b_mode": if spec.deleted_file { "0" } else { "100644" },
+        "diff": spec.diff,
+        "new_file": spec.new_file,
+        "renamed_file": spec.renamed_file,
+        "deleted_file": spec.deleted_file,
+        "generated_file": spec.generated_file,
+        "collapsed": spec.collapsed,
+        "too_large": spec.too_large,
+    })
+}
+
+/// A commit as GitLab's `Entities::Commit` renders it.
+fn commit_json(commit: &FakeCommit, project_path: &str, base_url: &str) -> Value {
+    let at = timestamp(commit.created_at);
+    json!({
+        "id": commit.id,
+        "short_id": commit.id.chars().take(8).collect::<String>(),
+        "created_at": at,
+        "parent_ids": commit.parent.iter().collect::<Vec<_>>(),
+        "title": commit.title,
+        "message": format!("{}\n", commit.title),
+        "author_name": "Alice",
+        "author_email": "alice@example.com",
+        "authored_date": at,
+        "committer_name": "Alice",
+        "committer_email": "alice@example.com",
+        "committed_date": at,
+        "trailers": {},
+        "extended_trailers": {},
+        "web_url": format!("{base_url}/{project_path}/-/commit/{}", commit.id),
+    })
+}
+
+/// A draft as GitLab's `Entities::DraftNote` renders it: a draft without an anchor still has
+/// a `position`, all `null` but for `position_type`.
+fn draft_json(draft: &StoredDraftNote, mr: &Mr) -> Value {
+    let position = draft.position.as_ref().map_or_else(
+        || {
+            json!({
+                "base_sha": null, "start_sha": null, "head_sha": null,
+                "old_path": null, "new_path": null, "position_type": "text",
+                "old_line": null, "new_line": null, "line_range": null,
+            })
+        },
+        position_json,
+    );
+    json!({
+        "id": draft.id,
+        "author_id": user_id(&draft.author),
+        "merge_request_id": mr.id,
+        "resolve_discussion": false,
+        "discussion_id": null,
+        "note": draft.note,
+        "commit_id": null,
+        "line_code": null,
+        "position": position,
+    })
+}
+
+fn note_json(note: &StoredNote, mr: &Mr, base_url: &str) -> Value {
+    let author_id = user_id(&note.author);
     let mut value = json!({
         "id": note.id,
         "type": note.note_type,

@@ -4,12 +4,16 @@ use std::time::Duration;
 
 use reviewq::{
     disposition::Disposition,
-    gitlab::{DiffFile, DiffShas, Error, LineAnchor, Position},
+    gitlab::{DiffFile, DiffShas, Error, GitLabClient, GitLabConfig, LineAnchor, Position},
     sim::{
-        fixtures,
-        gitlab::{BOT_USERNAME, FakeGitLab, FileSpec, GitLabFault, MrSpec, Route, fake_sha},
+        self, fixtures,
+        gitlab::{
+            BOT_USERNAME, FakeGitLab, FileSpec, GitLabFault, MrSpec, PushSpec, Route, fake_sha,
+        },
     },
 };
+use secrecy::SecretString;
+use url::Url;
 
 use crate::sim::helpers::{TOKEN, gitlab_client, project};
 
@@ -839,4 +843,587 @@ async fn the_demo_fixtures_are_served_with_their_file_kinds() {
         .expect("diffs");
     assert!(file(&mr7, "src/amount.rs").renamed_file);
     assert!(file(&mr7, "src/refunds.rs").new_file);
+}
+
+/// `src/app.rs` of [`four_files`] at a second head that adds `extra();`: the MR's whole diff,
+/// and the push's own delta against the first head.
+fn second_push() -> PushSpec {
+    let mut files = four_files();
+    files[0] = FileSpec::modified(
+        "src/app.rs",
+        "@@ -1,4 +1,6 @@ fn main\n fn main() {\n-    old();\n+    new();\n+    more();\n+    extra();\n     done();\n }\n",
+    );
+    PushSpec {
+        files,
+        head_sha: fake_sha("second push"),
+        delta: vec![FileSpec::modified(
+            "src/app.rs",
+            "@@ -3,3 +3,4 @@ fn main\n     more();\n+    extra();\n     done();\n }\n",
+        )],
+        rewrite_history: false,
+    }
+}
+
+/// A third head after [`second_push`] that only touches `src/new.rs`.
+fn third_push_on_another_file() -> PushSpec {
+    let mut files = second_push().files;
+    files[1] = FileSpec::added("src/new.rs", "@@ -0,0 +1,3 @@\n+a\n+b\n+c\n");
+    PushSpec {
+        files,
+        head_sha: fake_sha("third push"),
+        delta: vec![FileSpec::modified("src/new.rs", "@@ -2 +2,2 @@\n b\n+c\n")],
+        rewrite_history: false,
+    }
+}
+
+fn paths(diffs: &[DiffFile]) -> Vec<&str> {
+    diffs.iter().map(|f| f.new_path.as_str()).collect()
+}
+
+#[tokio::test]
+async fn merge_request_commits_are_read_across_pages_newest_first_with_their_parents() {
+    let gitlab = gitlab_with(four_files()).await;
+    let client = gitlab_client(gitlab.base_url(), TOKEN);
+    for n in 0..120 {
+        gitlab
+            .push(PROJECT, 1, four_files(), &fake_sha(&format!("push {n}")))
+            .expect("push");
+    }
+
+    let commits = client
+        .mr_commits(&project(PROJECT), 1)
+        .await
+        .expect("commits");
+
+    assert_eq!(commits.len(), 121);
+    assert_eq!(commits[0].id, fake_sha("push 119"));
+    assert_eq!(commits[0].parent_ids, [fake_sha("push 118")]);
+    assert_eq!(commits[0].short_id, commits[0].id[..8]);
+    let first = &commits[120];
+    assert_eq!(first.id, MrSpec::default().head_sha);
+    assert_eq!(first.parent_ids, [MrSpec::default().base_sha]);
+    assert_eq!(first.title, MrSpec::default().title);
+    assert_eq!(gitlab.request_count(Route::MrCommits), 2);
+}
+
+#[tokio::test]
+async fn comparing_the_two_heads_of_a_push_answers_its_delta_and_its_commit() {
+    let gitlab = gitlab_with(four_files()).await;
+    let client = gitlab_client(gitlab.base_url(), TOKEN);
+    let first = MrSpec::default().head_sha;
+    let second = fake_sha("second push");
+    gitlab.push_with(PROJECT, 1, second_push()).expect("push");
+
+    let delta = client
+        .compare(&project(PROJECT), &first, &second)
+        .await
+        .expect("compare");
+    let whole = client
+        .compare(&project(PROJECT), &MrSpec::default().base_sha, &second)
+        .await
+        .expect("compare");
+
+    assert_eq!(paths(&delta.diffs), ["src/app.rs"]);
+    assert_eq!(delta.diffs[0].diff, second_push().delta[0].diff);
+    let commits: Vec<&str> = delta.commits.iter().map(|c| c.id.as_str()).collect();
+    assert_eq!(commits, [second.as_str()]);
+    assert_eq!(delta.commits[0].parent_ids.as_slice(), [first.as_str()]);
+    assert!(!delta.is_partial() && !delta.compare_same_ref);
+    // From the merge base: the MR's whole diff at the new head, commits oldest first.
+    assert_eq!(whole.diffs.len(), 4);
+    assert_eq!(whole.diffs[0].diff, second_push().files[0].diff);
+    let commits: Vec<&str> = whole.commits.iter().map(|c| c.id.as_str()).collect();
+    assert_eq!(commits, [first.as_str(), second.as_str()]);
+    // The diff of the latest version is the whole change too.
+    assert_eq!(
+        client.diffs(&project(PROJECT), 1).await.expect("diffs")[0].diff,
+        second_push().files[0].diff
+    );
+}
+
+#[tokio::test]
+async fn after_a_force_push_the_old_heads_leave_the_commit_list_and_compare_answers_the_whole_diff()
+{
+    let gitlab = gitlab_with(four_files()).await;
+    let client = gitlab_client(gitlab.base_url(), TOKEN);
+    let first = MrSpec::default().head_sha;
+    let second = fake_sha("second push");
+    let rebased = fake_sha("rebased");
+    gitlab.push_with(PROJECT, 1, second_push()).expect("push");
+
+    gitlab
+        .push_with(
+            PROJECT,
+            1,
+            PushSpec {
+                files: four_files(),
+                head_sha: rebased.clone(),
+                delta: Vec::new(),
+                rewrite_history: true,
+            },
+        )
+        .expect("force-push");
+
+    let commits = client
+        .mr_commits(&project(PROJECT), 1)
+        .await
+        .expect("commits");
+    let ids: Vec<&str> = commits.iter().map(|c| c.id.as_str()).collect();
+    assert_eq!(ids, [rebased.as_str()]);
+    assert_eq!(commits[0].parent_ids, [MrSpec::default().base_sha]);
+    for old_head in [&first, &second] {
+        let compare = client
+            .compare(&project(PROJECT), old_head, &rebased)
+            .await
+            .expect("old heads stay reachable");
+        assert_eq!(paths(&compare.diffs), paths(&fetch(&gitlab).await.0));
+        assert_eq!(compare.diffs.len(), 4);
+        let ids: Vec<&str> = compare.commits.iter().map(|c| c.id.as_str()).collect();
+        assert_eq!(ids, [rebased.as_str()]);
+    }
+}
+
+#[tokio::test]
+async fn comparing_a_ref_with_itself_is_empty_and_an_unknown_ref_is_not_found() {
+    let gitlab = gitlab_with(four_files()).await;
+    let client = gitlab_client(gitlab.base_url(), TOKEN);
+    let head = MrSpec::default().head_sha;
+
+    let same = client
+        .compare(&project(PROJECT), &head, "feature")
+        .await
+        .expect("the source branch names the head");
+    let unknown = client
+        .compare(&project(PROJECT), &fake_sha("never pushed"), &head)
+        .await
+        .expect_err("404");
+
+    assert!(same.compare_same_ref);
+    assert!(same.commits.is_empty() && same.diffs.is_empty());
+    assert!(
+        matches!(&unknown, Error::NotFound { message, .. } if message == "404 Ref Not Found"),
+        "{unknown:?}"
+    );
+    assert_eq!(unknown.disposition(), Disposition::Fatal);
+}
+
+#[tokio::test]
+async fn comparing_across_pushes_on_different_files_joins_their_deltas() {
+    let gitlab = gitlab_with(four_files()).await;
+    let client = gitlab_client(gitlab.base_url(), TOKEN);
+    gitlab.push_with(PROJECT, 1, second_push()).expect("push");
+    gitlab
+        .push_with(PROJECT, 1, third_push_on_another_file())
+        .expect("push");
+
+    let compare = client
+        .compare(
+            &project(PROJECT),
+            &MrSpec::default().head_sha,
+            &fake_sha("third push"),
+        )
+        .await
+        .expect("compare");
+    let backwards = client
+        .compare(
+            &project(PROJECT),
+            &fake_sha("third push"),
+            &MrSpec::default().head_sha,
+        )
+        .await
+        .expect("compare");
+
+    assert_eq!(paths(&compare.diffs), ["src/app.rs", "src/new.rs"]);
+    assert_eq!(compare.commits.len(), 2);
+    assert!(backwards.diffs.is_empty() && backwards.commits.is_empty());
+    assert!(!backwards.compare_same_ref);
+}
+
+#[tokio::test]
+async fn comparisons_the_fake_cannot_compute_are_a_422_that_names_the_limitation() {
+    let gitlab = gitlab_with(four_files()).await;
+    let client = gitlab_client(gitlab.base_url(), TOKEN);
+    let first = MrSpec::default().head_sha;
+    gitlab.push_with(PROJECT, 1, second_push()).expect("push");
+    let mut same_file_again = second_push();
+    same_file_again.head_sha = fake_sha("third push");
+    gitlab.push_with(PROJECT, 1, same_file_again).expect("push");
+    gitlab
+        .push(PROJECT, 1, four_files(), &fake_sha("plain push"))
+        .expect("push");
+
+    let overlapping = client
+        .compare(&project(PROJECT), &first, &fake_sha("third push"))
+        .await
+        .expect_err("same file twice");
+    let unknown_delta = client
+        .compare(
+            &project(PROJECT),
+            &fake_sha("third push"),
+            &fake_sha("plain push"),
+        )
+        .await
+        .expect_err("no delta");
+    let not_a_fast_forward = gitlab.push_with(
+        PROJECT,
+        1,
+        PushSpec {
+            head_sha: first,
+            ..second_push()
+        },
+    );
+
+    for error in [overlapping, unknown_delta] {
+        assert!(
+            matches!(&error, Error::Status { status: 422, message, .. }
+                if message.contains("the simulated GitLab cannot compute this comparison")),
+            "{error:?}"
+        );
+    }
+    assert!(
+        matches!(not_a_fast_forward, Err(sim::Error::InvalidPush { .. })),
+        "{not_a_fast_forward:?}"
+    );
+}
+
+#[tokio::test]
+async fn an_overflowing_comparison_is_flagged_and_reported_partial() {
+    let gitlab = gitlab_with(four_files()).await;
+    let client = gitlab_client(gitlab.base_url(), TOKEN);
+    gitlab.set_compare_overflow(PROJECT, 1, true).expect("MR");
+
+    let compare = client
+        .compare(&project(PROJECT), "main", "feature")
+        .await
+        .expect("compare");
+
+    assert!(compare.compare_timeout);
+    assert!(compare.is_partial());
+    assert_eq!(
+        compare.diffs.len(),
+        2,
+        "GitLab stops collecting at its limit"
+    );
+}
+
+#[tokio::test]
+async fn labels_are_served_as_names() {
+    let gitlab = gitlab_with(four_files()).await;
+    let client = gitlab_client(gitlab.base_url(), TOKEN);
+    gitlab
+        .set_labels(
+            PROJECT,
+            1,
+            vec!["security".to_owned(), "backend".to_owned()],
+        )
+        .expect("MR");
+
+    let mr = client
+        .merge_request(&project(PROJECT), 1)
+        .await
+        .expect("MR");
+
+    assert_eq!(mr.labels, ["security", "backend"]);
+}
+
+#[tokio::test]
+async fn drafts_stay_invisible_until_bulk_publish_turns_them_into_threads_in_order() {
+    let gitlab = gitlab_with(four_files()).await;
+    let client = gitlab_client(gitlab.base_url(), TOKEN);
+    let (diffs, shas) = fetch(&gitlab).await;
+    let position = Position::new(
+        shas.clone(),
+        file(&diffs, "src/app.rs"),
+        LineAnchor::Added { new_line: 3 },
+    );
+    let inline = client
+        .create_draft_note(
+            &project(PROJECT),
+            1,
+            "inline <!-- reviewq:f1 -->",
+            Some(&position),
+        )
+        .await
+        .expect("draft");
+    let overview = client
+        .create_draft_note(&project(PROJECT), 1, "overview <!-- reviewq:f2 -->", None)
+        .await
+        .expect("draft");
+    let dropped = client
+        .create_draft_note(&project(PROJECT), 1, "dropped <!-- reviewq:f3 -->", None)
+        .await
+        .expect("draft");
+    client
+        .delete_draft_note(&project(PROJECT), 1, dropped.id)
+        .await
+        .expect("deleted");
+
+    let listed = client
+        .draft_notes(&project(PROJECT), 1)
+        .await
+        .expect("drafts");
+    assert_eq!(listed, [inline.clone(), overview.clone()]);
+    assert_eq!(
+        listed[0].diff_position().map(|p| (p.old_line, p.new_line)),
+        Some((None, Some(3)))
+    );
+    assert_eq!(listed[1].diff_position(), None);
+    assert!(gitlab.discussions(PROJECT, 1).expect("MR").is_empty());
+    assert!(gitlab.marker_counts(PROJECT, 1).expect("MR").is_empty());
+
+    client
+        .bulk_publish_draft_notes(&project(PROJECT), 1)
+        .await
+        .expect("published");
+
+    assert!(
+        client
+            .draft_notes(&project(PROJECT), 1)
+            .await
+            .expect("drafts")
+            .is_empty()
+    );
+    let discussions = client
+        .discussions(&project(PROJECT), 1)
+        .await
+        .expect("discussions");
+    assert_eq!(discussions.len(), 2);
+    let diff_note = &discussions[0].notes[0];
+    assert!(diff_note.is_diff_note());
+    assert!(diff_note.body.contains("reviewq:f1"));
+    assert!(diff_note.resolvable && !diff_note.resolved);
+    assert_eq!(
+        diff_note.author.as_ref().map(|a| a.username.as_str()),
+        Some(BOT_USERNAME)
+    );
+    let anchor = diff_note.position.as_ref().expect("position");
+    assert_eq!(anchor.new_path.as_deref(), Some("src/app.rs"));
+    assert_eq!((anchor.old_line, anchor.new_line), (None, Some(3)));
+    assert_eq!(anchor.head_sha.as_deref(), Some(shas.head_sha.as_str()));
+    let thread = &discussions[1];
+    assert!(!thread.individual_note);
+    assert_eq!(thread.notes[0].note_type.as_deref(), Some("DiscussionNote"));
+    assert!(thread.notes[0].body.contains("reviewq:f2"));
+    assert_eq!(gitlab.published_draft_notes(), 2);
+    assert_eq!(gitlab.posted_discussions(), 0);
+    assert_eq!(gitlab.marker_counts(PROJECT, 1).expect("MR").len(), 2);
+    let gone = client
+        .delete_draft_note(&project(PROJECT), 1, inline.id)
+        .await
+        .expect_err("published drafts are gone");
+    assert!(matches!(gone, Error::NotFound { .. }), "{gone:?}");
+}
+
+#[tokio::test]
+async fn an_invalid_draft_position_is_refused_like_a_discussion_and_nothing_is_stored() {
+    let gitlab = gitlab_with(four_files()).await;
+    let client = gitlab_client(gitlab.base_url(), TOKEN);
+    let (diffs, shas) = fetch(&gitlab).await;
+    let app = file(&diffs, "src/app.rs");
+    let stale = DiffShas {
+        head_sha: fake_sha("not the head"),
+        ..shas.clone()
+    };
+
+    for position in [
+        Position::new(shas.clone(), app, LineAnchor::Added { new_line: 50 }),
+        Position::new(shas.clone(), app, LineAnchor::Added { new_line: 4 }),
+        Position::new(stale, app, LineAnchor::Added { new_line: 2 }),
+    ] {
+        let error = client
+            .create_draft_note(
+                &project(PROJECT),
+                1,
+                "x <!-- reviewq:x -->",
+                Some(&position),
+            )
+            .await
+            .expect_err("rejected");
+        assert!(
+            matches!(&error, Error::PositionRejected { message } if message.contains("line_code")),
+            "{position:?}: {error:?}"
+        );
+        assert_eq!(error.disposition(), Disposition::Fatal);
+    }
+    assert!(gitlab.draft_notes(PROJECT, 1).expect("MR").is_empty());
+    assert_eq!(gitlab.request_count(Route::CreateDraftNote), 3);
+}
+
+#[tokio::test]
+async fn a_draft_stored_before_a_500_is_found_among_the_drafts_and_is_not_a_comment() {
+    let gitlab = gitlab_with(four_files()).await;
+    let client = gitlab_client(gitlab.base_url(), TOKEN);
+    gitlab.fail_next(
+        Route::CreateDraftNote,
+        1,
+        GitLabFault::ServerErrorAfterStore,
+    );
+    let marker = "<!-- reviewq:f1 -->";
+
+    let error = client
+        .create_draft_note(&project(PROJECT), 1, &format!("finding {marker}"), None)
+        .await
+        .expect_err("500");
+
+    assert!(
+        matches!(error, Error::Server { status: 500, .. }),
+        "{error:?}"
+    );
+    assert_eq!(error.disposition(), Disposition::Retry);
+    let drafts = client
+        .draft_notes(&project(PROJECT), 1)
+        .await
+        .expect("drafts");
+    assert_eq!(drafts.len(), 1);
+    assert!(drafts[0].note.contains(marker));
+    assert!(gitlab.marker_counts(PROJECT, 1).expect("MR").is_empty());
+}
+
+#[tokio::test]
+async fn a_500_after_bulk_publish_leaves_the_drafts_published_and_a_retry_publishes_nothing_twice()
+{
+    let gitlab = gitlab_with(four_files()).await;
+    let client = gitlab_client(gitlab.base_url(), TOKEN);
+    for n in 1..=2 {
+        client
+            .create_draft_note(
+                &project(PROJECT),
+                1,
+                &format!("finding <!-- reviewq:f{n} -->"),
+                None,
+            )
+            .await
+            .expect("draft");
+    }
+    gitlab.fail_next(
+        Route::BulkPublishDraftNotes,
+        1,
+        GitLabFault::ServerErrorAfterStore,
+    );
+
+    let error = client
+        .bulk_publish_draft_notes(&project(PROJECT), 1)
+        .await
+        .expect_err("500");
+
+    assert!(
+        matches!(error, Error::Server { status: 500, .. }),
+        "{error:?}"
+    );
+    assert_eq!(error.disposition(), Disposition::Retry);
+    assert!(
+        client
+            .draft_notes(&project(PROJECT), 1)
+            .await
+            .expect("drafts")
+            .is_empty()
+    );
+    let discussions = client
+        .discussions(&project(PROJECT), 1)
+        .await
+        .expect("discussions");
+    assert_eq!(discussions.len(), 2);
+    assert!(discussions[1].notes[0].body.contains("reviewq:f2"));
+    // Nothing is pending, so the retry succeeds without posting anything again.
+    client
+        .bulk_publish_draft_notes(&project(PROJECT), 1)
+        .await
+        .expect("retry");
+    assert_eq!(gitlab.discussions(PROJECT, 1).expect("MR").len(), 2);
+    assert_eq!(gitlab.duplicate_count(PROJECT, 1).expect("MR"), 0);
+    assert_eq!(gitlab.published_draft_notes(), 2);
+}
+
+#[tokio::test]
+async fn a_bulk_publish_that_hangs_after_publishing_times_out_with_the_work_done() {
+    let gitlab = gitlab_with(four_files()).await;
+    let mut config = GitLabConfig::new(
+        Url::parse(gitlab.base_url()).expect("sim URL"),
+        SecretString::from(TOKEN),
+    );
+    config.timeout = Duration::from_millis(300);
+    let client = GitLabClient::new(config).expect("client");
+    client
+        .create_draft_note(&project(PROJECT), 1, "finding <!-- reviewq:f1 -->", None)
+        .await
+        .expect("draft");
+    gitlab.fail_next(
+        Route::BulkPublishDraftNotes,
+        1,
+        GitLabFault::StoreThenHang(Duration::from_secs(5)),
+    );
+
+    let error = client
+        .bulk_publish_draft_notes(&project(PROJECT), 1)
+        .await
+        .expect_err("timeout");
+
+    assert!(matches!(error, Error::Timeout { .. }), "{error:?}");
+    assert!(gitlab.draft_notes(PROJECT, 1).expect("MR").is_empty());
+    assert_eq!(gitlab.discussions(PROJECT, 1).expect("MR").len(), 1);
+}
+
+#[tokio::test]
+async fn a_human_reply_and_resolution_in_a_bot_thread_are_read_back_with_author_and_state() {
+    let gitlab = gitlab_with(four_files()).await;
+    let client = gitlab_client(gitlab.base_url(), TOKEN);
+    let (diffs, shas) = fetch(&gitlab).await;
+    let position = Position::new(
+        shas,
+        file(&diffs, "src/app.rs"),
+        LineAnchor::Added { new_line: 2 },
+    );
+    let thread = client
+        .post_discussion(
+            &project(PROJECT),
+            1,
+            "finding <!-- reviewq:f1 -->",
+            &position,
+        )
+        .await
+        .expect("posted");
+    let summary = client
+        .post_note(&project(PROJECT), 1, "summary <!-- reviewq:summary -->")
+        .await
+        .expect("posted");
+    let summary_thread = gitlab.discussions(PROJECT, 1).expect("MR")[1].id.clone();
+
+    gitlab
+        .seed_reply(PROJECT, 1, &thread.discussion_id, "alice", "Fixed, thanks.")
+        .expect("reply");
+    gitlab
+        .set_discussion_resolved(PROJECT, 1, &thread.discussion_id, true)
+        .expect("resolve");
+    gitlab
+        .seed_reply(PROJECT, 1, &summary_thread, "bob", "Why?")
+        .expect("reply");
+    let missing = gitlab.seed_reply(PROJECT, 1, "nope", "alice", "x");
+
+    let discussions = client
+        .discussions(&project(PROJECT), 1)
+        .await
+        .expect("discussions");
+    let notes = &discussions[0].notes;
+    assert_eq!(notes.len(), 2);
+    assert_eq!(
+        notes[1].author.as_ref().map(|a| a.username.as_str()),
+        Some("alice")
+    );
+    assert_eq!(notes[1].body, "Fixed, thanks.");
+    assert!(notes[1].is_diff_note() && !notes[1].system);
+    assert_eq!(notes[1].position, notes[0].position);
+    assert!(notes.iter().all(|n| n.resolvable && n.resolved));
+    // A reply turns an overview note into a resolvable thread.
+    let summary_notes = &discussions[1].notes;
+    assert!(!discussions[1].individual_note);
+    assert_eq!(summary_notes[0].id, summary.id);
+    assert_eq!(
+        summary_notes[0].note_type.as_deref(),
+        Some("DiscussionNote")
+    );
+    assert!(summary_notes.iter().all(|n| n.resolvable && !n.resolved));
+    assert!(
+        matches!(missing, Err(sim::Error::UnknownDiscussion { .. })),
+        "{missing:?}"
+    );
 }
