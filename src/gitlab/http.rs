@@ -169,7 +169,14 @@ impl Http {
         if response.content_length().is_some_and(|len| len > limit) {
             return Err(too_large());
         }
-        let mut body = Vec::new();
+        // Sized once when the server says how much is coming: growing a large buffer by
+        // doubling would briefly hold two copies.
+        let mut body = Vec::with_capacity(
+            response
+                .content_length()
+                .and_then(|len| usize::try_from(len).ok())
+                .unwrap_or(0),
+        );
         while let Some(chunk) = response
             .chunk()
             .await

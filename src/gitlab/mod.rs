@@ -230,8 +230,18 @@ impl GitLabClient {
     /// See [`Error`].
     pub async fn diffs(&self, project: &ProjectRef, iid: u64) -> Result<Vec<DiffFile>> {
         let what = format!("diffs of merge request {project}!{iid}");
-        self.get_all(&format!("{}/diffs", mr_path(project, iid)), &[], &what)
-            .await
+        self.get_all_with(
+            &format!("{}/diffs", mr_path(project, iid)),
+            &[],
+            &what,
+            |body| {
+                serde_json::from_slice::<Vec<types::DiffFileWire>>(body)?
+                    .into_iter()
+                    .map(types::DiffFileWire::into_bounded)
+                    .collect()
+            },
+        )
+        .await
     }
 
     /// Starts an inline thread (`POST .../discussions`) and checks GitLab made it a `DiffNote`.
@@ -404,7 +414,9 @@ impl GitLabClient {
         let path = format!("/projects/{}/repository/compare", project.to_path_segment());
         let url = self.url(&path, &[("from", from), ("to", to)])?;
         let reply = self.http.send(Method::GET, url, None, &what).await?;
-        decode(&reply, &what)
+        serde_json::from_slice::<types::CompareWire>(&reply.body)
+            .and_then(types::CompareWire::into_bounded)
+            .map_err(|source| Error::Decode { what, source })
     }
 
     /// Adds a draft note (`POST .../draft_notes`): inline when `position` is given, else a
@@ -533,6 +545,18 @@ impl GitLabClient {
         query: &[(&str, &str)],
         what: &str,
     ) -> Result<Vec<T>> {
+        self.get_all_with(path, query, what, |body| serde_json::from_slice(body))
+            .await
+    }
+
+    /// [`Self::get_all`] with a decoder of its own for each page's body.
+    async fn get_all_with<T>(
+        &self,
+        path: &str,
+        query: &[(&str, &str)],
+        what: &str,
+        decode_page: impl Fn(&[u8]) -> serde_json::Result<Vec<T>>,
+    ) -> Result<Vec<T>> {
         let mut items = Vec::new();
         let mut page: u32 = 1;
         loop {
@@ -542,9 +566,14 @@ impl GitLabClient {
             params.push(("page", &page_text));
             let url = self.url(path, &params)?;
             let reply = self.http.send(Method::GET, url, None, what).await?;
-            let batch: Vec<T> = decode(&reply, what)?;
+            let batch = decode_page(&reply.body).map_err(|source| Error::Decode {
+                what: what.to_owned(),
+                source,
+            })?;
+            let next = next_page(&reply, what)?;
+            drop(reply);
             items.extend(batch);
-            match next_page(&reply, what)? {
+            match next {
                 None => return Ok(items),
                 Some(next) if next > page && next <= MAX_PAGES => page = next,
                 Some(next) => {

@@ -293,6 +293,100 @@ pub struct DiffFile {
     pub too_large: bool,
 }
 
+/// Largest single-file diff decoded, in bytes of its JSON text. GitLab itself withholds
+/// diffs far smaller than this (`too_large`); a bigger one comes from a misconfigured or
+/// hostile server and is reported as `too_large` without being decoded, so that a 50 MB
+/// generated file costs the worker one copy of the response (not three). reviewq never
+/// reviews a file diff over 512 KiB anyway (`review::skip::DEFAULT_MAX_FILE_DIFF_BYTES`).
+pub const MAX_FILE_DIFF_JSON_BYTES: usize = 2 * 1024 * 1024;
+
+/// [`DiffFile`] as read from a response body: the diff text stays a borrowed slice of the
+/// body until its size is known.
+#[derive(Deserialize)]
+pub(super) struct DiffFileWire<'a> {
+    old_path: String,
+    new_path: String,
+    #[serde(default)]
+    a_mode: Option<String>,
+    #[serde(default)]
+    b_mode: Option<String>,
+    #[serde(default, borrow)]
+    diff: Option<&'a serde_json::value::RawValue>,
+    #[serde(default, deserialize_with = "null_as_false")]
+    new_file: bool,
+    #[serde(default, deserialize_with = "null_as_false")]
+    renamed_file: bool,
+    #[serde(default, deserialize_with = "null_as_false")]
+    deleted_file: bool,
+    #[serde(default, deserialize_with = "null_as_false")]
+    generated_file: bool,
+    #[serde(default, deserialize_with = "null_as_false")]
+    collapsed: bool,
+    #[serde(default, deserialize_with = "null_as_false")]
+    too_large: bool,
+}
+
+impl DiffFileWire<'_> {
+    /// The file, with a diff over [`MAX_FILE_DIFF_JSON_BYTES`] dropped and marked
+    /// `too_large`.
+    pub(super) fn into_bounded(self) -> Result<DiffFile, serde_json::Error> {
+        let (diff, oversized) = match self.diff {
+            Some(raw) if raw.get().len() > MAX_FILE_DIFF_JSON_BYTES => (String::new(), true),
+            Some(raw) => (
+                serde_json::from_str::<Option<String>>(raw.get())?.unwrap_or_default(),
+                false,
+            ),
+            None => (String::new(), false),
+        };
+        Ok(DiffFile {
+            old_path: self.old_path,
+            new_path: self.new_path,
+            a_mode: self.a_mode,
+            b_mode: self.b_mode,
+            diff,
+            new_file: self.new_file,
+            renamed_file: self.renamed_file,
+            deleted_file: self.deleted_file,
+            generated_file: self.generated_file,
+            collapsed: self.collapsed,
+            too_large: self.too_large || oversized,
+        })
+    }
+}
+
+/// [`Compare`] as read from a response body (see [`DiffFileWire`]).
+#[derive(Deserialize)]
+pub(super) struct CompareWire<'a> {
+    #[serde(default, deserialize_with = "null_as_empty")]
+    commits: Vec<Commit>,
+    #[serde(default, borrow)]
+    diffs: Option<Vec<DiffFileWire<'a>>>,
+    #[serde(default, deserialize_with = "null_as_false")]
+    compare_timeout: bool,
+    #[serde(default, deserialize_with = "null_as_false")]
+    compare_same_ref: bool,
+    #[serde(default)]
+    web_url: Option<String>,
+}
+
+impl CompareWire<'_> {
+    /// The comparison, with oversized diffs dropped (see [`DiffFileWire::into_bounded`]).
+    pub(super) fn into_bounded(self) -> Result<Compare, serde_json::Error> {
+        Ok(Compare {
+            commits: self.commits,
+            diffs: self
+                .diffs
+                .unwrap_or_default()
+                .into_iter()
+                .map(DiffFileWire::into_bounded)
+                .collect::<Result<_, _>>()?,
+            compare_timeout: self.compare_timeout,
+            compare_same_ref: self.compare_same_ref,
+            web_url: self.web_url,
+        })
+    }
+}
+
 /// Which line of a diff an inline comment anchors to. An enum rather than two optional
 /// numbers so that GitLab's rules cannot be broken by construction: sending the wrong
 /// combination yields the `line_code` 400.

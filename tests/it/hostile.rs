@@ -141,9 +141,17 @@ async fn a_gigantic_merge_request_never_sends_a_prompt_over_the_context(pool: Pg
     )
     .await
     .unwrap();
-    gitlab
-        .add_merge_request(gigantic_merge_request(PROJECT, 1, 3, 2000, 50 << 20))
-        .unwrap();
+    let mut mr = gigantic_merge_request(PROJECT, 1, 3, 2000, 50 << 20);
+    // Over the client's decoding limit, under a name no skip rule knows: it is reported as
+    // withheld without being decoded.
+    let table: String = (0..40_000)
+        .map(|n| format!("+    ({n}, \"entry number {n} of the generated lookup table\"),\n"))
+        .collect();
+    mr.files.push(FileSpec::added(
+        "src/table.rs",
+        &format!("@@ -0,0 +1,40000 @@\n{table}"),
+    ));
+    gitlab.add_merge_request(mr).unwrap();
     let out = review(&pool, &gitlab, &glm, 3)
         .env("REVIEWQ_MAX_CHUNKS", "3")
         .output()
@@ -166,12 +174,28 @@ async fn a_gigantic_merge_request_never_sends_a_prompt_over_the_context(pool: Pg
             .all(|c| !c.user_prompt.contains("dist/bundle.min.js")),
         "the 50 MiB generated file never reaches the model"
     );
-    let skipped: serde_json::Value = sqlx::query_scalar("select skipped from reviews")
+    let skipped_rows: serde_json::Value = sqlx::query_scalar("select skipped from reviews")
         .fetch_one(&pool)
         .await
         .unwrap();
-    let skipped = skipped.to_string();
+    let skipped = skipped_rows.to_string();
     assert!(skipped.contains("dist/bundle.min.js"), "{skipped}");
+    let withheld: Vec<&serde_json::Value> = skipped_rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["path"] == "src/table.rs")
+        .collect();
+    assert_eq!(
+        withheld.len(),
+        1,
+        "the oversized file is listed once: {skipped}"
+    );
+    assert_eq!(
+        withheld[0]["reason"]["reason"], "withheld_by_git_lab",
+        "{}",
+        withheld[0]
+    );
     assert!(
         skipped.contains("chunk_limit"),
         "files beyond REVIEWQ_MAX_CHUNKS are listed, not dropped: {}",
