@@ -166,7 +166,7 @@ pub fn plan_with(diffs: &[FileDiff], config: &ChunkConfig, options: &PromptOptio
 }
 
 /// Packs files already screened (and perhaps narrowed, as an incremental review does with
-/// `restrict`) into chunks. Skipped files are carried
+/// [`restrict`](crate::review::incremental::restrict)) into chunks. Skipped files are carried
 /// into the plan's `skipped` in the order given; `config.skip` is not consulted again.
 pub fn pack(
     screened: impl IntoIterator<Item = Screening>,

@@ -30,6 +30,8 @@
 //!   custom instructions, draft and label rules, publishing mode, incremental reviews.
 //! - [`language`]: the language comments are written in, configured or detected from the MR
 //!   description ([`Language::detect`]).
+//! - [`incremental`]: narrowing the MR's diff to what a push changed ([`restrict`]) and telling
+//!   which old threads a push made outdated ([`line_changed`]).
 //!
 //! The wiring layer (the review job) fetches diffs, calls [`plan`] (or [`chunk::plan_with`] with
 //! a project's [`PromptOptions`]), sends each [`prompt::render`] (or [`prompt::render_with`])
@@ -40,6 +42,7 @@ pub mod anchor;
 pub mod chunk;
 pub mod diff;
 pub mod finding;
+pub mod incremental;
 pub mod language;
 pub mod prompt;
 pub mod render;
@@ -54,6 +57,7 @@ pub use chunk::{
 };
 pub use diff::{ChangeKind, Content, DiffLine, FileDiff, Hunk, LineKind, ParseIssue, ParsedFile};
 pub use finding::{Answer, AnswerError, Finding, FindingKey, Severity, parse_answer};
+pub use incremental::{Restricted, line_changed, restrict};
 pub use language::Language;
 pub use prompt::{Prompt, PromptOptions};
 pub use render::{
