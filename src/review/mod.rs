@@ -36,7 +36,8 @@
 //! The wiring layer (the review job) fetches diffs, calls [`plan`] (or [`chunk::plan_with`] with
 //! a project's [`PromptOptions`]), sends each [`prompt::render`] (or [`prompt::render_with`])
 //! result to the LLM, feeds the reply to [`parse_answer`], anchors each finding with
-//! [`anchor::anchor`], and posts what [`render`] produces.
+//! [`anchor::anchor`], and posts what [`render`] produces. Across rounds, a finding is
+//! recognised by its [`Fingerprint`], carried in its marker.
 
 pub mod anchor;
 pub mod chunk;
@@ -56,7 +57,7 @@ pub use chunk::{
     Chunk, ChunkBudget, ChunkConfig, ChunkFile, ChunkPlan, FilePart, pack, plan, plan_with,
 };
 pub use diff::{ChangeKind, Content, DiffLine, FileDiff, Hunk, LineKind, ParseIssue, ParsedFile};
-pub use finding::{Answer, AnswerError, Finding, FindingKey, Severity, parse_answer};
+pub use finding::{Answer, AnswerError, Finding, FindingKey, Fingerprint, Severity, parse_answer};
 pub use incremental::{Restricted, line_changed, restrict};
 pub use language::Language;
 pub use prompt::{Prompt, PromptOptions};

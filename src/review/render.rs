@@ -29,7 +29,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::review::{
     anchor::{Position, UnanchoredReason},
-    finding::{Finding, FindingKey, Severity},
+    finding::{Finding, FindingKey, Fingerprint, Severity},
     review_type::ReviewType,
     skip::SkippedFile,
 };
@@ -396,14 +396,19 @@ pub enum MarkerKind {
 }
 
 /// The hidden identity of a comment we posted:
-/// `<!-- reviewq:v1 type=security head=<sha> finding=<key> -->` or
+/// `<!-- reviewq:v1 type=security head=<sha> finding=<key> fp=<fingerprint> -->` or
 /// `<!-- reviewq:v1 type=general head=<sha> summary -->`.
 ///
 /// The wiring layer lists the MR's notes, reads markers back with [`find_marker`] and skips
 /// anything already posted for the same head commit. Sanitised model text can never contain a
 /// marker, but any user can type one, so matches should also be checked against the bot's
 /// username.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+///
+/// Equality and hashing look at the review type, head and kind only, not at the fingerprint:
+/// the fingerprint is derived from the same finding the key identifies, and a comment posted
+/// by an older version (without `fp=`) must still be recognised as the same comment when a
+/// newer version retries the review.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Marker {
     /// The review type that produced the comment.
     pub review_type: ReviewType,
@@ -411,6 +416,56 @@ pub struct Marker {
     pub head_sha: HeadSha,
     /// Summary or which finding.
     pub kind: MarkerKind,
+    /// The finding's head-independent [`Fingerprint`] (`fp=`), to recognise it in later rounds.
+    /// `None` on markers posted by versions before fingerprints; never written on summary
+    /// markers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<Fingerprint>,
+}
+
+impl Marker {
+    /// The marker of a review's summary note.
+    pub fn summary(review_type: ReviewType, head_sha: HeadSha) -> Marker {
+        Marker {
+            review_type,
+            head_sha,
+            kind: MarkerKind::Summary,
+            fingerprint: None,
+        }
+    }
+
+    /// The marker of one finding's comment.
+    pub fn finding(
+        review_type: ReviewType,
+        head_sha: HeadSha,
+        key: FindingKey,
+        fingerprint: Option<Fingerprint>,
+    ) -> Marker {
+        Marker {
+            review_type,
+            head_sha,
+            kind: MarkerKind::Finding(key),
+            fingerprint,
+        }
+    }
+}
+
+impl PartialEq for Marker {
+    fn eq(&self, other: &Self) -> bool {
+        self.review_type == other.review_type
+            && self.head_sha == other.head_sha
+            && self.kind == other.kind
+    }
+}
+
+impl Eq for Marker {}
+
+impl std::hash::Hash for Marker {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.review_type.hash(state);
+        self.head_sha.hash(state);
+        self.kind.hash(state);
+    }
 }
 
 const MARKER_OPEN: &str = "<!-- reviewq:v1 ";
@@ -425,7 +480,12 @@ impl fmt::Display for Marker {
         )?;
         match &self.kind {
             MarkerKind::Summary => f.write_str("summary")?,
-            MarkerKind::Finding(key) => write!(f, "finding={key}")?,
+            MarkerKind::Finding(key) => {
+                write!(f, "finding={key}")?;
+                if let Some(fingerprint) = &self.fingerprint {
+                    write!(f, " fp={fingerprint}")?;
+                }
+            }
         }
         f.write_str(MARKER_CLOSE)
     }
@@ -440,23 +500,32 @@ pub fn find_marker(body: &str) -> Option<Marker> {
     })
 }
 
+/// The marker's fields. `fp=` is optional (markers posted before fingerprints lack it) and only
+/// valid on a finding marker; anything else unknown or malformed rejects the marker.
 fn parse_marker_fields(fields: &str) -> Option<Marker> {
     let mut review_type = None;
     let mut head_sha = None;
     let mut kind = None;
+    let mut fingerprint = None;
     for field in fields.split(' ') {
         match field.split_once('=') {
             Some(("type", v)) => review_type = v.parse().ok(),
             Some(("head", v)) => head_sha = HeadSha::parse(v).ok(),
             Some(("finding", v)) => kind = FindingKey::parse(v).ok().map(MarkerKind::Finding),
+            Some(("fp", v)) => fingerprint = Some(Fingerprint::parse(v).ok()?),
             None if field == "summary" => kind = Some(MarkerKind::Summary),
             _ => return None,
         }
     }
+    let kind = kind?;
+    if kind == MarkerKind::Summary && fingerprint.is_some() {
+        return None;
+    }
     Some(Marker {
         review_type: review_type?,
         head_sha: head_sha?,
-        kind: kind?,
+        kind,
+        fingerprint,
     })
 }
 
@@ -695,11 +764,7 @@ pub fn summary_note(report: &SummaryReport) -> String {
         );
     }
 
-    let marker = Marker {
-        review_type: report.review_type,
-        head_sha: report.head_sha.clone(),
-        kind: MarkerKind::Summary,
-    };
+    let marker = Marker::summary(report.review_type, report.head_sha.clone());
     let _ = write!(body, "\n{marker}");
     guard_quick_actions(body)
 }
@@ -802,15 +867,16 @@ mod tests {
     }
 
     fn marker_for(finding: &Finding, position: &Position) -> Marker {
-        Marker {
-            review_type: ReviewType::General,
-            head_sha: head(),
-            kind: MarkerKind::Finding(FindingKey::derive(
+        Marker::finding(
+            ReviewType::General,
+            head(),
+            FindingKey::derive(
                 ReviewType::General,
                 finding,
                 &Anchor::Inline(position.clone()),
-            )),
-        }
+            ),
+            None,
+        )
     }
 
     #[test]
@@ -869,11 +935,7 @@ mod tests {
 
     #[test]
     fn markers_round_trip_through_note_bodies() {
-        let summary = Marker {
-            review_type: ReviewType::Security,
-            head_sha: head(),
-            kind: MarkerKind::Summary,
-        };
+        let summary = Marker::summary(ReviewType::Security, head());
         let text = summary.to_string();
         assert_eq!(
             text,
@@ -885,6 +947,68 @@ mod tests {
             None
         );
         assert_eq!(find_marker("no marker here"), None);
+    }
+
+    fn fingerprint() -> Fingerprint {
+        Fingerprint::parse("0123456789abcdef").expect("valid fingerprint")
+    }
+
+    fn key() -> FindingKey {
+        FindingKey::parse("09d44895009276a50ba29f2ca770a76e").expect("valid key")
+    }
+
+    #[test]
+    fn finding_markers_carry_their_fingerprint_and_read_it_back() {
+        let marker = Marker::finding(ReviewType::General, head(), key(), Some(fingerprint()));
+        let text = marker.to_string();
+        assert_eq!(
+            text,
+            format!(
+                "<!-- reviewq:v1 type=general head={SHA} \
+                 finding=09d44895009276a50ba29f2ca770a76e fp=0123456789abcdef -->"
+            )
+        );
+        let back = find_marker(&format!("**🟠 Major:** t\n\n{text}")).expect("a marker");
+        assert_eq!(back.fingerprint, Some(fingerprint()));
+        assert_eq!(back.kind, MarkerKind::Finding(key()));
+    }
+
+    #[test]
+    fn markers_posted_before_fingerprints_still_parse_and_match() {
+        let old = format!(
+            "<!-- reviewq:v1 type=general head={SHA} finding=09d44895009276a50ba29f2ca770a76e -->"
+        );
+        let parsed = find_marker(&old).expect("an old marker");
+        assert_eq!(parsed.fingerprint, None);
+        // The same comment, whichever version wrote it: retries after an upgrade find it.
+        let new = Marker::finding(ReviewType::General, head(), key(), Some(fingerprint()));
+        assert_eq!(parsed, new);
+        let mut posted = std::collections::HashMap::new();
+        posted.insert(parsed, 17);
+        assert_eq!(posted.get(&new), Some(&17));
+        // And an old-style marker renders exactly as before.
+        assert_eq!(
+            Marker::finding(ReviewType::General, head(), key(), None).to_string(),
+            old
+        );
+    }
+
+    #[test]
+    fn malformed_or_misplaced_fingerprints_reject_the_marker() {
+        for fields in [
+            "summary fp=0123456789abcdef",
+            "finding=09d44895009276a50ba29f2ca770a76e fp=XYZ",
+            "finding=09d44895009276a50ba29f2ca770a76e fp=",
+            "finding=09d44895009276a50ba29f2ca770a76e fp=0123456789abcdef0",
+        ] {
+            let text = format!("<!-- reviewq:v1 type=general head={SHA} {fields} -->");
+            assert_eq!(find_marker(&text), None, "{fields}");
+        }
+        let summary = Marker {
+            fingerprint: Some(fingerprint()),
+            ..Marker::summary(ReviewType::General, head())
+        };
+        assert!(!summary.to_string().contains("fp="));
     }
 
     #[test]
@@ -1012,11 +1136,7 @@ mod tests {
         assert!(!body.contains("@all"));
         assert_eq!(
             find_marker(&body),
-            Some(Marker {
-                review_type: ReviewType::General,
-                head_sha: head(),
-                kind: MarkerKind::Summary
-            })
+            Some(Marker::summary(ReviewType::General, head()))
         );
     }
 
