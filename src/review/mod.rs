@@ -32,6 +32,7 @@
 //!   description ([`Language::detect`]).
 //! - [`incremental`]: narrowing the MR's diff to what a push changed ([`restrict`]) and telling
 //!   which old threads a push made outdated ([`line_changed`]).
+//! - [`dismissal`]: recognising a human reply that rejects a finding ([`dismisses`]).
 //!
 //! The wiring layer (the review job) fetches diffs, calls [`plan`] (or [`chunk::plan_with`] with
 //! a project's [`PromptOptions`]), sends each [`prompt::render`] (or [`prompt::render_with`])
@@ -42,6 +43,7 @@
 pub mod anchor;
 pub mod chunk;
 pub mod diff;
+pub mod dismissal;
 pub mod finding;
 pub mod incremental;
 pub mod language;
@@ -57,6 +59,7 @@ pub use chunk::{
     Chunk, ChunkBudget, ChunkConfig, ChunkFile, ChunkPlan, FilePart, pack, plan, plan_with,
 };
 pub use diff::{ChangeKind, Content, DiffLine, FileDiff, Hunk, LineKind, ParseIssue, ParsedFile};
+pub use dismissal::dismisses;
 pub use finding::{Answer, AnswerError, Finding, FindingKey, Fingerprint, Severity, parse_answer};
 pub use incremental::{Restricted, line_changed, restrict};
 pub use language::Language;
