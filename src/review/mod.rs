@@ -20,8 +20,9 @@
 //!   [`FindingKey`] used for de-duplication.
 //! - [`anchor`]: mapping a finding onto a GitLab diff position, or onto the summary when it cannot
 //!   be anchored.
-//! - [`render`]: sanitising model text and rendering inline comment and summary bodies with the
-//!   hidden `<!-- reviewq:... -->` marker, and reading that marker back ([`find_marker`]).
+//! - [`render`]: sanitising model text and rendering inline comment, summary and living summary
+//!   bodies with the hidden `<!-- reviewq:... -->` marker, and reading that marker back
+//!   ([`find_marker`]).
 //!
 //! Around them, what a project and later rounds change:
 //!
@@ -65,7 +66,8 @@ pub use incremental::{Restricted, line_changed, restrict};
 pub use language::Language;
 pub use prompt::{Prompt, PromptOptions};
 pub use render::{
-    FailedChunk, HeadSha, Marker, MarkerKind, SummaryReport, UnanchoredFinding, find_marker,
+    FailedChunk, HeadSha, ListedBecause, ListedFinding, LivingSummary, Marker, MarkerKind, Round,
+    RoundKind, SummaryReport, UnanchoredFinding, find_marker,
 };
 pub use review_type::ReviewType;
 pub use settings::{
