@@ -463,6 +463,7 @@ fn marker(review_type: ReviewType, head: &HeadSha, kind: MarkerKind) -> Marker {
         review_type,
         head_sha: head.clone(),
         kind,
+        fingerprint: None,
     }
 }
 

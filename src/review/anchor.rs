@@ -19,7 +19,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use crate::review::{
-    diff::{ChangeKind, LineKind, ParsedFile},
+    diff::{ChangeKind, DiffLine, LineKind, ParsedFile},
     finding::Finding,
 };
 
@@ -149,6 +149,18 @@ pub fn anchor(files: &[ParsedFile], finding: &Finding) -> Anchor {
         old_line,
         new_line,
     })
+}
+
+/// The diff line a position points at, if `files` has it: the line with exactly the
+/// position's old and new numbers, in the file with the position's new path (or, failing that,
+/// its old path).
+pub fn anchored_line<'a>(files: &'a [ParsedFile], position: &Position) -> Option<&'a DiffLine> {
+    let file = files
+        .iter()
+        .find(|f| f.new_path == position.new_path)
+        .or_else(|| files.iter().find(|f| f.old_path == position.old_path))?;
+    file.lines()
+        .find(|l| l.old_line == position.old_line && l.new_line == position.new_line)
 }
 
 fn find_file<'a>(files: &'a [ParsedFile], path: &str) -> Option<&'a ParsedFile> {
@@ -303,6 +315,27 @@ mod tests {
             anchor(&files(), &at("src/app.rs", Some(999), Some(11))),
             position("src/app.rs", "src/app.rs", Some(11), None)
         );
+    }
+
+    #[test]
+    fn the_anchored_line_is_found_for_each_kind_of_line() {
+        let files = files();
+        let text = |finding: &Finding| match anchor(&files, finding) {
+            Anchor::Inline(position) => anchored_line(&files, &position).map(|l| l.text.clone()),
+            Anchor::Summary(_) => None,
+        };
+        let added = text(&at("src/app.rs", Some(11), None)).expect("added line");
+        let removed = text(&at("src/app.rs", None, Some(11))).expect("removed line");
+        assert!(added.contains("let id"), "{added}");
+        assert_ne!(added, removed);
+        assert!(text(&at("src/old_name.rs", Some(2), None)).is_some());
+        let nowhere = Position {
+            old_path: "src/app.rs".into(),
+            new_path: "src/app.rs".into(),
+            old_line: None,
+            new_line: Some(30),
+        };
+        assert_eq!(anchored_line(&files, &nowhere), None);
     }
 
     proptest! {

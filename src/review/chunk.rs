@@ -1,6 +1,7 @@
 //! Packing reviewable files into chunks, one prompt each, under a token budget.
 //!
-//! The guarantee: every prompt [`prompt::render`] builds for a chunk of a [`ChunkPlan`] has an
+//! The guarantee: every prompt [`prompt::render`] builds for a chunk of a [`ChunkPlan`] (or
+//! [`prompt::render_with`], with the options the plan was made for by [`plan_with`]) has an
 //! estimated size ([`Prompt::estimated_tokens`](crate::review::prompt::Prompt::estimated_tokens))
 //! of at most [`ChunkBudget::max_prompt_tokens`], whatever the input, and every diff line of
 //! every reviewed file appears in exactly one chunk, in order.
@@ -16,7 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::review::{
     diff::{ChangeKind, FileDiff, Hunk, ParsedFile},
-    prompt,
+    prompt::{self, PromptOptions},
     skip::{Screening, SkipReason, SkipRules, SkippedFile},
     tokens::estimate_tokens,
 };
@@ -147,19 +148,41 @@ pub struct ChunkPlan {
     pub reviewed: Vec<ParsedFile>,
 }
 
-/// Screens `diffs` and packs the reviewable ones into chunks. Deterministic: the same input and
-/// configuration always give the same plan.
+/// Screens `diffs` and packs the reviewable ones into chunks, for prompts without project
+/// options ([`prompt::render`]). Deterministic: the same input and configuration always give
+/// the same plan.
 pub fn plan(diffs: &[FileDiff], config: &ChunkConfig) -> ChunkPlan {
+    plan_with(diffs, config, &PromptOptions::default())
+}
+
+/// [`plan`] for prompts rendered with `options` ([`prompt::render_with`]): the options' text
+/// (the project's instructions above all) is taken out of every chunk's budget.
+///
+/// With long instructions and a budget near [`MIN_PROMPT_TOKENS`], a file whose single longest
+/// line no longer fits is skipped with [`SkipReason::DoesNotFitBudget`]; the default budget
+/// leaves ample room.
+pub fn plan_with(diffs: &[FileDiff], config: &ChunkConfig, options: &PromptOptions) -> ChunkPlan {
+    pack(diffs.iter().map(|d| config.skip.screen(d)), config, options)
+}
+
+/// Packs files already screened (and perhaps narrowed, as an incremental review does with
+/// [`restrict`](crate::review::incremental::restrict)) into chunks. Skipped files are carried
+/// into the plan's `skipped` in the order given; `config.skip` is not consulted again.
+pub fn pack(
+    screened: impl IntoIterator<Item = Screening>,
+    config: &ChunkConfig,
+    options: &PromptOptions,
+) -> ChunkPlan {
     let capacity = config
         .budget
         .max_prompt_tokens()
-        .saturating_sub(prompt::fixed_overhead_tokens());
+        .saturating_sub(prompt::fixed_overhead_tokens(options));
     let mut packer = Packer::new(capacity, config.max_chunks);
     let mut skipped = Vec::new();
     let mut reviewed = Vec::new();
 
-    for diff in diffs {
-        let parsed = match config.skip.screen(diff) {
+    for screening in screened {
+        let parsed = match screening {
             Screening::Skip(file) => {
                 skipped.push(file);
                 continue;
@@ -481,6 +504,64 @@ mod tests {
             }
         }
         map
+    }
+
+    #[test]
+    fn plans_made_with_options_keep_prompts_with_those_options_in_budget() {
+        use crate::review::{
+            language::Language,
+            prompt::render_with,
+            settings::{Instructions, MAX_INSTRUCTIONS_CHARS},
+        };
+        let options = PromptOptions {
+            language: Some(Language::parse("Português (Brasil)").expect("valid")),
+            instructions: Some(
+                Instructions::parse(&"界".repeat(MAX_INSTRUCTIONS_CHARS)).expect("valid"),
+            ),
+        };
+        let diffs: Vec<FileDiff> = (0..12)
+            .map(|i| modified(&format!("src/f{i}.rs"), big_diff(3, 100, 30)))
+            .collect();
+        let config = budget(DEFAULT_MAX_PROMPT_TOKENS);
+        let with_options = plan_with(&diffs, &config, &options);
+        assert!(
+            with_options.skipped.is_empty(),
+            "{:?}",
+            with_options.skipped
+        );
+        for chunk in &with_options.chunks {
+            for t in ReviewType::ALL {
+                let prompt = render_with(
+                    t,
+                    chunk,
+                    &"T".repeat(10_000),
+                    &"界\n".repeat(10_000),
+                    &options,
+                );
+                assert!(
+                    prompt.estimated_tokens() <= DEFAULT_MAX_PROMPT_TOKENS,
+                    "{t}"
+                );
+            }
+        }
+        // The instructions' room comes out of the diff's.
+        let without = plan(&diffs, &config);
+        assert!(with_options.chunks.len() > without.chunks.len());
+        assert_eq!(lines_by_path(&with_options), lines_by_path(&without));
+    }
+
+    #[test]
+    fn packing_screened_files_keeps_skips_in_the_order_given() {
+        let diffs = vec![
+            modified("a.rs", big_diff(1, 3, 10)),
+            modified("Cargo.lock", big_diff(1, 3, 10)),
+            modified("b.rs", big_diff(1, 3, 10)),
+        ];
+        let config = ChunkConfig::default();
+        let screened: Vec<Screening> = diffs.iter().map(|d| config.skip.screen(d)).collect();
+        let packed = pack(screened, &config, &PromptOptions::default());
+        assert_eq!(packed, plan(&diffs, &config));
+        assert_eq!(packed.skipped[0].path, "Cargo.lock");
     }
 
     #[test]

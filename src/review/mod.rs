@@ -20,33 +20,60 @@
 //!   [`FindingKey`] used for de-duplication.
 //! - [`anchor`]: mapping a finding onto a GitLab diff position, or onto the summary when it cannot
 //!   be anchored.
-//! - [`render`]: sanitising model text and rendering inline comment and summary bodies with the
-//!   hidden `<!-- reviewq:... -->` marker, and reading that marker back ([`find_marker`]).
+//! - [`render`]: sanitising model text and rendering inline comment, summary and living summary
+//!   bodies with the hidden `<!-- reviewq:... -->` marker, and reading that marker back
+//!   ([`find_marker`]).
 //!
-//! The wiring layer (the review job) fetches diffs, calls [`plan`], sends each [`prompt::render`]
+//! Around them, what a project and later rounds change:
+//!
+//! - [`settings`]: a repository's `.reviewq.toml` ([`ProjectSettings`]) with an operator's
+//!   override on top: review types, ignore globs, language, severity threshold, inline limit,
+//!   custom instructions, draft and label rules, publishing mode, incremental reviews.
+//! - [`language`]: the language comments are written in, configured or detected from the MR
+//!   description ([`Language::detect`]).
+//! - [`incremental`]: narrowing the MR's diff to what a push changed ([`restrict`]) and telling
+//!   which old threads a push made outdated ([`line_changed`]).
+//! - [`dismissal`]: recognising a human reply that rejects a finding ([`dismisses`]).
+//!
+//! The wiring layer (the review job) fetches diffs, calls [`plan`] (or [`chunk::plan_with`] with
+//! a project's [`PromptOptions`]), sends each [`prompt::render`] (or [`prompt::render_with`])
 //! result to the LLM, feeds the reply to [`parse_answer`], anchors each finding with
-//! [`anchor::anchor`], and posts what [`render`] produces.
+//! [`anchor::anchor`], and posts what [`render`] produces. Across rounds, a finding is
+//! recognised by its [`Fingerprint`], carried in its marker.
 
 pub mod anchor;
 pub mod chunk;
 pub mod diff;
+pub mod dismissal;
 pub mod finding;
+pub mod incremental;
+pub mod language;
 pub mod prompt;
 pub mod render;
 pub mod review_type;
+pub mod settings;
 pub mod skip;
 pub mod tokens;
 
 pub use anchor::{Anchor, Position, UnanchoredReason};
-pub use chunk::{Chunk, ChunkBudget, ChunkConfig, ChunkFile, ChunkPlan, FilePart, plan};
+pub use chunk::{
+    Chunk, ChunkBudget, ChunkConfig, ChunkFile, ChunkPlan, FilePart, pack, plan, plan_with,
+};
 pub use diff::{ChangeKind, Content, DiffLine, FileDiff, Hunk, LineKind, ParseIssue, ParsedFile};
-pub use finding::{Answer, AnswerError, Finding, FindingKey, Severity, parse_answer};
-pub use prompt::Prompt;
+pub use dismissal::dismisses;
+pub use finding::{Answer, AnswerError, Finding, FindingKey, Fingerprint, Severity, parse_answer};
+pub use incremental::{Restricted, line_changed, restrict};
+pub use language::Language;
+pub use prompt::{Prompt, PromptOptions};
 pub use render::{
-    FailedChunk, HeadSha, Marker, MarkerKind, SummaryReport, UnanchoredFinding, find_marker,
+    FailedChunk, HeadSha, ListedBecause, ListedFinding, LivingSummary, Marker, MarkerKind, Round,
+    RoundKind, SummaryReport, UnanchoredFinding, find_marker,
 };
 pub use review_type::ReviewType;
-pub use skip::{IgnoreGlobs, SkipReason, SkipRules, SkippedFile};
+pub use settings::{
+    Instructions, LabelFilter, ProjectSettings, PublishMode, SettingsError, SkipMrReason,
+};
+pub use skip::{IgnoreGlobs, Screening, SkipReason, SkipRules, SkippedFile};
 
 #[cfg(test)]
 mod fixtures;

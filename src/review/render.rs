@@ -25,11 +25,12 @@
 
 use std::fmt::{self, Write as _};
 
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::review::{
     anchor::{Position, UnanchoredReason},
-    finding::{Finding, FindingKey, Severity},
+    finding::{Finding, FindingKey, Fingerprint, Severity},
     review_type::ReviewType,
     skip::SkippedFile,
 };
@@ -396,14 +397,19 @@ pub enum MarkerKind {
 }
 
 /// The hidden identity of a comment we posted:
-/// `<!-- reviewq:v1 type=security head=<sha> finding=<key> -->` or
+/// `<!-- reviewq:v1 type=security head=<sha> finding=<key> fp=<fingerprint> -->` or
 /// `<!-- reviewq:v1 type=general head=<sha> summary -->`.
 ///
 /// The wiring layer lists the MR's notes, reads markers back with [`find_marker`] and skips
 /// anything already posted for the same head commit. Sanitised model text can never contain a
 /// marker, but any user can type one, so matches should also be checked against the bot's
 /// username.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+///
+/// Equality and hashing look at the review type, head and kind only, not at the fingerprint:
+/// the fingerprint is derived from the same finding the key identifies, and a comment posted
+/// by an older version (without `fp=`) must still be recognised as the same comment when a
+/// newer version retries the review.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Marker {
     /// The review type that produced the comment.
     pub review_type: ReviewType,
@@ -411,6 +417,56 @@ pub struct Marker {
     pub head_sha: HeadSha,
     /// Summary or which finding.
     pub kind: MarkerKind,
+    /// The finding's head-independent [`Fingerprint`] (`fp=`), to recognise it in later rounds.
+    /// `None` on markers posted by versions before fingerprints; never written on summary
+    /// markers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<Fingerprint>,
+}
+
+impl Marker {
+    /// The marker of a review's summary note.
+    pub fn summary(review_type: ReviewType, head_sha: HeadSha) -> Marker {
+        Marker {
+            review_type,
+            head_sha,
+            kind: MarkerKind::Summary,
+            fingerprint: None,
+        }
+    }
+
+    /// The marker of one finding's comment.
+    pub fn finding(
+        review_type: ReviewType,
+        head_sha: HeadSha,
+        key: FindingKey,
+        fingerprint: Option<Fingerprint>,
+    ) -> Marker {
+        Marker {
+            review_type,
+            head_sha,
+            kind: MarkerKind::Finding(key),
+            fingerprint,
+        }
+    }
+}
+
+impl PartialEq for Marker {
+    fn eq(&self, other: &Self) -> bool {
+        self.review_type == other.review_type
+            && self.head_sha == other.head_sha
+            && self.kind == other.kind
+    }
+}
+
+impl Eq for Marker {}
+
+impl std::hash::Hash for Marker {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.review_type.hash(state);
+        self.head_sha.hash(state);
+        self.kind.hash(state);
+    }
 }
 
 const MARKER_OPEN: &str = "<!-- reviewq:v1 ";
@@ -425,7 +481,12 @@ impl fmt::Display for Marker {
         )?;
         match &self.kind {
             MarkerKind::Summary => f.write_str("summary")?,
-            MarkerKind::Finding(key) => write!(f, "finding={key}")?,
+            MarkerKind::Finding(key) => {
+                write!(f, "finding={key}")?;
+                if let Some(fingerprint) = &self.fingerprint {
+                    write!(f, " fp={fingerprint}")?;
+                }
+            }
         }
         f.write_str(MARKER_CLOSE)
     }
@@ -440,23 +501,32 @@ pub fn find_marker(body: &str) -> Option<Marker> {
     })
 }
 
+/// The marker's fields. `fp=` is optional (markers posted before fingerprints lack it) and only
+/// valid on a finding marker; anything else unknown or malformed rejects the marker.
 fn parse_marker_fields(fields: &str) -> Option<Marker> {
     let mut review_type = None;
     let mut head_sha = None;
     let mut kind = None;
+    let mut fingerprint = None;
     for field in fields.split(' ') {
         match field.split_once('=') {
             Some(("type", v)) => review_type = v.parse().ok(),
             Some(("head", v)) => head_sha = HeadSha::parse(v).ok(),
             Some(("finding", v)) => kind = FindingKey::parse(v).ok().map(MarkerKind::Finding),
+            Some(("fp", v)) => fingerprint = Some(Fingerprint::parse(v).ok()?),
             None if field == "summary" => kind = Some(MarkerKind::Summary),
             _ => return None,
         }
     }
+    let kind = kind?;
+    if kind == MarkerKind::Summary && fingerprint.is_some() {
+        return None;
+    }
     Some(Marker {
         review_type: review_type?,
         head_sha: head_sha?,
-        kind: kind?,
+        kind,
+        fingerprint,
     })
 }
 
@@ -695,11 +765,7 @@ pub fn summary_note(report: &SummaryReport) -> String {
         );
     }
 
-    let marker = Marker {
-        review_type: report.review_type,
-        head_sha: report.head_sha.clone(),
-        kind: MarkerKind::Summary,
-    };
+    let marker = Marker::summary(report.review_type, report.head_sha.clone());
     let _ = write!(body, "\n{marker}");
     guard_quick_actions(body)
 }
@@ -762,6 +828,418 @@ fn more(body: &mut String, total: usize, shown: usize, what: &str) {
     }
 }
 
+/// Longest body excerpt shown for a finding in the living summary's list, in characters.
+const MAX_LISTED_EXCERPT_CHARS: usize = 300;
+/// Longest settings problem shown, in characters.
+const MAX_SETTINGS_PROBLEM_CHARS: usize = 1_000;
+/// Most review rounds shown; older ones are counted. Twenty pushes is a long review.
+const MAX_LISTED_ROUNDS: usize = 20;
+/// Most paths named per failed part.
+const MAX_PATHS_PER_PART: usize = 10;
+/// Longest note body before the marker, in characters. GitLab refuses notes over 1,000,000
+/// characters; every list is capped well below that, and this is the backstop for the sum of
+/// the worst cases (every path and title at its cap, every character doubled by escaping).
+const MAX_NOTE_CHARS: usize = 900_000;
+
+/// Whether a review round looked at the whole merge request or only a push.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "scope")]
+pub enum RoundKind {
+    /// The whole merge request's diff.
+    Full,
+    /// Only what changed since an earlier reviewed head.
+    Incremental {
+        /// The head the previous round reviewed.
+        since: HeadSha,
+    },
+}
+
+/// One review round of a merge request: what it looked at and what it cost.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Round {
+    /// The head commit reviewed.
+    pub head_sha: HeadSha,
+    /// Whole merge request or the push since an earlier head.
+    pub kind: RoundKind,
+    /// Files sent to the model.
+    pub files_reviewed: usize,
+    /// Prompts (chunks) the files took.
+    pub chunks: usize,
+    /// Prompt tokens the provider reported, retries included.
+    pub prompt_tokens: u64,
+    /// Completion tokens the provider reported, retries included.
+    pub completion_tokens: u64,
+    /// What the tokens cost, when the model's price is known.
+    pub cost_usd: Option<f64>,
+    /// When the round finished.
+    pub at: DateTime<Utc>,
+}
+
+/// Why a finding is listed in the living summary instead of having its own thread.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "because")]
+pub enum ListedBecause {
+    /// It could not be anchored to a line of the diff.
+    Unanchored(UnanchoredReason),
+    /// Its round already had `max_inline_comments` more severe threads.
+    OverInlineLimit {
+        /// The limit in effect.
+        max_inline_comments: usize,
+    },
+}
+
+impl fmt::Display for ListedBecause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ListedBecause::Unanchored(reason) => write!(f, "not attached: {reason}"),
+            ListedBecause::OverInlineLimit {
+                max_inline_comments: 0,
+            } => f.write_str("inline comments are turned off"),
+            ListedBecause::OverInlineLimit {
+                max_inline_comments,
+            } => write!(
+                f,
+                "over the limit of {max_inline_comments} inline comments per round"
+            ),
+        }
+    }
+}
+
+/// An open finding listed in the living summary.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListedFinding {
+    /// The finding.
+    pub finding: Finding,
+    /// Why it has no thread.
+    pub because: ListedBecause,
+}
+
+/// Everything the living summary note reports: one note per merge request and review type,
+/// edited after every round, describing the review as it stands at the current head.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LivingSummary {
+    /// The review type.
+    pub review_type: ReviewType,
+    /// The head commit the latest round reviewed; the note's marker carries it.
+    pub head_sha: HeadSha,
+    /// The model's summary of each part the latest round reviewed, in order.
+    pub latest_summaries: Vec<String>,
+    /// Severities of the bot's inline threads still open (for the counts).
+    pub open_inline: Vec<Severity>,
+    /// Open findings without a thread, listed in the note.
+    pub listed: Vec<ListedFinding>,
+    /// The `min_severity` in effect.
+    pub min_severity: Severity,
+    /// Findings less severe than `min_severity`, counted but not shown.
+    pub below_min_severity: usize,
+    /// The rounds so far, newest first.
+    pub rounds: Vec<Round>,
+    /// Files the latest round did not review, with reasons.
+    pub skipped: Vec<SkippedFile>,
+    /// Parts the latest round could not review.
+    pub failed_chunks: Vec<FailedChunk>,
+    /// A problem with the project's settings, for humans (e.g. "`.reviewq.toml` line 3:
+    /// unknown key `foo`; defaults used").
+    pub settings_problem: Option<String>,
+}
+
+/// The body of the living summary note. Same guarantees as [`summary_note`]: every piece of
+/// text from the model, the repository or the settings is sanitised, no line starts with `/`,
+/// the note stays under GitLab's size limit, and it ends with the summary marker of the
+/// current head.
+pub fn living_summary(report: &LivingSummary) -> String {
+    let mut body = format!("## reviewq: {} review\n\n", report.review_type);
+    body.push_str(&status_line(report));
+    body.push('\n');
+
+    if let Some(problem) = &report.settings_problem {
+        let _ = write!(
+            body,
+            "\n> ⚠️ **Settings:** {}\n",
+            sanitize_inline(problem, MAX_SETTINGS_PROBLEM_CHARS)
+        );
+    }
+
+    push_summaries(&mut body, &report.latest_summaries);
+
+    body.push('\n');
+    body.push_str(&open_counts_line(report));
+    body.push('\n');
+    if report.below_min_severity > 0 {
+        let _ = write!(
+            body,
+            "\n_{} less severe than {} not shown (`min_severity`)._\n",
+            plural(report.below_min_severity, "finding", "findings"),
+            report.min_severity
+        );
+    }
+
+    if !report.listed.is_empty() {
+        let _ = write!(
+            body,
+            "\n### Open findings without a thread ({})\n\n",
+            report.listed.len()
+        );
+        let mut listed: Vec<&ListedFinding> = report.listed.iter().collect();
+        listed.sort_by_key(|l| l.finding.severity);
+        for item in listed.into_iter().take(MAX_LISTED_FINDINGS) {
+            body.push_str(&listed_entry(item));
+        }
+        more(
+            &mut body,
+            report.listed.len(),
+            MAX_LISTED_FINDINGS,
+            "findings",
+        );
+    }
+
+    if !report.rounds.is_empty() {
+        push_rounds(&mut body, &report.rounds);
+    }
+
+    if !report.skipped.is_empty() {
+        let _ = write!(
+            body,
+            "\n### Files not reviewed ({})\n\n",
+            report.skipped.len()
+        );
+        for file in report.skipped.iter().take(MAX_LISTED_FILES) {
+            let _ = writeln!(
+                body,
+                "- {}: {}",
+                code_span(&file.path, MAX_PATH_CHARS),
+                sanitize_inline(&file.reason.to_string(), MAX_REASON_CHARS)
+            );
+        }
+        more(&mut body, report.skipped.len(), MAX_LISTED_FILES, "files");
+    }
+
+    if !report.failed_chunks.is_empty() {
+        let _ = write!(
+            body,
+            "\n### Parts that could not be reviewed ({})\n\n",
+            report.failed_chunks.len()
+        );
+        for chunk in report.failed_chunks.iter().take(MAX_LISTED_CHUNKS) {
+            body.push_str(&failed_chunk_entry(chunk));
+        }
+        more(
+            &mut body,
+            report.failed_chunks.len(),
+            MAX_LISTED_CHUNKS,
+            "parts",
+        );
+    }
+
+    let mut body = cap_note(body);
+    let marker = Marker::summary(report.review_type, report.head_sha.clone());
+    let _ = write!(body, "\n{marker}");
+    guard_quick_actions(body)
+}
+
+/// The first 8 characters of a SHA, as inline code.
+fn short_sha(sha: &HeadSha) -> String {
+    // A `HeadSha` is 40 or 64 ASCII hex characters, so the slice is in bounds and on a
+    // character boundary.
+    format!("`{}`", &sha.as_str()[..8])
+}
+
+/// "Reviewed up to `0123abcd` (round 3: changes since `89abcdef`)."
+fn status_line(report: &LivingSummary) -> String {
+    let mut line = format!("Reviewed up to {}", short_sha(&report.head_sha));
+    if let Some(latest) = report.rounds.first() {
+        let scope = match &latest.kind {
+            RoundKind::Full => "the whole merge request".to_owned(),
+            RoundKind::Incremental { since } => format!("changes since {}", short_sha(since)),
+        };
+        let _ = write!(line, " (round {}: {scope})", report.rounds.len());
+    }
+    line.push('.');
+    line
+}
+
+fn push_summaries(body: &mut String, summaries: &[String]) {
+    let mut left = MAX_SUMMARIES_CHARS;
+    let mut omitted = 0;
+    for summary in summaries {
+        if summary.trim().is_empty() {
+            continue;
+        }
+        if left == 0 {
+            omitted += 1;
+            continue;
+        }
+        let cap = MAX_CHUNK_SUMMARY_CHARS.min(left);
+        left -= summary.chars().count().min(cap);
+        let _ = write!(body, "\n{}\n", sanitize(summary, cap));
+    }
+    if omitted > 0 {
+        let _ = write!(body, "\n_({omitted} more part summaries not shown.)_\n");
+    }
+}
+
+fn open_counts_line(report: &LivingSummary) -> String {
+    let mut counts = [0usize; Severity::ALL.len()];
+    let severities = report
+        .open_inline
+        .iter()
+        .copied()
+        .chain(report.listed.iter().map(|l| l.finding.severity));
+    for severity in severities {
+        if let Some(i) = Severity::ALL.iter().position(|&s| s == severity) {
+            counts[i] += 1;
+        }
+    }
+    if counts.iter().all(|&n| n == 0) {
+        return "**Open findings:** none.".to_owned();
+    }
+    let parts: Vec<String> = Severity::ALL
+        .iter()
+        .zip(counts)
+        .map(|(s, n)| format!("{n} {s}"))
+        .collect();
+    format!(
+        "**Open findings:** {} ({} in threads, {} listed below).",
+        parts.join(" · "),
+        report.open_inline.len(),
+        report.listed.len()
+    )
+}
+
+/// `- 🟠 Major · `src/app.rs` line 12 · **Title** (why)` and a one-line excerpt of the body.
+fn listed_entry(item: &ListedFinding) -> String {
+    let finding = &item.finding;
+    let location = match (finding.path.trim(), finding.line.or(finding.old_line)) {
+        ("", _) => "no file".to_owned(),
+        (path, None) => code_span(path, MAX_PATH_CHARS),
+        (path, Some(line)) => format!("{} line {line}", code_span(path, MAX_PATH_CHARS)),
+    };
+    let mut entry = format!(
+        "- {} · {location} · **{}** ({})\n",
+        severity_badge(finding.severity),
+        sanitize_inline(&finding.title, MAX_TITLE_CHARS),
+        sanitize_inline(&item.because.to_string(), MAX_REASON_CHARS)
+    );
+    let excerpt = sanitize_inline(&finding.body, MAX_LISTED_EXCERPT_CHARS);
+    if !excerpt.is_empty() {
+        let _ = writeln!(entry, "  {excerpt}");
+    }
+    entry
+}
+
+fn push_rounds(body: &mut String, rounds: &[Round]) {
+    let _ = write!(
+        body,
+        "\n### Review rounds ({})\n\n\
+         | Finished | Head | Scope | Files | Parts | Tokens (prompt + completion) | Cost |\n\
+         |---|---|---|--:|--:|--:|--:|\n",
+        rounds.len()
+    );
+    for round in rounds.iter().take(MAX_LISTED_ROUNDS) {
+        let scope = match &round.kind {
+            RoundKind::Full => "full".to_owned(),
+            RoundKind::Incremental { since } => format!("since {}", short_sha(since)),
+        };
+        let _ = writeln!(
+            body,
+            "| {} | {} | {scope} | {} | {} | {} + {} | {} |",
+            round.at.format("%Y-%m-%d %H:%M UTC"),
+            short_sha(&round.head_sha),
+            round.files_reviewed,
+            round.chunks,
+            grouped(round.prompt_tokens),
+            grouped(round.completion_tokens),
+            round.cost_usd.map_or_else(|| "unknown".to_owned(), dollars),
+        );
+    }
+    if rounds.len() > MAX_LISTED_ROUNDS {
+        let earlier = rounds.len() - MAX_LISTED_ROUNDS;
+        let _ = write!(
+            body,
+            "\n_...and {} not listed._\n",
+            plural(earlier, "earlier round", "earlier rounds")
+        );
+    }
+    let prompt: u64 = rounds.iter().map(|r| r.prompt_tokens).sum();
+    let completion: u64 = rounds.iter().map(|r| r.completion_tokens).sum();
+    let cost: f64 = rounds.iter().filter_map(|r| r.cost_usd).sum();
+    let cost = match rounds.iter().filter(|r| r.cost_usd.is_some()).count() {
+        0 => "cost unknown".to_owned(),
+        n if n == rounds.len() => dollars(cost),
+        _ => format!("{} for the rounds with a known price", dollars(cost)),
+    };
+    let _ = write!(
+        body,
+        "\n**Total:** {} prompt + {} completion tokens; {cost}.\n",
+        grouped(prompt),
+        grouped(completion)
+    );
+}
+
+fn failed_chunk_entry(chunk: &FailedChunk) -> String {
+    let paths: Vec<String> = chunk
+        .paths
+        .iter()
+        .take(MAX_PATHS_PER_PART)
+        .map(|p| code_span(p, MAX_PATH_CHARS))
+        .collect();
+    let extra = chunk.paths.len().saturating_sub(paths.len());
+    let extra = if extra > 0 {
+        format!(" and {extra} more")
+    } else {
+        String::new()
+    };
+    format!(
+        "- Part {} of {} ({}{extra}): {}\n",
+        chunk.index.saturating_add(1),
+        chunk.total,
+        paths.join(", "),
+        sanitize_inline(&chunk.reason, MAX_REASON_CHARS)
+    )
+}
+
+/// `body` cut at the last line break within [`MAX_NOTE_CHARS`], with a note, if longer.
+fn cap_note(body: String) -> String {
+    let Some((limit, _)) = body.char_indices().nth(MAX_NOTE_CHARS) else {
+        return body;
+    };
+    let cut = body[..limit].rfind('\n').unwrap_or(limit);
+    let mut capped = body[..cut].to_owned();
+    capped.push_str("\n\n_(The rest of this note was cut to stay within GitLab's size limit.)_\n");
+    capped
+}
+
+/// `1,234,567`.
+fn grouped(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// `$1.23`, or `$0.0042` for amounts under a cent; `unknown` for a value that is not a
+/// non-negative finite number.
+fn dollars(amount: f64) -> String {
+    if !amount.is_finite() || amount < 0.0 {
+        return "unknown".to_owned();
+    }
+    if amount < 0.01 {
+        format!("${amount:.4}")
+    } else {
+        format!("${amount:.2}")
+    }
+}
+
+/// `1 finding`, `3 findings`.
+fn plural(n: usize, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;
@@ -802,15 +1280,16 @@ mod tests {
     }
 
     fn marker_for(finding: &Finding, position: &Position) -> Marker {
-        Marker {
-            review_type: ReviewType::General,
-            head_sha: head(),
-            kind: MarkerKind::Finding(FindingKey::derive(
+        Marker::finding(
+            ReviewType::General,
+            head(),
+            FindingKey::derive(
                 ReviewType::General,
                 finding,
                 &Anchor::Inline(position.clone()),
-            )),
-        }
+            ),
+            None,
+        )
     }
 
     #[test]
@@ -869,11 +1348,7 @@ mod tests {
 
     #[test]
     fn markers_round_trip_through_note_bodies() {
-        let summary = Marker {
-            review_type: ReviewType::Security,
-            head_sha: head(),
-            kind: MarkerKind::Summary,
-        };
+        let summary = Marker::summary(ReviewType::Security, head());
         let text = summary.to_string();
         assert_eq!(
             text,
@@ -885,6 +1360,68 @@ mod tests {
             None
         );
         assert_eq!(find_marker("no marker here"), None);
+    }
+
+    fn fingerprint() -> Fingerprint {
+        Fingerprint::parse("0123456789abcdef").expect("valid fingerprint")
+    }
+
+    fn key() -> FindingKey {
+        FindingKey::parse("09d44895009276a50ba29f2ca770a76e").expect("valid key")
+    }
+
+    #[test]
+    fn finding_markers_carry_their_fingerprint_and_read_it_back() {
+        let marker = Marker::finding(ReviewType::General, head(), key(), Some(fingerprint()));
+        let text = marker.to_string();
+        assert_eq!(
+            text,
+            format!(
+                "<!-- reviewq:v1 type=general head={SHA} \
+                 finding=09d44895009276a50ba29f2ca770a76e fp=0123456789abcdef -->"
+            )
+        );
+        let back = find_marker(&format!("**🟠 Major:** t\n\n{text}")).expect("a marker");
+        assert_eq!(back.fingerprint, Some(fingerprint()));
+        assert_eq!(back.kind, MarkerKind::Finding(key()));
+    }
+
+    #[test]
+    fn markers_posted_before_fingerprints_still_parse_and_match() {
+        let old = format!(
+            "<!-- reviewq:v1 type=general head={SHA} finding=09d44895009276a50ba29f2ca770a76e -->"
+        );
+        let parsed = find_marker(&old).expect("an old marker");
+        assert_eq!(parsed.fingerprint, None);
+        // The same comment, whichever version wrote it: retries after an upgrade find it.
+        let new = Marker::finding(ReviewType::General, head(), key(), Some(fingerprint()));
+        assert_eq!(parsed, new);
+        let mut posted = std::collections::HashMap::new();
+        posted.insert(parsed, 17);
+        assert_eq!(posted.get(&new), Some(&17));
+        // And an old-style marker renders exactly as before.
+        assert_eq!(
+            Marker::finding(ReviewType::General, head(), key(), None).to_string(),
+            old
+        );
+    }
+
+    #[test]
+    fn malformed_or_misplaced_fingerprints_reject_the_marker() {
+        for fields in [
+            "summary fp=0123456789abcdef",
+            "finding=09d44895009276a50ba29f2ca770a76e fp=XYZ",
+            "finding=09d44895009276a50ba29f2ca770a76e fp=",
+            "finding=09d44895009276a50ba29f2ca770a76e fp=0123456789abcdef0",
+        ] {
+            let text = format!("<!-- reviewq:v1 type=general head={SHA} {fields} -->");
+            assert_eq!(find_marker(&text), None, "{fields}");
+        }
+        let summary = Marker {
+            fingerprint: Some(fingerprint()),
+            ..Marker::summary(ReviewType::General, head())
+        };
+        assert!(!summary.to_string().contains("fp="));
     }
 
     #[test]
@@ -1012,11 +1549,7 @@ mod tests {
         assert!(!body.contains("@all"));
         assert_eq!(
             find_marker(&body),
-            Some(Marker {
-                review_type: ReviewType::General,
-                head_sha: head(),
-                kind: MarkerKind::Summary
-            })
+            Some(Marker::summary(ReviewType::General, head()))
         );
     }
 
@@ -1045,7 +1578,295 @@ mod tests {
         assert!(summary_note(&empty).contains("**Findings:** none."));
     }
 
+    fn sha(c: char) -> HeadSha {
+        HeadSha::parse(&c.to_string().repeat(40)).expect("valid sha")
+    }
+
+    fn at(day: u32) -> DateTime<Utc> {
+        use chrono::TimeZone;
+        Utc.with_ymd_and_hms(2025, 3, day, 14, 5, 0)
+            .single()
+            .expect("valid date")
+    }
+
+    fn round(head: HeadSha, kind: RoundKind, day: u32, cost: Option<f64>) -> Round {
+        Round {
+            head_sha: head,
+            kind,
+            files_reviewed: 3,
+            chunks: 2,
+            prompt_tokens: 12_345,
+            completion_tokens: 678,
+            cost_usd: cost,
+            at: at(day),
+        }
+    }
+
+    fn living() -> LivingSummary {
+        let mut over = finding("Second check missing.", None);
+        over.severity = Severity::Minor;
+        over.line = Some(40);
+        let mut critical = finding("Token logged.", None);
+        critical.severity = Severity::Critical;
+        critical.title = "Secret in logs".into();
+        LivingSummary {
+            review_type: ReviewType::Security,
+            head_sha: sha('b'),
+            latest_summaries: vec!["Adds token refresh.".into()],
+            open_inline: vec![Severity::Major, Severity::Major],
+            listed: vec![
+                ListedFinding {
+                    finding: over,
+                    because: ListedBecause::OverInlineLimit {
+                        max_inline_comments: 10,
+                    },
+                },
+                ListedFinding {
+                    finding: critical,
+                    because: ListedBecause::Unanchored(UnanchoredReason::LineNotInDiff {
+                        line: Some(11),
+                        old_line: None,
+                    }),
+                },
+            ],
+            min_severity: Severity::Minor,
+            below_min_severity: 3,
+            rounds: vec![
+                round(
+                    sha('b'),
+                    RoundKind::Incremental { since: sha('a') },
+                    2,
+                    Some(0.004),
+                ),
+                round(sha('a'), RoundKind::Full, 1, Some(1.5)),
+            ],
+            skipped: vec![SkippedFile {
+                path: "Cargo.lock".into(),
+                reason: SkipReason::LockFile,
+            }],
+            failed_chunks: vec![FailedChunk {
+                index: 0,
+                total: 2,
+                paths: vec!["src/a.rs".into()],
+                reason: "the model's answer contains no JSON object".into(),
+            }],
+            settings_problem: Some(
+                "`.reviewq.toml` line 3: unknown key `foo`; defaults used".into(),
+            ),
+        }
+    }
+
+    #[test]
+    fn the_living_summary_reports_the_review_as_it_stands() {
+        let body = living_summary(&living());
+        let lines: Vec<&str> = body.lines().collect();
+        for expected in [
+            "## reviewq: security review",
+            "Reviewed up to `bbbbbbbb` (round 2: changes since `aaaaaaaa`).",
+            "> ⚠️ **Settings:** `.reviewq.toml` line 3: unknown key `foo`; defaults used",
+            "Adds token refresh.",
+            "**Open findings:** 1 critical · 2 major · 1 minor · 0 info (2 in threads, 2 listed below).",
+            "_3 findings less severe than minor not shown (`min_severity`)._",
+            "### Open findings without a thread (2)",
+            "- 🔴 Critical · `src/app.rs` line 11 · **Secret in logs** (not attached: line 11 is not part of the diff)",
+            "  Token logged.",
+            "- 🟡 Minor · `src/app.rs` line 40 · **Unchecked input** (over the limit of 10 inline comments per round)",
+            "### Review rounds (2)",
+            "| 2025-03-02 14:05 UTC | `bbbbbbbb` | since `aaaaaaaa` | 3 | 2 | 12,345 + 678 | $0.0040 |",
+            "| 2025-03-01 14:05 UTC | `aaaaaaaa` | full | 3 | 2 | 12,345 + 678 | $1.50 |",
+            "**Total:** 24,690 prompt + 1,356 completion tokens; $1.50.",
+            "- `Cargo.lock`: lock file",
+            "- Part 1 of 2 (`src/a.rs`): the model's answer contains no JSON object",
+        ] {
+            assert!(
+                lines.contains(&expected),
+                "missing {expected:?} in:\n{body}"
+            );
+        }
+        // Most severe first, whatever the order given.
+        let critical = body.find("Secret in logs").expect("listed");
+        let minor = body.find("**Unchecked input**").expect("listed");
+        assert!(critical < minor);
+        // Newest round first.
+        assert!(body.find("2025-03-02").expect("row") < body.find("2025-03-01").expect("row"));
+        // The marker is the current head's summary marker, at the very end.
+        assert!(body.ends_with(&Marker::summary(ReviewType::Security, sha('b')).to_string()));
+        assert_eq!(
+            find_marker(&body),
+            Some(Marker::summary(ReviewType::Security, sha('b')))
+        );
+    }
+
+    #[test]
+    fn a_living_summary_with_nothing_open_says_so() {
+        let mut quiet = living();
+        quiet.open_inline.clear();
+        quiet.listed.clear();
+        quiet.below_min_severity = 0;
+        quiet.settings_problem = None;
+        quiet.rounds.truncate(1);
+        quiet.rounds[0].kind = RoundKind::Full;
+        let body = living_summary(&quiet);
+        assert!(
+            body.lines().any(|l| l == "**Open findings:** none."),
+            "{body}"
+        );
+        assert!(
+            body.contains("(round 1: the whole merge request)."),
+            "{body}"
+        );
+        assert!(!body.contains("### Open findings without a thread"));
+        assert!(!body.contains("Settings"));
+        assert!(!body.contains("not shown (`min_severity`)"));
+    }
+
+    #[test]
+    fn old_rounds_are_counted_not_listed_and_unknown_costs_are_said() {
+        let mut long = living();
+        long.rounds = (0..25)
+            .map(|i| {
+                round(
+                    sha('c'),
+                    RoundKind::Full,
+                    1 + i % 28,
+                    (i % 2 == 0).then_some(0.5),
+                )
+            })
+            .collect();
+        let body = living_summary(&long);
+        let rows = body.lines().filter(|l| l.starts_with("| 2025-")).count();
+        assert_eq!(rows, 20);
+        assert!(
+            body.contains("_...and 5 earlier rounds not listed._"),
+            "{body}"
+        );
+        assert!(body.contains("| unknown |"), "{body}");
+        assert!(
+            body.contains("tokens; $6.50 for the rounds with a known price."),
+            "{body}"
+        );
+    }
+
+    #[test]
+    fn a_zero_inline_limit_is_explained_as_turned_off() {
+        assert_eq!(
+            ListedBecause::OverInlineLimit {
+                max_inline_comments: 0
+            }
+            .to_string(),
+            "inline comments are turned off"
+        );
+    }
+
+    #[test]
+    fn hostile_text_in_a_living_summary_never_starts_a_line_with_a_slash() {
+        let mut hostile = living();
+        for item in &mut hostile.listed {
+            item.finding.title = "/merge".into();
+            item.finding.path = "\n/approve\n".into();
+            item.finding.body = "/close\n@all".into();
+        }
+        hostile.settings_problem = Some("\n/merge @all\r/approve".into());
+        hostile.latest_summaries = vec!["/unassign\n```\n/merge\n".into()];
+        hostile.skipped[0].path = "x\n/merge".into();
+        hostile.failed_chunks[0].reason = "\u{2028}/close".into();
+        hostile.failed_chunks[0].paths = vec!["/a\n/b".into()];
+        let body = living_summary(&hostile);
+        assert!(lines_start_safely(&body), "{body}");
+        assert!(!body.contains("@all"), "{body}");
+        assert!(!body.contains('\r'));
+        assert_eq!(
+            find_marker(&body),
+            Some(Marker::summary(ReviewType::Security, sha('b')))
+        );
+    }
+
+    #[test]
+    fn a_living_summary_of_the_worst_case_stays_under_gitlabs_limit() {
+        // The text that grows most when escaped: `<a` becomes `&lt;a` in prose, `@a` gets a
+        // zero-width space in code spans.
+        let prose = "<a".repeat(5_000);
+        let path = "@a".repeat(5_000);
+        let mut huge = living();
+        huge.listed = vec![huge.listed[0].clone(); 10_000];
+        for item in &mut huge.listed {
+            item.finding.title = prose.clone();
+            item.finding.path = path.clone();
+            item.finding.body = prose.clone();
+        }
+        huge.skipped = (0..10_000)
+            .map(|_| SkippedFile {
+                path: path.clone(),
+                reason: SkipReason::IgnoredByPattern {
+                    pattern: prose.clone(),
+                },
+            })
+            .collect();
+        huge.failed_chunks = (0..10_000)
+            .map(|i| FailedChunk {
+                index: i,
+                total: 10_000,
+                paths: vec![path.clone(); 50],
+                reason: prose.clone(),
+            })
+            .collect();
+        huge.latest_summaries = vec![prose.clone(); 1_000];
+        huge.settings_problem = Some(prose.clone());
+        huge.rounds = vec![huge.rounds[0].clone(); 10_000];
+        let body = living_summary(&huge);
+        let chars = body.chars().count();
+        assert!(chars < 1_000_000, "{chars}");
+        assert!(
+            body.contains("cut to stay within GitLab's size limit"),
+            "{chars}"
+        );
+        assert!(lines_start_safely(&body));
+        assert_eq!(
+            find_marker(&body),
+            Some(Marker::summary(ReviewType::Security, sha('b')))
+        );
+    }
+
+    #[test]
+    fn numbers_and_costs_are_formatted_for_humans() {
+        assert_eq!(grouped(0), "0");
+        assert_eq!(grouped(999), "999");
+        assert_eq!(grouped(1_000), "1,000");
+        assert_eq!(grouped(1_234_567), "1,234,567");
+        assert_eq!(dollars(0.0), "$0.0000");
+        assert_eq!(dollars(0.0123), "$0.01");
+        assert_eq!(dollars(12.345), "$12.35");
+        assert_eq!(dollars(f64::NAN), "unknown");
+        assert_eq!(dollars(-1.0), "unknown");
+    }
+
     proptest! {
+        #[test]
+        fn living_summaries_are_safe_whatever_the_text(
+            title in any::<String>(),
+            path in any::<String>(),
+            body in any::<String>(),
+            problem in any::<String>(),
+            summary in any::<String>(),
+        ) {
+            let mut report = living();
+            for item in &mut report.listed {
+                item.finding.title = title.clone();
+                item.finding.path = path.clone();
+                item.finding.body = body.clone();
+            }
+            report.skipped[0].path = path.clone();
+            report.settings_problem = Some(problem);
+            report.latest_summaries = vec![summary];
+            let out = living_summary(&report);
+            prop_assert!(lines_start_safely(&out), "{:?}", out);
+            prop_assert!(!out.to_lowercase().contains("@all"));
+            prop_assert_eq!(
+                find_marker(&out),
+                Some(Marker::summary(ReviewType::Security, sha('b')))
+            );
+        }
+
         #[test]
         fn sanitised_text_never_starts_a_line_with_a_slash_or_mass_mentions(
             text in "([ \t/@`~<!\r\n\u{2028}a-zA-Z]|all|here|/merge|```|    ){0,60}",

@@ -208,10 +208,22 @@ impl IgnoreGlobs {
         }
     }
 
+    /// The patterns as written (trimmed, blank ones left out), in the order given.
+    pub fn patterns(&self) -> &[String] {
+        &self.patterns
+    }
+
     /// The first pattern (in the order given) matching `path`, if any.
     pub fn matching(&self, path: &str) -> Option<&str> {
         let first = self.set.matches(path).into_iter().min()?;
         self.patterns.get(first).map(String::as_str)
+    }
+}
+
+/// Two sets are equal when their patterns are: the compiled set is a function of them.
+impl PartialEq for IgnoreGlobs {
+    fn eq(&self, other: &Self) -> bool {
+        self.patterns == other.patterns
     }
 }
 
