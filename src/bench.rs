@@ -328,6 +328,7 @@ mod e2e {
             review_type: ReviewType::General,
             dry_run: false,
             force: true,
+            full: false,
         };
         let mr = format!("{PROJECT}:{iid}")
             .parse()

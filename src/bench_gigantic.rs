@@ -124,6 +124,7 @@ pub async fn run(db: &DbArgs, args: GiganticBenchArgs) -> anyhow::Result<ExitCod
         review_type: ReviewType::General,
         dry_run: false,
         force: true,
+        full: false,
     };
     let mr = format!("{PROJECT}:{iid}")
         .parse()

@@ -97,6 +97,7 @@ pub async fn run(db: &DbArgs) -> anyhow::Result<ExitCode> {
         dry_run: false,
         // The demo's MRs get the same head SHAs every run; review them again each time.
         force: true,
+        full: false,
     };
     let mut ids = Vec::new();
     for mr in &mrs {

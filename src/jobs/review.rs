@@ -30,10 +30,14 @@ use crate::{
         Error as QueueError, JobContext, JobError, JobResult, NewJob, Outcome, Queue, Waiting,
     },
     review::{
-        self, Anchor, Chunk, ChunkBudget, ChunkConfig, FileDiff, Finding, FindingKey, HeadSha,
-        Marker, MarkerKind, ParsedFile, ReviewType, Severity, SkippedFile, SummaryReport,
-        UnanchoredFinding, UnanchoredReason, chunk::split_in_two, diff::Content,
-        render::FailedChunk, skip::SkipRules,
+        self, Anchor, Chunk, ChunkBudget, ChunkConfig, FileDiff, Finding, FindingKey, Fingerprint,
+        HeadSha, Instructions, Language, ListedBecause, ListedFinding, LivingSummary, Marker,
+        MarkerKind, ParsedFile, PromptOptions, ReviewType, Round, RoundKind, Screening, Severity,
+        SkippedFile, UnanchoredReason,
+        chunk::split_in_two,
+        diff::Content,
+        render::FailedChunk,
+        settings::{ProjectSettings, PublishMode},
     },
     spend::{self, Admission, SpendPolicy},
 };
@@ -70,9 +74,15 @@ pub struct ReviewOptions {
     #[arg(long, env = "REVIEWQ_DRY_RUN")]
     pub dry_run: bool,
 
-    /// Review again even if this head commit was already reviewed.
+    /// Review again even if this head commit was already reviewed (and even if the
+    /// project's settings would skip the merge request).
     #[arg(long, env = "REVIEWQ_FORCE")]
     pub force: bool,
+
+    /// Review the whole merge request even when an earlier round reviewed an ancestor of
+    /// its head (by default only what changed since is reviewed).
+    #[arg(long, env = "REVIEWQ_FULL")]
+    pub full: bool,
 }
 
 /// A review job's payload.
@@ -90,6 +100,9 @@ pub struct ReviewArgs {
     pub dry_run: bool,
     /// Review even an already reviewed head commit.
     pub force: bool,
+    /// Review the whole MR, not only what changed since the last round.
+    #[serde(default)]
+    pub full: bool,
 }
 
 impl ReviewArgs {
@@ -102,6 +115,7 @@ impl ReviewArgs {
             review_type: options.review_type,
             dry_run: options.dry_run,
             force: options.force,
+            full: options.full,
         }
     }
 
@@ -185,6 +199,8 @@ struct ReviewRow {
     start_sha: String,
     skipped: serde_json::Value,
     chunk_count: i32,
+    /// [`RoundSettings`] as stored.
+    settings: serde_json::Value,
 }
 
 /// Runs a review job (either phase).
@@ -195,7 +211,7 @@ pub async fn run_review(ctx: &JobContext, deps: &ReviewDeps, args: ReviewArgs) -
     let pool = ctx.queue().pool().clone();
     let existing = sqlx::query_as!(
         ReviewRow,
-        r#"select id, state, head_sha, base_sha, start_sha, skipped, chunk_count
+        r#"select id, state, head_sha, base_sha, start_sha, skipped, chunk_count, settings
            from reviews where job_id = $1"#,
         ctx.job.id().get()
     )
@@ -206,19 +222,24 @@ pub async fn run_review(ctx: &JobContext, deps: &ReviewDeps, args: ReviewArgs) -
         Some(review) => review,
         None => match plan(ctx, deps, &args).await? {
             Planned::Waiting => return Ok(Outcome::Settled),
-            Planned::AlreadyReviewed => return Ok(Outcome::Succeeded),
+            Planned::AlreadyReviewed | Planned::NotReviewed => return Ok(Outcome::Succeeded),
             Planned::NothingToReview(review) => review,
         },
     };
+    let round = RoundSettings::read(&review.settings);
+    let project = args.project_ref()?;
+    let threads = mr_threads(deps, &project, args.iid, args.review_type).await?;
     if review.state == "reviewing" {
-        build_outbox(ctx, &args, &review).await?;
+        build_outbox(ctx, &args, &review, &round, &threads).await?;
     }
-    post(ctx, deps, &args, &review).await
+    post(ctx, deps, &args, &review, &round, &threads).await
 }
 
 enum Planned {
     /// Chunk jobs were created; the review job waits for them.
     Waiting,
+    /// The project's settings exclude this MR or review type (and `--force` was not given).
+    NotReviewed,
     /// This head was reviewed before (and `--force` was not given).
     AlreadyReviewed,
     /// Every file was skipped: go straight to posting the summary.
@@ -258,6 +279,22 @@ async fn plan(ctx: &JobContext, deps: &ReviewDeps, args: &ReviewArgs) -> Result<
     let review_type = args.review_type.as_str();
     let project_text = args.project.to_string();
     let iid = i64::try_from(args.iid).map_err(JobError::fatal)?;
+    let description = mr.description.clone().unwrap_or_default();
+
+    // The project's settings come from its target branch (the version's start commit), not
+    // from the MR's head: an MR must not be able to switch off or steer its own review.
+    let (settings, settings_problem) =
+        load_settings(deps, pool, &project, &project_text, &shas.start_sha).await?;
+    if !args.force {
+        if let Err(reason) = settings.should_review(mr.draft, &mr.labels) {
+            tracing::info!(mr = %args.mr, %reason, "not reviewed by the project's settings; --force reviews it");
+            return Ok(Planned::NotReviewed);
+        }
+        if !settings.review_types().contains(&args.review_type) {
+            tracing::info!(mr = %args.mr, review_type, "the project's review_types do not include this type; --force reviews it");
+            return Ok(Planned::NotReviewed);
+        }
+    }
 
     if !args.force && !args.dry_run {
         let reviewed = sqlx::query_scalar!(
@@ -286,25 +323,59 @@ async fn plan(ctx: &JobContext, deps: &ReviewDeps, args: &ReviewArgs) -> Result<
         .into_iter()
         .map(to_review_diff)
         .collect();
+    let since = if settings.incremental() && !args.full {
+        incremental_base(deps, pool, args, &project, &shas.head_sha).await?
+    } else {
+        None
+    };
+    let round = RoundSettings::new(&settings, &description);
+    let options = round.prompt_options();
     let config = ChunkConfig {
         budget: deps.budget,
-        skip: SkipRules::default(),
+        skip: settings.skip_rules(),
         max_chunks: deps.max_chunks,
     };
+    let since_sha = since.as_ref().map(|(sha, _)| sha.clone());
     // Parsing and packing a giant MR is CPU work: keep it off the async thread.
-    let plan = tokio::task::spawn_blocking(move || review::plan(&diffs, &config))
-        .await
-        .map_err(|e| JobError::retryable(format!("planning the chunks failed: {e}")))?;
+    let plan = tokio::task::spawn_blocking(move || match since {
+        None => review::chunk::plan_with(&diffs, &config, &options),
+        Some((_, delta)) => {
+            let (mut skipped, mut files) = (Vec::new(), Vec::new());
+            for screening in diffs.iter().map(|d| config.skip.screen(d)) {
+                match screening {
+                    Screening::Review(file) => files.push(file),
+                    Screening::Skip(file) => skipped.push(Screening::Skip(file)),
+                }
+            }
+            let delta: Vec<ParsedFile> = delta.iter().map(review::diff::parse).collect();
+            let restricted = review::restrict(&files, &delta);
+            review::chunk::pack(
+                skipped
+                    .into_iter()
+                    .chain(restricted.files.into_iter().map(Screening::Review)),
+                &config,
+                &options,
+            )
+        }
+    })
+    .await
+    .map_err(|e| JobError::retryable(format!("planning the chunks failed: {e}")))?;
     let skipped = serde_json::to_value(&plan.skipped).map_err(JobError::fatal)?;
     let chunk_count = i32::try_from(plan.chunks.len()).unwrap_or(i32::MAX);
+    let scope = if since_sha.is_some() {
+        "incremental"
+    } else {
+        "full"
+    };
 
     let mut tx = pool.begin().await.map_err(db)?;
     Queue::fence(&mut tx, ctx.lease()).await?;
     let review_id = sqlx::query_scalar!(
         r#"
         insert into reviews (job_id, project, mr_iid, review_type, dry_run, head_sha, base_sha,
-            start_sha, mr_title, mr_description, skipped, chunk_count)
-        values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+            start_sha, mr_title, mr_description, skipped, chunk_count, scope, since_sha,
+            settings_problem, settings)
+        values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)
         returning id
         "#,
         ctx.job.id().get(),
@@ -316,14 +387,32 @@ async fn plan(ctx: &JobContext, deps: &ReviewDeps, args: &ReviewArgs) -> Result<
         shas.base_sha,
         shas.start_sha,
         mr.title,
-        mr.description.clone().unwrap_or_default(),
+        description,
         skipped,
         chunk_count,
+        scope,
+        since_sha,
+        settings_problem,
+        serde_json::to_value(&round).map_err(JobError::fatal)?,
     )
     .fetch_one(&mut *tx)
     .await
     .map_err(db)?;
-    tracing::info!(mr = %args.mr, review.id = review_id, chunks = chunk_count, skipped = plan.skipped.len(), "review planned");
+    tracing::info!(mr = %args.mr, review.id = review_id, chunks = chunk_count, skipped = plan.skipped.len(), scope, "review planned");
+
+    // The other review types the project asks for run as reviews of their own.
+    if args.review_type == ReviewType::General && !args.dry_run {
+        let priority = job_priority(pool, ctx).await?;
+        for &other in settings.review_types() {
+            if other != args.review_type {
+                let sibling = ReviewArgs {
+                    review_type: other,
+                    ..args.clone()
+                };
+                Queue::enqueue(&mut *tx, &sibling.job(priority)).await?;
+            }
+        }
+    }
 
     if plan.chunks.is_empty() {
         tx.commit().await.map_err(db)?;
@@ -335,6 +424,7 @@ async fn plan(ctx: &JobContext, deps: &ReviewDeps, args: &ReviewArgs) -> Result<
             start_sha: shas.start_sha,
             skipped: serde_json::to_value(&plan.skipped).map_err(JobError::fatal)?,
             chunk_count: 0,
+            settings: serde_json::to_value(&round).map_err(JobError::fatal)?,
         }));
     }
     let priority = job_priority(pool, ctx).await?;
@@ -351,6 +441,162 @@ async fn plan(ctx: &JobContext, deps: &ReviewDeps, args: &ReviewArgs) -> Result<
     insert_chunks(&mut tx, review_id, plan.chunks.iter().zip(ids)).await?;
     tx.commit().await.map_err(db)?;
     Ok(Planned::Waiting)
+}
+
+/// The project's settings: its `.reviewq.toml` at `git_ref`, then the operator's override
+/// from `project_settings`. A broken file or override is not an error: the defaults (or the
+/// file alone) are used and the problem is returned for the summary.
+async fn load_settings(
+    deps: &ReviewDeps,
+    pool: &PgPool,
+    project: &ProjectRef,
+    project_text: &str,
+    git_ref: &str,
+) -> Result<(ProjectSettings, Option<String>), JobError> {
+    let mut problem = None;
+    let mut settings = match deps
+        .gitlab
+        .get_file_raw(project, review::settings::SETTINGS_FILE, git_ref)
+        .await
+    {
+        Ok(bytes) => match std::str::from_utf8(&bytes).map(ProjectSettings::from_toml) {
+            Ok(Ok(settings)) => settings,
+            Ok(Err(err)) => {
+                problem = Some(format!("{err}; the defaults are used"));
+                ProjectSettings::default()
+            }
+            Err(_) => {
+                problem = Some(format!(
+                    "`{}` is not UTF-8 text; the defaults are used",
+                    review::settings::SETTINGS_FILE
+                ));
+                ProjectSettings::default()
+            }
+        },
+        Err(gitlab::Error::NotFound { .. }) => ProjectSettings::default(),
+        Err(err) => return Err(gitlab_error(err)),
+    };
+    let overrides = sqlx::query_scalar!(
+        "select overrides from project_settings where project = $1",
+        project_text
+    )
+    .fetch_optional(pool)
+    .await
+    .map_err(db)?;
+    if let Some(overrides) = overrides {
+        match settings.clone().overridden_by(&overrides) {
+            Ok(overridden) => settings = overridden,
+            Err(err) => {
+                problem = Some(format!(
+                    "the operator's override in project_settings: {err}; it is ignored"
+                ));
+            }
+        }
+    }
+    if let Some(problem) = &problem {
+        tracing::warn!(project = %project_text, %problem, "project settings problem");
+    }
+    Ok((settings, problem))
+}
+
+/// The head of the last finished round, with what changed since, when only that needs a
+/// review: the MR still contains that head (no force-push rewrote it) and GitLab compared
+/// the two in full. `None` means a full review.
+async fn incremental_base(
+    deps: &ReviewDeps,
+    pool: &PgPool,
+    args: &ReviewArgs,
+    project: &ProjectRef,
+    head: &str,
+) -> Result<Option<(String, Vec<FileDiff>)>, JobError> {
+    let previous = sqlx::query_scalar!(
+        r#"select head_sha from reviews where project = $1 and mr_iid = $2 and review_type = $3
+               and state = 'done' and not dry_run
+           order by finished_at desc limit 1"#,
+        args.project.to_string(),
+        i64::try_from(args.iid).map_err(JobError::fatal)?,
+        args.review_type.as_str(),
+    )
+    .fetch_optional(pool)
+    .await
+    .map_err(db)?;
+    let Some(previous) = previous.filter(|p| p != head) else {
+        return Ok(None);
+    };
+    let commits = deps
+        .gitlab
+        .mr_commits(project, args.iid)
+        .await
+        .map_err(gitlab_error)?;
+    if !commits.iter().any(|c| c.id == previous) {
+        tracing::info!(mr = %args.mr, %previous, "the last reviewed head is gone from the MR (force-push or rebase): full review");
+        return Ok(None);
+    }
+    let compare = match deps.gitlab.compare(project, &previous, head).await {
+        Ok(compare) => compare,
+        Err(err) if err.disposition() == Disposition::Fatal => {
+            tracing::warn!(mr = %args.mr, error = %err, "GitLab could not compare the heads: full review");
+            return Ok(None);
+        }
+        Err(err) => return Err(gitlab_error(err)),
+    };
+    if compare.is_partial() {
+        tracing::info!(mr = %args.mr, "GitLab's comparison is incomplete: full review");
+        return Ok(None);
+    }
+    Ok(Some((
+        previous,
+        compare.diffs.into_iter().map(to_review_diff).collect(),
+    )))
+}
+
+/// What a round needs of the project's settings after planning, stored on the review so
+/// every chunk job and the posting phase see the same values.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+struct RoundSettings {
+    /// Language of the comments.
+    language: Option<String>,
+    /// The project's custom instructions.
+    instructions: Option<String>,
+    /// Findings below are neither posted nor listed.
+    min_severity: Option<Severity>,
+    /// Inline comments per round; `None` (older rows): no limit.
+    max_inline_comments: Option<usize>,
+    /// Resolve the bot's threads whose code changed.
+    resolve_outdated: bool,
+    /// Stage inline comments as draft notes and publish them at once.
+    publish_drafts: bool,
+}
+
+impl RoundSettings {
+    fn new(settings: &ProjectSettings, description: &str) -> Self {
+        let options = settings.prompt_options(description);
+        Self {
+            language: options.language.map(|l| l.to_string()),
+            instructions: options.instructions.map(|i| i.as_str().to_owned()),
+            min_severity: Some(settings.min_severity()),
+            max_inline_comments: Some(settings.max_inline_comments()),
+            resolve_outdated: settings.resolve_outdated(),
+            publish_drafts: settings.publish() == PublishMode::Draft,
+        }
+    }
+
+    fn read(value: &serde_json::Value) -> Self {
+        serde_json::from_value(value.clone()).unwrap_or_default()
+    }
+
+    fn prompt_options(&self) -> PromptOptions {
+        PromptOptions {
+            language: self
+                .language
+                .as_deref()
+                .and_then(|l| Language::parse(l).ok()),
+            instructions: self
+                .instructions
+                .as_deref()
+                .and_then(|i| Instructions::parse(i).ok()),
+        }
+    }
 }
 
 async fn job_priority(pool: &PgPool, ctx: &JobContext) -> Result<i16, JobError> {
@@ -471,56 +717,192 @@ fn head_sha(review: &ReviewRow) -> Result<HeadSha, JobError> {
     HeadSha::parse(&review.head_sha).map_err(JobError::fatal)
 }
 
-/// Anchors every finding and writes the comments to the outbox (inline ones with their
-/// body and position, unanchorable ones for the summary), then moves to posting.
+/// One of the bot's threads on the MR, from any earlier round.
+#[derive(Debug, Clone)]
+struct BotThread {
+    discussion_id: String,
+    /// The marker of the thread's first note.
+    marker: Marker,
+    resolved: bool,
+    /// The new-side line the thread points at, on the head in its marker.
+    line: Option<(String, u32)>,
+    /// Someone replied that the finding will not be fixed.
+    dismissed: bool,
+}
+
+/// The MR's threads, listed once per run of the posting phase.
+struct MrThreads {
+    /// Every marker on the MR: marker to (note id, discussion id).
+    markers: HashMap<Marker, (u64, Option<String>)>,
+    /// The bot's threads of this review type.
+    bot: Vec<BotThread>,
+}
+
+async fn mr_threads(
+    deps: &ReviewDeps,
+    project: &ProjectRef,
+    iid: u64,
+    review_type: ReviewType,
+) -> Result<MrThreads, JobError> {
+    let mut markers = HashMap::new();
+    let mut bot = Vec::new();
+    for discussion in deps
+        .gitlab
+        .discussions(project, iid)
+        .await
+        .map_err(gitlab_error)?
+    {
+        for note in &discussion.notes {
+            if let Some(m) = review::find_marker(&note.body) {
+                markers
+                    .entry(m)
+                    .or_insert((note.id, Some(discussion.id.clone())));
+            }
+        }
+        let Some(first) = discussion.notes.first() else {
+            continue;
+        };
+        let Some(marker) = review::find_marker(&first.body).filter(|m| {
+            m.review_type == review_type
+                && matches!(m.kind, MarkerKind::Finding(_))
+                && !first.system
+        }) else {
+            continue;
+        };
+        let line = first.position.as_ref().and_then(|p| {
+            p.new_path
+                .clone()
+                .zip(p.new_line)
+                .filter(|_| p.old_line.is_none() || p.new_line.is_some())
+        });
+        let dismissed = discussion.notes[1..].iter().any(|reply| {
+            !reply.system
+                && review::find_marker(&reply.body).is_none()
+                && review::dismisses(&reply.body)
+        });
+        bot.push(BotThread {
+            discussion_id: discussion.id.clone(),
+            marker,
+            resolved: first.resolved,
+            line,
+            dismissed,
+        });
+    }
+    Ok(MrThreads { markers, bot })
+}
+
+/// A finding of this round, anchored and keyed.
+struct Placed {
+    finding: Finding,
+    anchor: Anchor,
+    key: FindingKey,
+    fingerprint: Fingerprint,
+}
+
+/// Anchors every finding and writes the comments to the outbox, then moves to posting.
+/// Each finding gets its state here: `pending` (to post), `open` (an earlier round's
+/// thread about the same code is still open), `dismissed` (someone answered "won't fix" to
+/// it), `below_threshold` (under the project's `min_severity`), or `over_limit` (beyond
+/// `max_inline_comments`, listed in the summary instead).
 async fn build_outbox(
     ctx: &JobContext,
     args: &ReviewArgs,
     review: &ReviewRow,
+    round: &RoundSettings,
+    threads: &MrThreads,
 ) -> Result<(), JobError> {
     let pool = ctx.queue().pool();
     let chunks = chunk_results(pool, review.id).await?;
     let files = reviewed_files(&chunks);
     let head = head_sha(review)?;
-    let mut tx = pool.begin().await.map_err(db)?;
-    Queue::fence(&mut tx, ctx.lease()).await?;
+    let fingerprints = |pick: fn(&BotThread) -> bool| -> std::collections::HashSet<Fingerprint> {
+        threads
+            .bot
+            .iter()
+            .filter(|t| pick(t) && t.marker.head_sha != head)
+            .filter_map(|t| t.marker.fingerprint.clone())
+            .collect()
+    };
+    let open = fingerprints(|t| !t.resolved && !t.dismissed);
+    let dismissed = fingerprints(|t| t.dismissed);
+
+    let mut seen = std::collections::HashSet::new();
+    let mut placed = Vec::new();
     for finding in chunks.iter().flat_map(|c| c.findings.iter().flatten()) {
         let anchor = review::anchor::anchor(&files, finding);
         let key = FindingKey::derive(args.review_type, finding, &anchor);
-        let (kind, position, body) = match &anchor {
-            Anchor::Inline(position) => (
-                "inline",
-                Some(serde_json::to_value(position).map_err(JobError::fatal)?),
-                review::render::inline_comment(
-                    finding,
-                    position,
-                    &marker(args.review_type, &head, MarkerKind::Finding(key.clone())),
-                ),
-            ),
+        // A finding repeated by two chunks (a file split in parts) is posted once.
+        if !seen.insert(key.clone()) {
+            continue;
+        }
+        let fingerprint = Fingerprint::derive(args.review_type, finding, &anchor, &files);
+        placed.push(Placed {
+            finding: finding.clone(),
+            anchor,
+            key,
+            fingerprint,
+        });
+    }
+    // Most severe first (stable), so the inline limit keeps the findings that matter.
+    placed.sort_by_key(|p| p.finding.severity);
+    let min = round.min_severity.unwrap_or(Severity::Info);
+    let max_inline = round.max_inline_comments.unwrap_or(usize::MAX);
+    let mut inline_count = 0;
+
+    let mut tx = pool.begin().await.map_err(db)?;
+    Queue::fence(&mut tx, ctx.lease()).await?;
+    for p in &placed {
+        let below = p.finding.severity > min;
+        let (kind, position, body, state) = match &p.anchor {
+            Anchor::Inline(position) => {
+                let state = if below {
+                    "below_threshold"
+                } else if dismissed.contains(&p.fingerprint) {
+                    "dismissed"
+                } else if open.contains(&p.fingerprint) {
+                    "open"
+                } else if inline_count >= max_inline {
+                    "over_limit"
+                } else {
+                    inline_count += 1;
+                    "pending"
+                };
+                let m = Marker::finding(
+                    args.review_type,
+                    head.clone(),
+                    p.key.clone(),
+                    Some(p.fingerprint.clone()),
+                );
+                (
+                    "inline",
+                    Some(serde_json::to_value(position).map_err(JobError::fatal)?),
+                    review::render::inline_comment(&p.finding, position, &m),
+                    state,
+                )
+            }
             Anchor::Summary(reason) => (
                 "summary",
                 None,
                 serde_json::to_string(reason).map_err(JobError::fatal)?,
+                if below { "below_threshold" } else { "pending" },
             ),
         };
-        // A finding repeated by two chunks (a file split in parts) is posted once.
         sqlx::query!(
             r#"
-            insert into outbox (review_id, key, kind, severity, finding, position, body)
-            values ($1, $2, $3, $4, $5, $6, $7)
+            insert into outbox (review_id, key, kind, severity, finding, position, body, state,
+                fingerprint)
+            values ($1, $2, $3, $4, $5, $6, $7, $8, $9)
             on conflict (review_id, key) do nothing
             "#,
             review.id,
-            key.as_str(),
-            if kind == "inline" {
-                "inline"
-            } else {
-                "summary"
-            },
-            finding.severity.as_str(),
-            serde_json::to_value(finding).map_err(JobError::fatal)?,
+            p.key.as_str(),
+            kind,
+            p.finding.severity.as_str(),
+            serde_json::to_value(&p.finding).map_err(JobError::fatal)?,
             position,
             body,
+            state,
+            p.fingerprint.as_str(),
         )
         .execute(&mut *tx)
         .await
@@ -537,7 +919,6 @@ async fn build_outbox(
     Ok(())
 }
 
-/// A comment to post, as the outbox holds it.
 struct OutboxRow {
     key: String,
     kind: String,
@@ -547,12 +928,13 @@ struct OutboxRow {
     body: String,
     state: String,
     error: Option<String>,
+    fingerprint: Option<String>,
 }
 
 async fn outbox(pool: &PgPool, review_id: i64) -> Result<Vec<OutboxRow>, JobError> {
     sqlx::query_as!(
         OutboxRow,
-        r#"select key, kind, severity, finding, position, body, state, error
+        r#"select key, kind, severity, finding, position, body, state, error, fingerprint
            from outbox where review_id = $1 and key <> 'summary'
            order by position->>'new_path', (position->>'new_line')::int, key"#,
         review_id
@@ -563,31 +945,7 @@ async fn outbox(pool: &PgPool, review_id: i64) -> Result<Vec<OutboxRow>, JobErro
 }
 
 /// Our markers already on the MR: marker text to (note id, discussion id).
-async fn posted_markers(
-    deps: &ReviewDeps,
-    project: &ProjectRef,
-    iid: u64,
-) -> Result<HashMap<Marker, (u64, Option<String>)>, JobError> {
-    let mut found = HashMap::new();
-    for discussion in deps
-        .gitlab
-        .discussions(project, iid)
-        .await
-        .map_err(gitlab_error)?
-    {
-        for note in &discussion.notes {
-            if let Some(m) = review::find_marker(&note.body) {
-                found
-                    .entry(m)
-                    .or_insert((note.id, Some(discussion.id.clone())));
-            }
-        }
-    }
-    Ok(found)
-}
 
-/// A single-statement write fenced by the job's lease: it matches no row once another
-/// attempt owns the job.
 fn fenced(rows: u64, ctx: &JobContext) -> Result<(), JobError> {
     if rows == 0 {
         return Err(QueueError::LeaseLost(ctx.lease()).into());
@@ -630,11 +988,19 @@ fn line_anchor(position: &review::Position) -> Option<LineAnchor> {
 /// Posts the outbox: inline comments first, then the summary note; then finishes the
 /// review. Safe to run again after any crash: posted rows are skipped, and a comment whose
 /// earlier POST had an unknown outcome is looked up by its marker before it is re-sent.
+
+/// Posts the outbox: inline comments first (directly, or as draft notes published at
+/// once), resolves the bot's threads whose code changed, then writes the living summary
+/// note; then finishes the review. Safe to run again after any crash: posted rows are
+/// skipped, and a comment whose earlier POST had an unknown outcome is looked up by its
+/// marker before it is re-sent.
 async fn post(
     ctx: &JobContext,
     deps: &ReviewDeps,
     args: &ReviewArgs,
     review: &ReviewRow,
+    round: &RoundSettings,
+    threads: &MrThreads,
 ) -> Result<Outcome, JobError> {
     let pool = ctx.queue().pool().clone();
     let project = args.project_ref()?;
@@ -644,38 +1010,45 @@ async fn post(
         start_sha: review.start_sha.clone(),
         head_sha: review.head_sha.clone(),
     };
-    let existing = if args.dry_run {
-        HashMap::new()
-    } else {
-        let found = posted_markers(deps, &project, args.iid).await?;
+    if !args.dry_run {
         mark_attempted(ctx, review.id).await?;
-        found
+    }
+    let target = Target {
+        deps,
+        args,
+        review,
+        project: &project,
+        head: &head,
     };
 
     // Posted comments are recorded in batches: a crash before a batch is written loses
     // nothing, since the next attempt finds those comments by their markers.
     let mut posted: Vec<Posted> = Vec::new();
-    let result = post_inline(
-        ctx,
-        deps,
-        args,
-        review,
-        &project,
-        &head,
-        &shas,
-        &existing,
-        &mut posted,
-    )
-    .await;
+    let result = if round.publish_drafts && !args.dry_run {
+        post_drafts(ctx, &target, &shas, &threads.markers, &mut posted).await
+    } else {
+        post_inline(ctx, &target, &shas, &threads.markers, &mut posted).await
+    };
     record_posted(ctx, review.id, &posted).await?;
     result?;
 
-    let summary = summary_body(&pool, args, review, &head).await?;
-    post_summary(
-        ctx, deps, args, review, &project, &head, &summary, &existing,
-    )
-    .await?;
+    let resolved = if round.resolve_outdated && !args.dry_run {
+        resolve_outdated(&target, threads).await?
+    } else {
+        Vec::new()
+    };
+    let summary = living_summary_body(&pool, &target, round, threads, &resolved).await?;
+    post_summary(ctx, &target, &summary, &threads.markers).await?;
     finish(ctx, deps, args, review, &project).await
+}
+
+/// Who and what a posting phase writes to.
+struct Target<'a> {
+    deps: &'a ReviewDeps,
+    args: &'a ReviewArgs,
+    review: &'a ReviewRow,
+    project: &'a ProjectRef,
+    head: &'a HeadSha,
 }
 
 /// A comment GitLab has, not yet recorded in the outbox.
@@ -685,19 +1058,45 @@ struct Posted {
     discussion_id: Option<String>,
 }
 
-/// Posts the pending inline comments, collecting what GitLab stored in `posted`.
-#[allow(clippy::too_many_arguments)]
+/// The GitLab position of an outbox row, or `None` (after marking the row downgraded)
+/// when it has no line to anchor to.
+async fn row_position(
+    ctx: &JobContext,
+    review_id: i64,
+    row: &OutboxRow,
+    shas: &DiffShas,
+) -> Result<Option<gitlab::Position>, JobError> {
+    let position: review::Position =
+        serde_json::from_value(row.position.clone().unwrap_or_default())
+            .map_err(JobError::fatal)?;
+    let Some(line) = line_anchor(&position) else {
+        set_state(
+            ctx,
+            review_id,
+            &row.key,
+            "downgraded",
+            Some("no line to anchor to"),
+        )
+        .await?;
+        return Ok(None);
+    };
+    Ok(Some(gitlab::Position {
+        shas: shas.clone(),
+        old_path: position.old_path,
+        new_path: position.new_path,
+        line,
+    }))
+}
+
+/// Posts the pending inline comments one by one, collecting what GitLab stored in `posted`.
 async fn post_inline(
     ctx: &JobContext,
-    deps: &ReviewDeps,
-    args: &ReviewArgs,
-    review: &ReviewRow,
-    project: &ProjectRef,
-    head: &HeadSha,
+    t: &Target<'_>,
     shas: &DiffShas,
     existing: &HashMap<Marker, (u64, Option<String>)>,
     posted: &mut Vec<Posted>,
 ) -> Result<(), JobError> {
+    let (args, review) = (t.args, t.review);
     for row in outbox(ctx.queue().pool(), review.id).await? {
         if row.kind != "inline" || row.state != "pending" {
             continue;
@@ -707,7 +1106,7 @@ async fn post_inline(
             continue;
         }
         let key = FindingKey::parse(&row.key).map_err(JobError::fatal)?;
-        let m = marker(args.review_type, head, MarkerKind::Finding(key));
+        let m = marker(args.review_type, t.head, MarkerKind::Finding(key));
         if let Some((note_id, discussion_id)) = existing.get(&m) {
             posted.push(Posted {
                 key: row.key,
@@ -716,29 +1115,13 @@ async fn post_inline(
             });
             continue;
         }
-        let position: review::Position =
-            serde_json::from_value(row.position.clone().unwrap_or_default())
-                .map_err(JobError::fatal)?;
-        let Some(line) = line_anchor(&position) else {
-            set_state(
-                ctx,
-                review.id,
-                &row.key,
-                "downgraded",
-                Some("no line to anchor to"),
-            )
-            .await?;
+        let Some(position) = row_position(ctx, review.id, &row, shas).await? else {
             continue;
         };
-        let gitlab_position = gitlab::Position {
-            shas: shas.clone(),
-            old_path: position.old_path.clone(),
-            new_path: position.new_path.clone(),
-            line,
-        };
-        match deps
+        match t
+            .deps
             .gitlab
-            .post_discussion(project, args.iid, &row.body, &gitlab_position)
+            .post_discussion(t.project, args.iid, &row.body, &position)
             .await
         {
             Ok(done) => posted.push(Posted {
@@ -773,7 +1156,175 @@ async fn post_inline(
     Ok(())
 }
 
-/// Records posted comments in one fenced statement.
+/// Stages the pending inline comments as draft notes, then publishes them all in one
+/// `bulk_publish`, so the review appears on the MR as one event. Idempotent like the rest:
+/// a draft whose creation had an unknown outcome is found by its marker among the drafts;
+/// a publish whose outcome is unknown is found by the markers on the MR.
+async fn post_drafts(
+    ctx: &JobContext,
+    t: &Target<'_>,
+    shas: &DiffShas,
+    existing: &HashMap<Marker, (u64, Option<String>)>,
+    posted: &mut Vec<Posted>,
+) -> Result<(), JobError> {
+    let (args, review, gitlab) = (t.args, t.review, &t.deps.gitlab);
+    let pool = ctx.queue().pool();
+    let drafts: HashMap<Marker, u64> = gitlab
+        .draft_notes(t.project, args.iid)
+        .await
+        .map_err(gitlab_error)?
+        .into_iter()
+        .filter_map(|d| review::find_marker(&d.note).map(|m| (m, d.id)))
+        .collect();
+    let mut staged = 0;
+    for row in outbox(pool, review.id).await? {
+        if row.kind != "inline" || !matches!(row.state.as_str(), "pending" | "drafted") {
+            continue;
+        }
+        let key = FindingKey::parse(&row.key).map_err(JobError::fatal)?;
+        let m = marker(args.review_type, t.head, MarkerKind::Finding(key));
+        if let Some((note_id, discussion_id)) = existing.get(&m) {
+            // Published already (by an earlier attempt's bulk publish).
+            posted.push(Posted {
+                key: row.key,
+                note_id: *note_id,
+                discussion_id: discussion_id.clone(),
+            });
+            continue;
+        }
+        staged += 1;
+        if row.state == "drafted" || drafts.contains_key(&m) {
+            continue;
+        }
+        let Some(position) = row_position(ctx, review.id, &row, shas).await? else {
+            staged -= 1;
+            continue;
+        };
+        match gitlab
+            .create_draft_note(t.project, args.iid, &row.body, Some(&position))
+            .await
+        {
+            Ok(draft) => {
+                let rows = sqlx::query!(
+                    r#"update outbox set state = 'drafted', gitlab_draft_id = $3
+                       where review_id = $1 and key = $2
+                         and exists (select 1 from jobs where id = $4 and attempt = $5
+                                     and state = 'running')"#,
+                    review.id,
+                    row.key,
+                    i64::try_from(draft.id).unwrap_or(i64::MAX),
+                    ctx.lease().job_id.get(),
+                    ctx.lease().attempt,
+                )
+                .execute(pool)
+                .await
+                .map_err(db)?
+                .rows_affected();
+                fenced(rows, ctx)?;
+            }
+            Err(err @ gitlab::Error::PositionRejected { .. }) => {
+                staged -= 1;
+                set_state(
+                    ctx,
+                    review.id,
+                    &row.key,
+                    "downgraded",
+                    Some(&err.to_string()),
+                )
+                .await?;
+            }
+            Err(err) => return Err(gitlab_error(err)),
+        }
+    }
+    if staged == 0 {
+        return Ok(());
+    }
+    gitlab
+        .bulk_publish_draft_notes(t.project, args.iid)
+        .await
+        .map_err(gitlab_error)?;
+    // The published notes' ids, found by marker.
+    let now = mr_threads(t.deps, t.project, args.iid, args.review_type).await?;
+    let mut missing = 0;
+    for row in outbox(pool, review.id).await? {
+        if row.kind != "inline" || !matches!(row.state.as_str(), "pending" | "drafted") {
+            continue;
+        }
+        let key = FindingKey::parse(&row.key).map_err(JobError::fatal)?;
+        let m = marker(args.review_type, t.head, MarkerKind::Finding(key));
+        match now.markers.get(&m) {
+            Some((note_id, discussion_id)) if !posted.iter().any(|p| p.key == row.key) => {
+                posted.push(Posted {
+                    key: row.key,
+                    note_id: *note_id,
+                    discussion_id: discussion_id.clone(),
+                });
+            }
+            Some(_) => {}
+            None => missing += 1,
+        }
+    }
+    if missing > 0 {
+        return Err(JobError::retryable(format!(
+            "{missing} draft notes were not found on the merge request after publishing; trying again"
+        )));
+    }
+    Ok(())
+}
+
+/// Resolves the bot's open threads of earlier rounds whose line this push changed.
+/// Returns the ids of the threads resolved.
+async fn resolve_outdated(t: &Target<'_>, threads: &MrThreads) -> Result<Vec<String>, JobError> {
+    let mut by_head: HashMap<&HeadSha, Vec<&BotThread>> = HashMap::new();
+    for thread in threads
+        .bot
+        .iter()
+        .filter(|th| !th.resolved && th.line.is_some() && th.marker.head_sha != *t.head)
+    {
+        by_head
+            .entry(&thread.marker.head_sha)
+            .or_default()
+            .push(thread);
+    }
+    let mut resolved = Vec::new();
+    for (old_head, stale) in by_head {
+        let compare = match t
+            .deps
+            .gitlab
+            .compare(t.project, old_head.as_str(), t.head.as_str())
+            .await
+        {
+            Ok(compare) if !compare.is_partial() => compare,
+            Ok(_) => continue,
+            Err(err) if err.disposition() == Disposition::Fatal => {
+                tracing::info!(head = %old_head, error = %err, "cannot compare with an earlier head; its threads stay as they are");
+                continue;
+            }
+            Err(err) => return Err(gitlab_error(err)),
+        };
+        let delta: Vec<ParsedFile> = compare
+            .diffs
+            .into_iter()
+            .map(|d| review::diff::parse(&to_review_diff(d)))
+            .collect();
+        for thread in stale {
+            let Some((path, line)) = &thread.line else {
+                continue;
+            };
+            if review::line_changed(&delta, path, *line) {
+                t.deps
+                    .gitlab
+                    .resolve_discussion(t.project, t.args.iid, &thread.discussion_id, true)
+                    .await
+                    .map_err(gitlab_error)?;
+                tracing::info!(discussion = %thread.discussion_id, %path, line, "the code changed: thread resolved");
+                resolved.push(thread.discussion_id.clone());
+            }
+        }
+    }
+    Ok(resolved)
+}
+
 async fn record_posted(
     ctx: &JobContext,
     review_id: i64,
@@ -837,42 +1388,100 @@ async fn set_state(
     fenced(rows, ctx)
 }
 
-async fn summary_body(
+/// The living summary note's body: this round's results, the bot's threads still open,
+/// and every round so far with its tokens and cost.
+async fn living_summary_body(
     pool: &PgPool,
-    args: &ReviewArgs,
-    review: &ReviewRow,
-    head: &HeadSha,
+    t: &Target<'_>,
+    round: &RoundSettings,
+    threads: &MrThreads,
+    resolved_now: &[String],
 ) -> Result<String, JobError> {
+    let (args, review) = (t.args, t.review);
     let chunks = chunk_results(pool, review.id).await?;
     let rows = outbox(pool, review.id).await?;
-    let mut inline_severities = Vec::new();
-    let mut unanchored = Vec::new();
+    let max_inline = round.max_inline_comments.unwrap_or(usize::MAX);
+    let mut open_inline = Vec::new();
+    let mut listed = Vec::new();
+    let mut below_min_severity = 0;
+    let mut fingerprints_now = std::collections::HashSet::new();
     for row in &rows {
+        let severity = row
+            .severity
+            .as_deref()
+            .map(Severity::lenient)
+            .unwrap_or(Severity::Info);
         let finding: Option<Finding> = row
             .finding
             .clone()
             .map(serde_json::from_value)
             .transpose()
             .map_err(JobError::fatal)?;
+        if let Some(fp) = &row.fingerprint {
+            fingerprints_now.insert(fp.clone());
+        }
         match (row.kind.as_str(), row.state.as_str(), finding) {
-            ("inline", "posted" | "dry_run" | "pending", _) => inline_severities.push(
-                row.severity
-                    .as_deref()
-                    .map(Severity::lenient)
-                    .unwrap_or(Severity::Info),
-            ),
-            ("inline", _, Some(finding)) => unanchored.push(UnanchoredFinding {
+            (_, "below_threshold", _) => below_min_severity += 1,
+            (_, "dismissed", _) => {}
+            ("inline", "posted" | "dry_run" | "pending" | "drafted" | "open", _) => {
+                open_inline.push(severity);
+            }
+            ("inline", "over_limit", Some(finding)) => listed.push(ListedFinding {
                 finding,
-                reason: UnanchoredReason::RejectedByGitLab {
-                    message: row.error.clone().unwrap_or_default(),
+                because: ListedBecause::OverInlineLimit {
+                    max_inline_comments: max_inline,
                 },
             }),
-            (_, _, Some(finding)) => unanchored.push(UnanchoredFinding {
+            ("inline", _, Some(finding)) => listed.push(ListedFinding {
                 finding,
-                reason: serde_json::from_str(&row.body).unwrap_or(UnanchoredReason::UnknownPath),
+                because: ListedBecause::Unanchored(UnanchoredReason::RejectedByGitLab {
+                    message: row.error.clone().unwrap_or_default(),
+                }),
+            }),
+            (_, _, Some(finding)) => listed.push(ListedFinding {
+                finding,
+                because: ListedBecause::Unanchored(
+                    serde_json::from_str(&row.body).unwrap_or(UnanchoredReason::UnknownPath),
+                ),
             }),
             _ => {}
         }
+    }
+    // Earlier rounds' threads still open (not resolved now, not raised again this round).
+    let earlier: Vec<String> = threads
+        .bot
+        .iter()
+        .filter(|th| {
+            !th.resolved
+                && !th.dismissed
+                && th.marker.head_sha != *t.head
+                && !resolved_now.contains(&th.discussion_id)
+                && th
+                    .marker
+                    .fingerprint
+                    .as_ref()
+                    .is_none_or(|fp| !fingerprints_now.contains(fp.as_str()))
+        })
+        .map(|th| th.discussion_id.clone())
+        .collect();
+    if !earlier.is_empty() {
+        let severities = sqlx::query_scalar!(
+            r#"select o.severity from outbox o join reviews r on r.id = o.review_id
+               where r.project = $1 and r.mr_iid = $2 and o.gitlab_discussion_id = any($3)"#,
+            args.project.to_string(),
+            i64::try_from(args.iid).map_err(JobError::fatal)?,
+            &earlier,
+        )
+        .fetch_all(pool)
+        .await
+        .map_err(db)?;
+        // Threads without an outbox row here (posted by hand, or pruned): counted as info.
+        open_inline.extend((severities.len()..earlier.len()).map(|_| Severity::Info));
+        open_inline.extend(severities.into_iter().map(|s| {
+            s.as_deref()
+                .map(Severity::lenient)
+                .unwrap_or(Severity::Info)
+        }));
     }
     let failed_chunks = chunks
         .iter()
@@ -889,33 +1498,97 @@ async fn summary_body(
         .collect();
     let skipped: Vec<SkippedFile> =
         serde_json::from_value(review.skipped.clone()).map_err(JobError::fatal)?;
-    let report = SummaryReport {
+    let dropped: i32 = chunks.iter().map(|c| c.dropped).sum();
+    let settings_problem = sqlx::query_scalar!(
+        "select settings_problem from reviews where id = $1",
+        review.id
+    )
+    .fetch_one(pool)
+    .await
+    .map_err(db)?;
+    let report = LivingSummary {
         review_type: args.review_type,
-        head_sha: head.clone(),
-        chunk_summaries: chunks.iter().filter_map(|c| c.summary.clone()).collect(),
-        inline_severities,
-        unanchored,
+        head_sha: t.head.clone(),
+        latest_summaries: chunks
+            .iter()
+            .filter_map(|c| c.summary.clone())
+            .chain((dropped > 0).then(|| {
+                format!("{dropped} finding(s) in the model's answers could not be read and were left out.")
+            }))
+            .collect(),
+        open_inline,
+        listed,
+        min_severity: round.min_severity.unwrap_or(Severity::Info),
+        below_min_severity,
+        rounds: rounds(pool, args, review.id).await?,
         skipped,
         failed_chunks,
-        dropped_findings: chunks
-            .iter()
-            .map(|c| usize::try_from(c.dropped).unwrap_or(0))
-            .sum(),
+        settings_problem,
     };
-    Ok(review::render::summary_note(&report))
+    Ok(review::render::living_summary(&report))
 }
 
-#[allow(clippy::too_many_arguments)]
+/// Every finished round of this MR and review type plus the current one, newest first,
+/// with the tokens and cost the ledger recorded for each.
+async fn rounds(pool: &PgPool, args: &ReviewArgs, current: i64) -> Result<Vec<Round>, JobError> {
+    let rows = sqlx::query!(
+        r#"
+        select r.head_sha, r.scope, r.since_sha, r.chunk_count,
+            coalesce(r.finished_at, now()) as "at!",
+            (select count(distinct f->>'new_path') from review_chunks c,
+                 json_array_elements(c.chunk->'files') f
+             where c.review_id = r.id and not c.superseded) as "files!",
+            coalesce((select sum(prompt_tokens) from llm_calls l where l.review_id = r.id), 0)::int8
+                as "prompt!",
+            coalesce((select sum(completion_tokens) from llm_calls l where l.review_id = r.id), 0)::int8
+                as "completion!",
+            (select sum(cost_usd)::float8 from llm_call_costs l where l.review_id = r.id) as cost
+        from reviews r
+        where r.project = $1 and r.mr_iid = $2 and r.review_type = $3 and not r.dry_run
+          and (r.state = 'done' or r.id = $4)
+        order by r.id desc
+        "#,
+        args.project.to_string(),
+        i64::try_from(args.iid).map_err(JobError::fatal)?,
+        args.review_type.as_str(),
+        current,
+    )
+    .fetch_all(pool)
+    .await
+    .map_err(db)?;
+    rows.into_iter()
+        .map(|r| {
+            Ok(Round {
+                head_sha: HeadSha::parse(&r.head_sha).map_err(JobError::fatal)?,
+                kind: match (r.scope.as_str(), r.since_sha) {
+                    ("incremental", Some(since)) => RoundKind::Incremental {
+                        since: HeadSha::parse(&since).map_err(JobError::fatal)?,
+                    },
+                    _ => RoundKind::Full,
+                },
+                files_reviewed: usize::try_from(r.files).unwrap_or(0),
+                chunks: usize::try_from(r.chunk_count).unwrap_or(0),
+                prompt_tokens: u64::try_from(r.prompt).unwrap_or(0),
+                completion_tokens: u64::try_from(r.completion).unwrap_or(0),
+                cost_usd: r.cost,
+                at: r.at,
+            })
+        })
+        .collect()
+}
+
+/// Writes the living summary: the one note per MR and review type, edited in place
+/// (`PUT`) every round. Its id is kept in `mr_summaries`; without one (first round, or a
+/// crash between GitLab storing the note and reviewq recording it) the MR's notes are
+/// searched for the bot's summary marker of this type before a new note is posted. A note
+/// someone deleted is posted again.
 async fn post_summary(
     ctx: &JobContext,
-    deps: &ReviewDeps,
-    args: &ReviewArgs,
-    review: &ReviewRow,
-    project: &ProjectRef,
-    head: &HeadSha,
+    t: &Target<'_>,
     body: &str,
     existing: &HashMap<Marker, (u64, Option<String>)>,
 ) -> Result<(), JobError> {
+    let (args, review, gitlab) = (t.args, t.review, &t.deps.gitlab);
     let pool = ctx.queue().pool();
     let state = sqlx::query_scalar!(
         "select state from outbox where review_id = $1 and key = 'summary'",
@@ -944,39 +1617,82 @@ async fn post_summary(
     if args.dry_run {
         return set_state(ctx, review.id, "summary", "dry_run", None).await;
     }
-    let m = marker(args.review_type, head, MarkerKind::Summary);
-    let found = match existing.get(&m) {
-        Some(found) => Some(found.clone()),
-        // Overview notes are not always listed as discussions on older GitLab.
-        None => deps
-            .gitlab
-            .notes(project, args.iid)
-            .await
-            .map_err(gitlab_error)?
-            .into_iter()
-            .find(|n| review::find_marker(&n.body).as_ref() == Some(&m))
-            .map(|n| (n.id, None)),
+    let project_text = args.project.to_string();
+    let iid = i64::try_from(args.iid).map_err(JobError::fatal)?;
+    let known = sqlx::query_scalar!(
+        "select gitlab_note_id from mr_summaries where project = $1 and mr_iid = $2 and review_type = $3",
+        project_text,
+        iid,
+        args.review_type.as_str(),
+    )
+    .fetch_optional(pool)
+    .await
+    .map_err(db)?
+    .and_then(|id| u64::try_from(id).ok());
+    let is_ours = |m: &Marker| m.review_type == args.review_type && m.kind == MarkerKind::Summary;
+    let found = match known {
+        Some(id) => Some(id),
+        None => match existing.iter().find(|(m, _)| is_ours(m)) {
+            Some((_, (note_id, _))) => Some(*note_id),
+            // Overview notes are not always listed as discussions on older GitLab.
+            None => gitlab
+                .notes(t.project, args.iid)
+                .await
+                .map_err(gitlab_error)?
+                .into_iter()
+                .find(|n| review::find_marker(&n.body).as_ref().is_some_and(is_ours))
+                .map(|n| n.id),
+        },
     };
-    if let Some((note_id, discussion_id)) = found {
-        let posted = Posted {
-            key: "summary".into(),
-            note_id,
-            discussion_id,
-        };
-        return record_posted(ctx, review.id, &[posted]).await;
-    }
-    mark_attempted(ctx, review.id).await?;
-    let note = deps
-        .gitlab
-        .post_note(project, args.iid, body)
-        .await
-        .map_err(gitlab_error)?;
-    let posted = Posted {
-        key: "summary".into(),
-        note_id: note.id,
-        discussion_id: None,
+    let note_id = match found {
+        Some(id) => match gitlab.update_note(t.project, args.iid, id, body).await {
+            Ok(note) => note.id,
+            Err(gitlab::Error::NotFound { .. }) => {
+                tracing::info!(note = id, "the summary note was deleted; posting a new one");
+                mark_attempted(ctx, review.id).await?;
+                gitlab
+                    .post_note(t.project, args.iid, body)
+                    .await
+                    .map_err(gitlab_error)?
+                    .id
+            }
+            Err(err) => return Err(gitlab_error(err)),
+        },
+        None => {
+            mark_attempted(ctx, review.id).await?;
+            gitlab
+                .post_note(t.project, args.iid, body)
+                .await
+                .map_err(gitlab_error)?
+                .id
+        }
     };
-    record_posted(ctx, review.id, &[posted]).await
+    let mut tx = pool.begin().await.map_err(db)?;
+    Queue::fence(&mut tx, ctx.lease()).await?;
+    sqlx::query!(
+        r#"insert into mr_summaries (project, mr_iid, review_type, gitlab_note_id)
+           values ($1, $2, $3, $4)
+           on conflict (project, mr_iid, review_type) do update
+               set gitlab_note_id = excluded.gitlab_note_id, updated_at = now()"#,
+        project_text,
+        iid,
+        args.review_type.as_str(),
+        i64::try_from(note_id).unwrap_or(i64::MAX),
+    )
+    .execute(&mut *tx)
+    .await
+    .map_err(db)?;
+    sqlx::query!(
+        r#"update outbox set state = 'posted', gitlab_note_id = $2, posted_at = now(), error = null
+           where review_id = $1 and key = 'summary'"#,
+        review.id,
+        i64::try_from(note_id).unwrap_or(i64::MAX),
+    )
+    .execute(&mut *tx)
+    .await
+    .map_err(db)?;
+    tx.commit().await.map_err(db)?;
+    Ok(())
 }
 
 /// Marks the review done and completes the job in one transaction; if the MR moved on
@@ -1058,6 +1774,7 @@ struct ChunkRow {
     review_type: String,
     mr_title: String,
     mr_description: String,
+    settings: serde_json::Value,
 }
 
 /// Runs a chunk job: one LLM review of one chunk, under the fleet limit and the chunk
@@ -1081,7 +1798,7 @@ async fn review_chunk(ctx: &JobContext, deps: &ReviewDeps, args: ChunkArgs) -> J
         ChunkRow,
         r#"
         select c.chunk, c.summary, c.superseded, r.project, r.mr_iid, r.head_sha, r.review_type,
-               r.mr_title, r.mr_description
+               r.mr_title, r.mr_description, r.settings
         from review_chunks c join reviews r on r.id = c.review_id
         where c.review_id = $1 and c.chunk_index = $2
         "#,
@@ -1102,7 +1819,13 @@ async fn review_chunk(ctx: &JobContext, deps: &ReviewDeps, args: ChunkArgs) -> J
     }
     let chunk: Chunk = serde_json::from_value(row.chunk).map_err(JobError::fatal)?;
     let review_type: ReviewType = row.review_type.parse().map_err(JobError::fatal)?;
-    let prompt = review::prompt::render(review_type, &chunk, &row.mr_title, &row.mr_description);
+    let prompt = review::prompt::render_with(
+        review_type,
+        &chunk,
+        &row.mr_title,
+        &row.mr_description,
+        &RoundSettings::read(&row.settings).prompt_options(),
+    );
     let mut request = ChatRequest::new(vec![
         Message::system(prompt.system),
         Message::user(prompt.user),

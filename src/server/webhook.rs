@@ -320,6 +320,7 @@ pub async fn gitlab(
         review_type: state.webhook.review_type,
         dry_run: false,
         force: false,
+        full: false,
     };
     let label = mr.to_string();
     let job = ReviewArgs::new(mr, &options).job(0);

@@ -167,6 +167,7 @@ fn options() -> ReviewOptions {
         review_type: ReviewType::General,
         dry_run: false,
         force: false,
+        full: false,
     }
 }
 

@@ -293,6 +293,7 @@ async fn a_worker_killed_after_gitlab_stored_a_comment_but_before_recording_it_p
         review_type: ReviewType::General,
         dry_run: false,
         force: false,
+        full: false,
     };
     let mr = format!("{PROJECT}:1").parse().unwrap();
     let id = Queue::enqueue(&pool, &ReviewArgs::new(mr, &options).job(0))
@@ -363,6 +364,7 @@ async fn tokens_and_keys_never_reach_logs_output_or_the_database(pool: PgPool) {
         review_type: ReviewType::General,
         dry_run: false,
         force: false,
+        full: false,
     };
     let mr = format!("{PROJECT}:1").parse().unwrap();
     let id = Queue::enqueue(&pool, &ReviewArgs::new(mr, &options).job(0))
