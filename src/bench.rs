@@ -44,6 +44,8 @@ pub enum Bench {
     Serve(crate::bench_serve::ServeBenchArgs),
     /// Worker memory and prompt sizes while reviewing a hostile, gigantic merge request.
     Gigantic(crate::bench_gigantic::GiganticBenchArgs),
+    /// Tokens per review round: a full review, then incremental reviews of two pushes.
+    Rounds(crate::bench_rounds::RoundsBenchArgs),
 }
 
 /// Arguments of `bench e2e`.
@@ -173,6 +175,7 @@ pub async fn run(db: &DbArgs, args: BenchArgs) -> anyhow::Result<ExitCode> {
         }
         Bench::Serve(args) => crate::bench_serve::run(db, args).await,
         Bench::Gigantic(args) => crate::bench_gigantic::run(db, args).await,
+        Bench::Rounds(args) => crate::bench_rounds::run(db, args).await,
         Bench::E2e(args) => {
             let pool = db.pool(args.concurrency / 2 + 8).await?;
             crate::migrate(&pool).await?;

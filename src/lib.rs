@@ -24,6 +24,7 @@
 
 pub mod bench;
 pub mod bench_gigantic;
+pub mod bench_rounds;
 pub mod bench_serve;
 pub mod cli;
 pub mod config;

@@ -944,8 +944,8 @@ async fn outbox(pool: &PgPool, review_id: i64) -> Result<Vec<OutboxRow>, JobErro
     .map_err(db)
 }
 
-/// Our markers already on the MR: marker text to (note id, discussion id).
-
+/// A single-statement write fenced by the job's lease: it matches no row once another
+/// attempt owns the job.
 fn fenced(rows: u64, ctx: &JobContext) -> Result<(), JobError> {
     if rows == 0 {
         return Err(QueueError::LeaseLost(ctx.lease()).into());
@@ -984,10 +984,6 @@ fn line_anchor(position: &review::Position) -> Option<LineAnchor> {
         (None, None) => None,
     }
 }
-
-/// Posts the outbox: inline comments first, then the summary note; then finishes the
-/// review. Safe to run again after any crash: posted rows are skipped, and a comment whose
-/// earlier POST had an unknown outcome is looked up by its marker before it is re-sent.
 
 /// Posts the outbox: inline comments first (directly, or as draft notes published at
 /// once), resolves the bot's threads whose code changed, then writes the living summary

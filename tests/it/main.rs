@@ -9,6 +9,7 @@ mod llm;
 mod pipeline;
 mod processes;
 mod queue;
+mod rounds;
 mod server;
 mod sim;
 mod spend;

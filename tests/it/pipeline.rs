@@ -56,20 +56,20 @@ pub fn mixed_mr(iid: u64) -> MrSpec {
     }
 }
 
-struct Harness {
-    pool: PgPool,
-    queue: Queue,
-    gitlab: FakeGitLab,
-    glm: FakeGlm,
-    worker: Worker<Dispatcher>,
+pub struct Harness {
+    pub pool: PgPool,
+    pub queue: Queue,
+    pub gitlab: FakeGitLab,
+    pub glm: FakeGlm,
+    pub worker: Worker<Dispatcher>,
 }
 
 impl Harness {
-    async fn start(pool: PgPool) -> Self {
+    pub async fn start(pool: PgPool) -> Self {
         Self::start_with(pool, SpendPolicy::default()).await
     }
 
-    async fn start_with(pool: PgPool, spend: SpendPolicy) -> Self {
+    pub async fn start_with(pool: PgPool, spend: SpendPolicy) -> Self {
         let gitlab = FakeGitLab::start(TOKEN).await.unwrap();
         let glm = FakeGlm::start(KEY, GlmBehaviour::default()).await.unwrap();
         gitlab.add_merge_request(mixed_mr(1)).unwrap();
@@ -114,7 +114,7 @@ impl Harness {
         }
     }
 
-    async fn enqueue(&self, iid: u64, options: ReviewOptions) -> JobId {
+    pub async fn enqueue(&self, iid: u64, options: ReviewOptions) -> JobId {
         let mr: MrRef = format!("{PROJECT}:{iid}").parse().unwrap();
         Queue::enqueue(&self.pool, &ReviewArgs::new(mr, &options).job(0))
             .await
@@ -123,7 +123,7 @@ impl Harness {
     }
 
     /// Runs the worker until every given job has ended, waiting out retry delays.
-    async fn run(&self, ids: &[JobId]) {
+    pub async fn run(&self, ids: &[JobId]) {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             self.worker.drain().await.unwrap();
@@ -139,11 +139,11 @@ impl Harness {
         }
     }
 
-    async fn state(&self, id: JobId) -> JobState {
+    pub async fn state(&self, id: JobId) -> JobState {
         self.queue.get(id).await.unwrap().state
     }
 
-    async fn outbox_states(&self, id: JobId) -> Vec<(String, String)> {
+    pub async fn outbox_states(&self, id: JobId) -> Vec<(String, String)> {
         sqlx::query_as(
             "select o.kind, o.state from outbox o join reviews r on r.id = o.review_id
              where r.job_id = $1 and (o.kind = 'inline' or o.key = 'summary') order by o.key",
@@ -154,7 +154,7 @@ impl Harness {
         .unwrap()
     }
 
-    async fn ledger_tokens(&self) -> (i64, i64) {
+    pub async fn ledger_tokens(&self) -> (i64, i64) {
         sqlx::query_as("select count(*), coalesce(sum(total_tokens), 0)::int8 from llm_calls")
             .fetch_one(&self.pool)
             .await
@@ -162,7 +162,7 @@ impl Harness {
     }
 }
 
-fn options() -> ReviewOptions {
+pub fn options() -> ReviewOptions {
     ReviewOptions {
         review_type: ReviewType::General,
         dry_run: false,

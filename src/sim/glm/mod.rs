@@ -137,6 +137,8 @@ pub struct GlmCall {
     pub fault: Option<GlmFault>,
     /// The user message(s), joined.
     pub user_prompt: String,
+    /// The system message(s), joined.
+    pub system_prompt: String,
     /// From request arrival to answer.
     pub elapsed: Duration,
 }
@@ -355,6 +357,7 @@ impl InFlight {
                 completion_tokens: None,
                 fault: None,
                 user_prompt: String::new(),
+                system_prompt: String::new(),
                 elapsed: Duration::ZERO,
             },
             answered: false,
@@ -453,9 +456,13 @@ struct ChatIn {
 
 impl ChatIn {
     fn user_text(&self) -> String {
+        self.text_of("user")
+    }
+
+    fn text_of(&self, wanted: &str) -> String {
         self.messages
             .iter()
-            .filter(|(role, _)| role == "user")
+            .filter(|(role, _)| role == wanted)
             .map(|(_, content)| content.as_str())
             .collect::<Vec<_>>()
             .join("\n")
@@ -618,6 +625,7 @@ async fn chat(State(inner): State<Arc<Inner>>, headers: HeaderMap, body: Bytes) 
     };
     guard.call.model.clone_from(&request.model);
     guard.call.user_prompt = request.user_text();
+    guard.call.system_prompt = request.text_of("system");
     let (fault, behaviour, id) = {
         let mut state = inner.lock();
         state.last_id += 1;
