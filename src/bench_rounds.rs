@@ -253,7 +253,10 @@ async fn review_round(pool: &PgPool, mr: &str, round: usize) -> anyhow::Result<R
             );
             break;
         }
-        anyhow::ensure!(Instant::now() < deadline, "round {round} took over 5 minutes");
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "round {round} took over 5 minutes"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let r = sqlx::query!(
@@ -309,13 +312,20 @@ fn file(n: usize, edits: &Edits) -> FileSpec {
         let old = 1 + k * HUNK_STRIDE;
         let new = old + 2 * k;
         let _ = writeln!(diff, "@@ -{old},6 +{new},8 @@ fn f{n}_{k}()");
-        let _ = writeln!(diff, " fn f{n}_{k}(input: &Input) -> Result<Output, Error> {{");
+        let _ = writeln!(
+            diff,
+            " fn f{n}_{k}(input: &Input) -> Result<Output, Error> {{"
+        );
         let _ = writeln!(diff, "     let context = prepare(input, \"{n}-{k}\")?;");
         let _ = writeln!(
             diff,
             "+    let a{k} = compute(&context, {k}); // added by this merge request"
         );
-        let _ = writeln!(diff, "{}", added_line(n, k, k == 2 && edits.rewritten.contains(&n)));
+        let _ = writeln!(
+            diff,
+            "{}",
+            added_line(n, k, k == 2 && edits.rewritten.contains(&n))
+        );
         for line in 0..4 {
             let _ = writeln!(
                 diff,

@@ -1853,41 +1853,36 @@ async fn review_chunk(ctx: &JobContext, deps: &ReviewDeps, args: ChunkArgs) -> J
             }
         };
         let call_id = ledger::start(&pool, &call).await?;
-        let result = deps.llm.complete(&request).await;
-        // Free the slot before the bookkeeping: another chunk may start its call now.
-        if let Err(err) = permit.release().await {
-            tracing::warn!(error = %err, "could not release the LLM slot; it frees itself when the lease lapses");
-        }
-        if probe && result.is_ok() {
-            spend::resume(&pool).await?;
-        }
-        match result {
-            Ok(done) => match review::parse_answer(&done.content) {
-                Ok(answer) => {
-                    return store_answer(ctx, args, call_id, &done, answer).await;
+        // From here the call and its bookkeeping are a task of their own: if this attempt
+        // is stopped (its lease lost, CHUNK_TIMEOUT), the answer still arrives and its usage
+        // is still recorded. Only a killed process leaves the ledger row `started`.
+        let call_task = tokio::spawn(finish_call(
+            ctx.clone(),
+            deps.clone(),
+            args,
+            chunk.clone(),
+            request.clone(),
+            call_id,
+            permit,
+            probe,
+        ));
+        let end = call_task
+            .await
+            .map_err(|e| JobError::retryable(format!("the LLM call's task failed: {e}")))?;
+        match end {
+            CallEnd::Done(result) => return result,
+            CallEnd::Unusable(err) => {
+                unusable += 1;
+                if unusable > UNUSABLE_ANSWERS_TOLERATED {
+                    return Err(JobError::fatal(format!(
+                        "the model's answer was not the JSON object asked for, twice: {err}"
+                    )));
                 }
-                Err(err) => {
-                    ledger::unusable(&pool, call_id, &done, &err.to_string()).await?;
-                    unusable += 1;
-                    if unusable > UNUSABLE_ANSWERS_TOLERATED {
-                        return Err(JobError::fatal(format!(
-                            "the model's answer was not the JSON object asked for, twice: {err}"
-                        )));
-                    }
-                    tracing::warn!(error = %err, "unusable answer; asking once more");
-                }
-            },
-            Err(err) if err.kind == llm::ErrorKind::QuotaExhausted => {
-                return pause_llm(ctx, deps, call_id, &err).await;
+                tracing::warn!(error = %err, "unusable answer; asking once more");
             }
-            Err(err) => {
-                ledger::failed(&pool, call_id, &err).await?;
-                if err.kind == llm::ErrorKind::ContextTooLong {
-                    return split(ctx, args, &chunk, &err).await;
-                }
+            CallEnd::Transient(err) => {
                 transient_tries += 1;
                 match err.disposition() {
-                    Disposition::Fatal => return Err(JobError::fatal(describe_llm_error(&err))),
                     _ if transient_tries >= LLM_TRIES_PER_ATTEMPT => {
                         return Err(JobError::new(err.disposition(), describe_llm_error(&err)));
                     }
@@ -1895,10 +1890,103 @@ async fn review_chunk(ctx: &JobContext, deps: &ReviewDeps, args: ChunkArgs) -> J
                         return Err(JobError::retry_after(wait, describe_llm_error(&err)));
                     }
                     Disposition::RetryAfter(wait) => tokio::time::sleep(wait).await,
-                    Disposition::Retry => tokio::time::sleep(backoff(transient_tries)).await,
+                    Disposition::Retry | Disposition::Fatal => {
+                        tokio::time::sleep(backoff(transient_tries)).await;
+                    }
                 }
                 tracing::info!(error = %err, try_number = transient_tries, "transient LLM error; retrying");
             }
+        }
+    }
+}
+
+/// How one LLM call of a chunk ended, with everything about it recorded.
+enum CallEnd {
+    /// The attempt's outcome is decided: answer stored, chunk split, LLM paused, or failed.
+    Done(JobResult),
+    /// The answer was not the JSON object asked for.
+    Unusable(String),
+    /// A transient failure: the attempt may try again.
+    Transient(llm::Error),
+}
+
+/// Sends one call and records how it ended: the usage with the answer and the job's
+/// completion in one transaction, or the failure. Runs as a task of its own (see
+/// [`review_chunk`]), so it owns everything it uses.
+#[allow(clippy::too_many_arguments)]
+async fn finish_call(
+    ctx: JobContext,
+    deps: ReviewDeps,
+    args: ChunkArgs,
+    chunk: Chunk,
+    request: ChatRequest,
+    call_id: ledger::CallId,
+    permit: crate::queue::Permit,
+    probe: bool,
+) -> CallEnd {
+    let pool = ctx.queue().pool().clone();
+    let result = deps.llm.complete(&request).await;
+    // Free the slot before the bookkeeping: another chunk may start its call now.
+    if let Err(err) = permit.release().await {
+        tracing::warn!(error = %err, "could not release the LLM slot; it frees itself when the lease lapses");
+    }
+    if probe
+        && result.is_ok()
+        && let Err(err) = spend::resume(&pool).await
+    {
+        tracing::warn!(error = %err, "could not end the LLM pause; the next probe will");
+    }
+    match result {
+        Ok(done) => match review::parse_answer(&done.content) {
+            Ok(answer) => CallEnd::Done(store_answer(&ctx, args, call_id, &done, answer).await),
+            Err(err) => {
+                let reason = err.to_string();
+                match keep_recording(|| ledger::unusable(&pool, call_id, &done, &reason)).await {
+                    Ok(()) => CallEnd::Unusable(reason),
+                    Err(err) => CallEnd::Done(Err(err)),
+                }
+            }
+        },
+        Err(err) if err.kind == llm::ErrorKind::QuotaExhausted => {
+            CallEnd::Done(pause_llm(&ctx, &deps, call_id, &err).await)
+        }
+        Err(err) => {
+            if let Err(db_err) = keep_recording(|| ledger::failed(&pool, call_id, &err)).await {
+                return CallEnd::Done(Err(db_err));
+            }
+            if err.kind == llm::ErrorKind::ContextTooLong {
+                return CallEnd::Done(split(&ctx, args, &chunk, &err).await);
+            }
+            match err.disposition() {
+                Disposition::Fatal => CallEnd::Done(Err(JobError::fatal(describe_llm_error(&err)))),
+                _ => CallEnd::Transient(err),
+            }
+        }
+    }
+}
+
+/// How long a ledger write is retried through a database outage (a restart takes seconds).
+const LEDGER_RETRY_FOR: Duration = Duration::from_secs(60);
+
+/// Writes what a call cost, retrying through a database outage: the tokens were spent
+/// whatever becomes of the job, so their record must outlive a restart or a cut
+/// connection.
+async fn keep_recording<F, Fut>(mut write: F) -> Result<(), JobError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), QueueError>>,
+{
+    let deadline = tokio::time::Instant::now() + LEDGER_RETRY_FOR;
+    let mut pause = Duration::from_millis(100);
+    loop {
+        match write().await {
+            Ok(()) => return Ok(()),
+            Err(err) if tokio::time::Instant::now() + pause < deadline => {
+                tracing::warn!(error = %err, retry_in = ?pause, "could not record an LLM call's usage; retrying");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(5));
+            }
+            Err(err) => return Err(err.into()),
         }
     }
 }
@@ -1973,7 +2061,8 @@ fn describe_llm_error(err: &llm::Error) -> String {
 }
 
 /// Stores a chunk's answer and its usage with the job's completion, in one transaction.
-/// If the lease was lost meanwhile, only the usage is recorded: the tokens were spent.
+/// If the lease was lost meanwhile, or the transaction fails (the database restarted, the
+/// connection was cut), the usage is still recorded on its own: the tokens were spent.
 async fn store_answer(
     ctx: &JobContext,
     args: ChunkArgs,
@@ -1982,7 +2071,23 @@ async fn store_answer(
     answer: review::Answer,
 ) -> JobResult {
     let pool = ctx.queue().pool();
-    let mut tx = pool.begin().await.map_err(db)?;
+    match store_answer_tx(ctx, args, call_id, done, &answer).await {
+        Ok(()) => Ok(Outcome::Settled),
+        Err(err) => {
+            keep_recording(|| ledger::succeeded(pool, call_id, done)).await?;
+            Err(err)
+        }
+    }
+}
+
+async fn store_answer_tx(
+    ctx: &JobContext,
+    args: ChunkArgs,
+    call_id: ledger::CallId,
+    done: &llm::Completion,
+    answer: &review::Answer,
+) -> Result<(), JobError> {
+    let mut tx = ctx.queue().pool().begin().await.map_err(db)?;
     ledger::succeeded(&mut *tx, call_id, done).await?;
     sqlx::query!(
         r#"update review_chunks set summary = $3, findings = $4, dropped_findings = $5,
@@ -1998,19 +2103,10 @@ async fn store_answer(
     .await
     .map_err(db)?;
     // The completion is the fence: if another attempt owns the job, nothing of this
-    // transaction is kept but the usage, which is written on its own (it was spent).
-    match Queue::complete(&mut tx, ctx.lease()).await {
-        Ok(()) => {
-            tx.commit().await.map_err(db)?;
-            Ok(Outcome::Settled)
-        }
-        Err(QueueError::LeaseLost(lease)) => {
-            drop(tx);
-            ledger::succeeded(pool, call_id, done).await?;
-            Err(QueueError::LeaseLost(lease).into())
-        }
-        Err(other) => Err(other.into()),
-    }
+    // transaction is kept (the caller then records the usage on its own).
+    Queue::complete(&mut tx, ctx.lease()).await?;
+    tx.commit().await.map_err(db)?;
+    Ok(())
 }
 
 /// The model found the chunk too big: replace it by two halves, each with its own job

@@ -16,6 +16,7 @@ use futures_util::FutureExt;
 use sqlx::postgres::PgListener;
 use tokio::{sync::Notify, task::JoinSet};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use super::{
     Backlog, ClaimedJob, Error, FailureRecorded, JOBS_CHANNEL, JobError, JobId, Lease, Limiter,
@@ -515,19 +516,24 @@ async fn run_job<H: JobHandler>(
         () = cancel.cancelled() => None,
     };
     in_flight.lock().expect("in-flight map").remove(&id);
-    let _enter = span.enter();
-    match result {
-        None => {
-            tracing::info!("attempt cancelled: lease lost, job cancelled or hard shutdown");
-            None
-        }
-        Some(Ok(outcome)) => Some(Ok(outcome)),
-        Some(Err(err)) => {
-            let message = err.message.clone();
-            record_failure(&queue, &job, &err, &retry).await;
-            Some(Err(message))
+    // Instrumented, not entered: a guard held across the await would put every other
+    // task polled on this thread meanwhile inside this job's span.
+    async move {
+        match result {
+            None => {
+                tracing::info!("attempt cancelled: lease lost, job cancelled or hard shutdown");
+                None
+            }
+            Some(Ok(outcome)) => Some(Ok(outcome)),
+            Some(Err(err)) => {
+                let message = err.message.clone();
+                record_failure(&queue, &job, &err, &retry).await;
+                Some(Err(message))
+            }
         }
     }
+    .instrument(span)
+    .await
 }
 
 async fn record_failure(queue: &Queue, job: &ClaimedJob, err: &JobError, retry: &RetryPolicy) {
