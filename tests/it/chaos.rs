@@ -7,7 +7,8 @@
 //! The kill scenario's fault phase lasts `REVIEWQ_CHAOS_SECS` seconds (default
 //! [`DEFAULT_CHAOS_SECS`]); a soak run is
 //! `REVIEWQ_CHAOS_SECS=600 cargo test --test it chaos::a_fleet_sigkilled -- --nocapture`.
-//! Each run prints its random seed; `REVIEWQ_CHAOS_SEED=N` replays that kill schedule.
+//! Each run prints its random seed; `REVIEWQ_CHAOS_SEED=N` reuses it (the kill intervals
+//! and random picks; which worker a targeted kill hits still depends on timing).
 //! Worker logs are kept (and their tails printed) when a scenario fails, or always with
 //! `REVIEWQ_CHAOS_KEEP_LOGS=1`.
 
@@ -52,7 +53,7 @@ const TOKEN: &str = "glpat-chaos-token";
 /// The simulated GLM's key.
 const KEY: &str = "glm-chaos-key";
 /// Default length of the kill scenario's fault phase; with the final drain the scenario
-/// takes 40-45 s.
+/// takes 38-45 s.
 const DEFAULT_CHAOS_SECS: u64 = 38;
 /// No new review starts this close to the end of the kill phase: a review under kills
 /// takes about this long, so the scenario ends soon after the phase does.
@@ -63,7 +64,8 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(120);
 /// Merge requests reviewed in each round of the kill scenario: "a dozen".
 const KILL_MRS: u64 = 12;
 
-/// A reproducible random schedule without a dependency (xorshift64*).
+/// A reproducible random schedule without a dependency (xorshift64*); the field is the
+/// generator's state.
 struct Rng(u64);
 
 impl Rng {
@@ -78,7 +80,7 @@ impl Rng {
                     .expect("the clock is after 1970")
                     .as_nanos() as u64
             });
-        eprintln!("chaos[{scenario}]: seed {seed} (REVIEWQ_CHAOS_SEED={seed} replays it)");
+        eprintln!("chaos[{scenario}]: seed {seed} (REVIEWQ_CHAOS_SEED={seed} reuses it)");
         Self(seed | 1)
     }
 
@@ -112,7 +114,9 @@ fn chaos_secs() -> Duration {
 
 /// The two simulated services.
 struct Sims {
+    /// Serves the MRs, stores the comments and injects GitLab's failures.
     gitlab: FakeGitLab,
+    /// Answers the chunks, bills usage, counts requests in flight, injects GLM's failures.
     glm: FakeGlm,
 }
 
@@ -208,7 +212,9 @@ struct Slot {
 
 /// A killed worker whose jobs must be rescued within a lease.
 struct Dead {
+    /// Its worker id, as the jobs it held name it.
     id: Uuid,
+    /// When the test killed it: a lease after this its jobs must be back in the queue.
     killed: Instant,
     /// Set once none of its jobs is `running` any more.
     cleared: bool,
@@ -216,7 +222,9 @@ struct Dead {
 
 /// A fleet of worker processes and what the test did to it.
 struct Fleet {
+    /// The scenario, for messages and log directories.
     name: &'static str,
+    /// The test's own connection to the fleet's database.
     pool: PgPool,
     /// `DATABASE_URL` for the workers.
     url: String,
@@ -224,9 +232,13 @@ struct Fleet {
     env: Vec<(String, String)>,
     /// Where worker logs go; printed and kept when the test fails, removed when it passes.
     logs: PathBuf,
+    /// The [`FLEET`] places, each holding one process at a time.
     slots: Vec<Slot>,
+    /// SIGKILLs sent.
     kills: u32,
+    /// Processes started after a kill.
     restarts: u32,
+    /// Killed workers, checked until their jobs are rescued.
     dead: Vec<Dead>,
     /// Longest a dead worker's job stayed `running` after the kill.
     longest_rescue: Duration,
@@ -479,12 +491,19 @@ impl Drop for Fleet {
 /// A job as a failure message shows it.
 #[derive(sqlx::FromRow)]
 struct JobLine {
+    /// `jobs.id`.
     id: i64,
+    /// `review` or `review_chunk`.
     kind: String,
+    /// The state as text.
     state: String,
+    /// Claims so far.
     attempt: i32,
+    /// Claims that ended in an error or a lapsed lease.
     failed_attempts: i32,
+    /// The MR of a review job.
     mr: Option<String>,
+    /// Why the last attempt failed.
     last_error: Option<String>,
 }
 
@@ -542,22 +561,29 @@ struct Expect<'a> {
 /// The numbers a scenario reports.
 #[derive(Debug, Default)]
 struct Tally {
+    /// Review jobs run (one per head reviewed).
     review_jobs: i64,
+    /// Chunk jobs run (a split chunk counts three times: itself and its halves).
     chunk_jobs: i64,
+    /// Review jobs that failed, each for the reason the scenario expected.
     failed_reviews: i64,
     /// Comments on GitLab (inline and summary notes), each recorded once in the outbox.
     comments: usize,
     /// Inline findings GitLab refused (stale positions), listed in a summary instead.
     downgraded: usize,
+    /// Markers found on GitLab more than once (must be 0).
     duplicates: usize,
     /// LLM requests the fake GLM received.
     llm_requests: u64,
+    /// Tokens the fake GLM billed.
     billed: u64,
+    /// Tokens the ledger recorded.
     recorded: u64,
     /// Answered calls whose usage was lost to a kill (rows left `started`).
     cut_off: usize,
     /// Ledger rows left `started` (cut-off calls, answered or not).
     started_rows: i64,
+    /// The most requests the fake GLM had in flight at once.
     peak_in_flight: usize,
     /// Failed attempts (errors and lapsed leases) summed over all jobs, and the most any
     /// one job had.
@@ -592,35 +618,53 @@ impl std::fmt::Display for Tally {
 /// A job's end state.
 #[derive(sqlx::FromRow)]
 struct JobEnd {
+    /// `jobs.id`.
     id: i64,
+    /// `review` or `review_chunk`.
     kind: String,
+    /// The state as text.
     state: String,
     /// The MR of a review job.
     iid: Option<i64>,
+    /// The reason a failed job gives.
     last_error: Option<String>,
+    /// A chunk's review job.
     parent_id: Option<i64>,
 }
 
 /// An outbox row with the review it belongs to.
 #[derive(sqlx::FromRow)]
 struct OutboxRow {
+    /// The review's project path.
     project: String,
+    /// The review's MR.
     mr_iid: i64,
+    /// The head reviewed, part of every marker.
     head_sha: String,
+    /// The review type, part of every marker.
     review_type: String,
+    /// The finding key, or `summary`.
     key: String,
+    /// `inline` or `summary`.
     kind: String,
+    /// pending, posted, downgraded or dry_run.
     state: String,
+    /// The note GitLab stored, for a posted row.
     gitlab_note_id: Option<i64>,
+    /// Why GitLab refused a downgraded row's position.
     error: Option<String>,
 }
 
 /// A ledger row's status and usage.
 #[derive(sqlx::FromRow)]
 struct LedgerRow {
+    /// started, ok or error.
     status: String,
+    /// Usage as the provider reported it; `None` while `started` or when not reported.
     prompt_tokens: Option<i64>,
+    /// See `prompt_tokens`.
     completion_tokens: Option<i64>,
+    /// Their sum, as reported.
     total_tokens: Option<i64>,
 }
 
@@ -899,7 +943,9 @@ enum Stage {
 
 /// A running job's stage, worker and review.
 struct RunningJob {
+    /// The worker holding it.
     worker: Option<Uuid>,
+    /// What it is doing.
     stage: Stage,
     /// (MR iid, head SHA, comments recorded as posted) of a review job past its plan.
     review: Option<(i64, String, i64)>,
@@ -910,11 +956,17 @@ struct RunningJob {
 /// A running job as [`running_jobs`] reads it.
 #[derive(sqlx::FromRow)]
 struct RunningRow {
+    /// The worker holding the job.
     worker_id: Option<Uuid>,
+    /// The stage's name (see [`Stage`]).
     stage: String,
+    /// The MR of a review job past its plan.
     mr_iid: Option<i64>,
+    /// The head it reviews.
     head_sha: Option<String>,
+    /// Its comments recorded as posted.
     posted: i64,
+    /// Attempts left before it fails for good.
     attempts_left: i32,
 }
 
