@@ -2,7 +2,7 @@
 
 use std::{
     future::Future,
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::Stdio,
     time::{Duration, Instant},
 };
@@ -97,6 +97,26 @@ impl WorkerProcess {
             } else {
                 Stdio::null()
             })
+            .spawn()
+            .expect("start reviewq worker");
+        Self { child }
+    }
+
+    /// Starts `reviewq worker` on `url` with extra flags and environment, appending its log
+    /// (stderr) to `log` so a failed test can show what each worker did.
+    pub fn start_logged(url: &str, args: &[&str], env: &[(&str, &str)], log: &Path) -> Self {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .expect("open the worker's log file");
+        let child = reviewq()
+            .arg("worker")
+            .args(args)
+            .env("DATABASE_URL", url)
+            .envs(env.iter().copied())
+            .stdout(Stdio::null())
+            .stderr(file)
             .spawn()
             .expect("start reviewq worker");
         Self { child }
