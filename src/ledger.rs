@@ -70,6 +70,51 @@ pub async fn start(pool: &PgPool, call: &CallContext) -> Result<CallId> {
     id.map(CallId).ok_or(Error::LeaseLost(call.lease))
 }
 
+/// [`start`], but only if the call may start by the spend limits: no fleet-wide LLM pause
+/// (`llm_pause`), the fleet's `daily_budget` and the project's budget (`project_budgets`)
+/// not spent today (UTC). One statement, so the limits cost nothing extra on the hot path;
+/// `None` when the call may not start, or the lease is lost: [`crate::spend::admit`] says
+/// which, and why.
+///
+/// # Errors
+/// Database errors.
+pub async fn start_within_limits(
+    pool: &PgPool,
+    call: &CallContext,
+    daily_budget: Option<u64>,
+) -> Result<Option<CallId>> {
+    let id = sqlx::query_scalar!(
+        r#"
+        insert into llm_calls (job_id, job_attempt, review_id, chunk_index, project, mr_iid,
+            head_sha, review_type, model)
+        select $1, $2, $3, $4, $5, $6, $7, $8, $9
+        where exists (select 1 from jobs where id = $1 and attempt = $2 and state = 'running')
+          and not exists (select 1 from llm_pause)
+          and ($10::int8 is null or (select coalesce(sum(total_tokens), 0) from llm_calls
+                                     where started_at >= date_trunc('day', now(), 'UTC')) < $10)
+          and not exists (
+              select 1 from project_budgets b
+              where b.project = $5 and b.daily_tokens <= (
+                  select coalesce(sum(total_tokens), 0) from llm_calls
+                  where project = $5 and started_at >= date_trunc('day', now(), 'UTC')))
+        returning id
+        "#,
+        call.lease.job_id.get(),
+        call.lease.attempt,
+        call.review_id,
+        call.chunk_index,
+        call.project,
+        call.mr_iid,
+        call.head_sha,
+        call.review_type,
+        call.model,
+        daily_budget.map(|b| i64::try_from(b).unwrap_or(i64::MAX)),
+    )
+    .fetch_optional(pool)
+    .await?;
+    Ok(id.map(CallId))
+}
+
 /// Records a successful call's usage. Run it in the transaction that stores the result,
 /// so the tokens and the state change commit together.
 ///

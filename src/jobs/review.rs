@@ -520,6 +520,20 @@ async fn incremental_base(
     .fetch_optional(pool)
     .await
     .map_err(db)?;
+    // No round in this database (a CI job on a fresh local cluster): the living summary
+    // note on the MR names the head its last round reviewed.
+    let previous = match previous {
+        Some(previous) => Some(previous),
+        None => deps
+            .gitlab
+            .notes(project, args.iid)
+            .await
+            .map_err(gitlab_error)?
+            .iter()
+            .filter_map(|n| review::find_marker(&n.body))
+            .find(|m| m.review_type == args.review_type && m.kind == MarkerKind::Summary)
+            .map(|m| m.head_sha.as_str().to_owned()),
+    };
     let Some(previous) = previous.filter(|p| p != head) else {
         return Ok(None);
     };
@@ -1844,15 +1858,19 @@ async fn review_chunk(ctx: &JobContext, deps: &ReviewDeps, args: ChunkArgs) -> J
     let mut unusable = 0;
     loop {
         let permit = ctx.acquire(LLM_RESOURCE).await?;
-        let probe = match spend::admit(&pool, &deps.spend, &call.project).await? {
-            Admission::Go => false,
-            Admission::Probe => true,
-            Admission::Wait { until, waiting } => {
-                drop(permit);
-                return wait(ctx, until, &waiting).await;
-            }
+        let started = ledger::start_within_limits(&pool, &call, deps.spend.daily_tokens).await?;
+        let (call_id, probe) = match started {
+            Some(call_id) => (call_id, false),
+            // Paused, over a budget, or the lease is lost: the slow path says which.
+            None => match spend::admit(&pool, &deps.spend, &call.project).await? {
+                Admission::Go => (ledger::start(&pool, &call).await?, false),
+                Admission::Probe => (ledger::start(&pool, &call).await?, true),
+                Admission::Wait { until, waiting } => {
+                    drop(permit);
+                    return wait(ctx, until, &waiting).await;
+                }
+            },
         };
-        let call_id = ledger::start(&pool, &call).await?;
         // From here the call and its bookkeeping are a task of their own: if this attempt
         // is stopped (its lease lost, CHUNK_TIMEOUT), the answer still arrives and its usage
         // is still recorded. Only a killed process leaves the ledger row `started`.

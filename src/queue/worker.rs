@@ -20,7 +20,7 @@ use tracing::Instrument;
 
 use super::{
     Backlog, ClaimedJob, Error, FailureRecorded, JOBS_CHANNEL, JobError, JobId, Lease, Limiter,
-    Permit, Queue, Result, RetryPolicy, SLOTS_CHANNEL, Waiting, WorkerId,
+    Permit, Queue, Result, RetryPolicy, SLOTS_CHANNEL, Waiting, WorkerId, limit::Handoff,
 };
 
 /// Most completions written by one statement. Larger batches stop paying off and hold
@@ -64,6 +64,8 @@ pub struct JobContext {
     worker: WorkerId,
     lease_duration: Duration,
     slots_released: Arc<Notify>,
+    /// Hands released slots between this process's jobs.
+    handoff: Handoff,
     /// Fires when this attempt lost its lease (rescued elsewhere or cancelled by an
     /// operator) or the worker is shutting down hard. The worker also drops the
     /// handler's future then, so handlers only need it to stop background work.
@@ -91,11 +93,12 @@ impl JobContext {
     /// # Errors
     /// [`Error::LeaseLost`]; database errors.
     pub async fn acquire(&self, resource: &str) -> Result<Permit> {
-        Limiter::new(
+        Limiter::with_handoff(
             self.queue.pool().clone(),
             resource,
             self.slots_released.clone(),
             self.lease_duration,
+            self.handoff.clone(),
         )
         .acquire(self.job.lease, self.worker)
         .await
@@ -185,6 +188,7 @@ pub struct Worker<H> {
     config: WorkerConfig,
     id: WorkerId,
     slots_released: Arc<Notify>,
+    handoff: Handoff,
     jobs_ready: Arc<Notify>,
     in_flight: InFlight,
     processed: Arc<AtomicU64>,
@@ -199,6 +203,7 @@ impl<H: JobHandler> Worker<H> {
             config,
             id: WorkerId::random(),
             slots_released: Arc::new(Notify::new()),
+            handoff: Handoff::default(),
             jobs_ready: Arc::new(Notify::new()),
             in_flight: Arc::default(),
             processed: Arc::default(),
@@ -264,7 +269,7 @@ impl<H: JobHandler> Worker<H> {
             self.id,
             self.config.lease,
             self.config.retry,
-            self.slots_released.clone(),
+            (self.slots_released.clone(), self.handoff.clone()),
             self.in_flight.clone(),
         )
         .await
@@ -455,7 +460,7 @@ impl<H: JobHandler> Worker<H> {
             self.id,
             self.config.lease,
             self.config.retry,
-            self.slots_released.clone(),
+            (self.slots_released.clone(), self.handoff.clone()),
             self.in_flight.clone(),
             self.processed.clone(),
         );
@@ -480,7 +485,7 @@ async fn run_job<H: JobHandler>(
     worker: WorkerId,
     lease_duration: Duration,
     retry: RetryPolicy,
-    slots_released: Arc<Notify>,
+    (slots_released, handoff): (Arc<Notify>, Handoff),
     in_flight: InFlight,
 ) -> Option<std::result::Result<Outcome, String>> {
     let cancel = CancellationToken::new();
@@ -500,6 +505,7 @@ async fn run_job<H: JobHandler>(
         worker,
         lease_duration,
         slots_released,
+        handoff,
         cancelled: cancel.clone(),
     };
     // Caught here rather than by spawning the handler as its own task: one task per job

@@ -455,6 +455,17 @@ impl Fleet {
             self.dead.iter().all(|d| d.cleared),
             "a dead worker's jobs were never rescued"
         );
+        // Secrets: no log line of any worker of the run carries the token or the key.
+        for entry in std::fs::read_dir(&self.logs).unwrap().flatten() {
+            let text = String::from_utf8_lossy(&std::fs::read(entry.path()).unwrap()).into_owned();
+            for secret in [TOKEN, KEY] {
+                assert!(
+                    !text.contains(secret),
+                    "a secret leaked into {}",
+                    entry.path().display()
+                );
+            }
+        }
         self.passed = true;
     }
 }
@@ -836,6 +847,23 @@ async fn assert_invariants(pool: &PgPool, sims: &Sims, iids: &[u64], expect: &Ex
                 .is_none(),
             "two outbox rows for one marker"
         );
+    }
+    // Secrets: nothing the database keeps (errors, payloads, comments, the ledger)
+    // carries the token or the key.
+    for secret in [TOKEN, KEY] {
+        let leaks: i64 = sqlx::query_scalar(
+            "select count(*) from (
+                 select last_error as t from jobs union all select payload::text from jobs
+                 union all select error from job_attempts
+                 union all select error_message from llm_calls
+                 union all select body from outbox union all select error from outbox
+             ) x where strpos(t, $1) > 0",
+        )
+        .bind(secret)
+        .fetch_one(pool)
+        .await
+        .unwrap();
+        assert_eq!(leaks, 0, "a secret is stored in the database");
     }
     tally.duplicates = sims.gitlab.total_duplicate_count();
     assert_eq!(tally.duplicates, 0, "a comment was posted twice");

@@ -398,3 +398,88 @@ async fn drafts_and_excluded_labels_are_skipped_unless_forced(pool: PgPool) {
     h.run(&[id]).await;
     assert!(h.glm.request_count() > 0, "--force reviews it anyway");
 }
+
+#[sqlx::test]
+async fn review_types_in_reviewq_toml_add_the_other_reviews_and_drop_unlisted_ones(pool: PgPool) {
+    let h = Harness::start(pool).await;
+    let start = MrSpec::default().start_sha;
+    h.gitlab.add_file(
+        PROJECT,
+        &start,
+        ".reviewq.toml",
+        "review_types = [\"general\", \"security\"]\n",
+    );
+    let id = h.enqueue(1, options()).await;
+    h.run(&[id]).await;
+    // The general review enqueued the security one; run it too.
+    let security: Vec<i64> = sqlx::query_scalar(
+        "select id from jobs where kind = 'review' and payload->>'review_type' = 'security'",
+    )
+    .fetch_all(&h.pool)
+    .await
+    .unwrap();
+    assert_eq!(security.len(), 1, "one security review was enqueued");
+    h.run(&[reviewq::queue::JobId::new(security[0])]).await;
+    let types: Vec<String> = sqlx::query_scalar(
+        "select review_type from reviews where state = 'done' order by review_type",
+    )
+    .fetch_all(&h.pool)
+    .await
+    .unwrap();
+    assert_eq!(types, ["general", "security"]);
+    assert_eq!(summaries(&h).len(), 2, "one living summary per review type");
+
+    // A type the project does not list is not reviewed (unless forced).
+    h.gitlab.add_file(
+        PROJECT,
+        &start,
+        ".reviewq.toml",
+        "review_types = [\"security\"]\n",
+    );
+    let calls = h.glm.request_count();
+    let again = h
+        .enqueue(
+            1,
+            reviewq::jobs::review::ReviewOptions {
+                review_type: reviewq::review::ReviewType::Performance,
+                ..options()
+            },
+        )
+        .await;
+    h.run(&[again]).await;
+    assert_eq!(
+        h.glm.request_count(),
+        calls,
+        "performance is not in review_types"
+    );
+}
+
+#[sqlx::test]
+async fn a_fresh_database_finds_the_last_reviewed_head_in_the_summary_note(pool: PgPool) {
+    let h = Harness::start(pool).await;
+    round(&h).await;
+    // A CI job on a fresh local cluster: nothing of round 1 is in its database.
+    sqlx::query("delete from reviews")
+        .execute(&h.pool)
+        .await
+        .unwrap();
+    sqlx::query("delete from mr_summaries")
+        .execute(&h.pool)
+        .await
+        .unwrap();
+    push(
+        &h,
+        "h2",
+        mr_files(&format!("{CART_HUNK}{TAX_HUNK}"), &[]),
+        vec![FileSpec::modified("src/cart.rs", TAX_HUNK)],
+    );
+    round(&h).await;
+    let (scope, since): (String, Option<String>) =
+        sqlx::query_as("select scope, since_sha from reviews")
+            .fetch_one(&h.pool)
+            .await
+            .unwrap();
+    assert_eq!(scope, "incremental");
+    assert_eq!(since.as_deref(), Some(MrSpec::default().head_sha.as_str()));
+    assert_eq!(summaries(&h).len(), 1, "the same note was found and edited");
+}
