@@ -206,6 +206,33 @@ pub async fn run(db: &DbArgs, args: BenchArgs) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// Fails with a usage error unless the queue is idle: a benchmark's numbers mean nothing on
+/// a database other work is using.
+///
+/// # Errors
+/// The usage error; database errors.
+pub(crate) async fn ensure_idle(queue: &Queue) -> anyhow::Result<()> {
+    if !queue.backlog().await?.is_empty() {
+        return Err(UsageError(
+            "the queue has unfinished jobs; run the benchmark against an idle database (set DATABASE_URL to a scratch one)".into(),
+        )
+        .into());
+    }
+    Ok(())
+}
+
+/// A runtime (and thread) of their own for the simulated servers, as real GitLab and GLM
+/// servers would have: the measured worker does not share its thread with them.
+///
+/// # Errors
+/// The runtime could not be built.
+pub(crate) fn simulator_runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+}
+
 mod e2e {
     //! `bench e2e`: one merge request of N chunks reviewed end to end.
 
@@ -218,7 +245,7 @@ mod e2e {
 
     use super::{E2eBenchArgs, E2eReport};
     use crate::{
-        cli::{LLM_RESOURCE, UsageError},
+        cli::LLM_RESOURCE,
         config::DbArgs,
         gitlab::{GitLabClient, GitLabConfig},
         jobs::{
@@ -240,18 +267,8 @@ mod e2e {
 
     pub async fn run(db: &DbArgs, pool: &PgPool, args: &E2eBenchArgs) -> anyhow::Result<E2eReport> {
         let queue = Queue::new(pool.clone());
-        if !queue.backlog().await?.is_empty() {
-            return Err(UsageError(
-                "the queue has unfinished jobs; run the benchmark against an idle database".into(),
-            )
-            .into());
-        }
-        // The simulators get a runtime (and thread) of their own, as real GitLab and GLM
-        // servers would: the measured worker does not share its thread with them.
-        let sim_runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()?;
+        super::ensure_idle(&queue).await?;
+        let sim_runtime = super::simulator_runtime()?;
         let gitlab = sim_runtime.spawn(FakeGitLab::start(TOKEN)).await??;
         // One finding per chunk: the bench measures the pipeline, not GitLab's posting rate.
         let behaviour = GlmBehaviour {
@@ -419,12 +436,7 @@ fn print_report(out: &mut impl Write, r: &QueueBenchReport) -> std::io::Result<(
 
 async fn queue_bench(pool: &PgPool, args: &QueueBenchArgs) -> anyhow::Result<QueueBenchReport> {
     let queue = Queue::new(pool.clone());
-    if !queue.backlog().await?.is_empty() {
-        return Err(UsageError(
-            "the queue has unfinished jobs; run the benchmark against an idle database (set DATABASE_URL to a scratch one)".into(),
-        )
-        .into());
-    }
+    ensure_idle(&queue).await?;
     let mut report = QueueBenchReport {
         jobs: args.jobs,
         concurrency: args.concurrency,

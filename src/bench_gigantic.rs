@@ -19,7 +19,6 @@ use clap::Args;
 use serde::Serialize;
 
 use crate::{
-    cli::UsageError,
     config::DbArgs,
     jobs::review::{ReviewArgs, ReviewOptions},
     queue::Queue,
@@ -78,16 +77,8 @@ pub async fn run(db: &DbArgs, args: GiganticBenchArgs) -> anyhow::Result<ExitCod
     let pool = db.pool(4).await?;
     crate::migrate(&pool).await?;
     let queue = Queue::new(pool.clone());
-    if !queue.backlog().await?.is_empty() {
-        return Err(UsageError(
-            "the queue has unfinished jobs; run the benchmark against an idle database".into(),
-        )
-        .into());
-    }
-    let sim_runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()?;
+    crate::bench::ensure_idle(&queue).await?;
+    let sim_runtime = crate::bench::simulator_runtime()?;
     let gitlab = sim_runtime.spawn(FakeGitLab::start(TOKEN)).await??;
     let behaviour = GlmBehaviour {
         max_prompt_tokens: Some(args.context_tokens),

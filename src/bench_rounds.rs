@@ -23,7 +23,7 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    cli::{LLM_RESOURCE, UsageError},
+    cli::LLM_RESOURCE,
     config::DbArgs,
     gitlab::{GitLabClient, GitLabConfig},
     jobs::{
@@ -94,16 +94,8 @@ pub async fn run(db: &DbArgs, args: RoundsBenchArgs) -> anyhow::Result<ExitCode>
     let pool = db.pool(8).await?;
     crate::migrate(&pool).await?;
     let queue = Queue::new(pool.clone());
-    if !queue.backlog().await?.is_empty() {
-        return Err(UsageError(
-            "the queue has unfinished jobs; run the benchmark against an idle database".into(),
-        )
-        .into());
-    }
-    let sim_runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()?;
+    crate::bench::ensure_idle(&queue).await?;
+    let sim_runtime = crate::bench::simulator_runtime()?;
     let gitlab = sim_runtime.spawn(FakeGitLab::start(TOKEN)).await??;
     let glm = sim_runtime
         .spawn(FakeGlm::start(KEY, GlmBehaviour::default()))

@@ -67,7 +67,7 @@ pub use language::Language;
 pub use prompt::{Prompt, PromptOptions};
 pub use render::{
     FailedChunk, HeadSha, ListedBecause, ListedFinding, LivingSummary, Marker, MarkerKind, Round,
-    RoundKind, SummaryReport, UnanchoredFinding, find_marker,
+    RoundKind, find_marker,
 };
 pub use review_type::ReviewType;
 pub use settings::{

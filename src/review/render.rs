@@ -42,8 +42,6 @@ const ZWSP: char = '\u{200b}';
 const MAX_TITLE_CHARS: usize = 200;
 /// Longest finding body in an inline comment, in characters.
 const MAX_BODY_CHARS: usize = 6_000;
-/// Longest finding body repeated in the summary, in characters: the summary lists many.
-const MAX_SUMMARY_BODY_CHARS: usize = 1_500;
 /// Longest suggestion, in characters and lines. A suggestion replaces one line; anything
 /// bigger is a rewrite better shown as plain code, or a runaway answer.
 const MAX_SUGGESTION_CHARS: usize = 4_000;
@@ -615,15 +613,6 @@ fn suggestion_block(raw: &str, finding: &Finding, position: &Position) -> String
     }
 }
 
-/// A finding that goes to the summary instead of an inline discussion.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct UnanchoredFinding {
-    /// The finding.
-    pub finding: Finding,
-    /// Why it is not inline.
-    pub reason: UnanchoredReason,
-}
-
 /// A chunk whose review failed for good (after retries).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FailedChunk {
@@ -635,187 +624,6 @@ pub struct FailedChunk {
     pub paths: Vec<String>,
     /// What went wrong, for humans (e.g. "the model's answer contains no JSON object").
     pub reason: String,
-}
-
-/// Everything the summary note reports.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SummaryReport {
-    /// The review type.
-    pub review_type: ReviewType,
-    /// The reviewed head commit.
-    pub head_sha: HeadSha,
-    /// The model's summary of each successfully reviewed chunk, in chunk order.
-    pub chunk_summaries: Vec<String>,
-    /// Severities of the findings posted inline (for the counts).
-    pub inline_severities: Vec<Severity>,
-    /// Findings that could not be posted inline.
-    pub unanchored: Vec<UnanchoredFinding>,
-    /// Files not reviewed.
-    pub skipped: Vec<SkippedFile>,
-    /// Chunks that could not be reviewed.
-    pub failed_chunks: Vec<FailedChunk>,
-    /// Findings the answer parser dropped (malformed, or over the cap).
-    pub dropped_findings: usize,
-}
-
-/// The body of the review's summary note.
-pub fn summary_note(report: &SummaryReport) -> String {
-    let mut body = format!("## reviewq: {} review\n", report.review_type);
-
-    let mut summaries_left = MAX_SUMMARIES_CHARS;
-    let mut omitted_summaries = 0;
-    for summary in &report.chunk_summaries {
-        if summary.trim().is_empty() {
-            continue;
-        }
-        if summaries_left == 0 {
-            omitted_summaries += 1;
-            continue;
-        }
-        let cap = MAX_CHUNK_SUMMARY_CHARS.min(summaries_left);
-        summaries_left -= summary.chars().count().min(cap);
-        let _ = write!(body, "\n{}\n", sanitize(summary, cap));
-    }
-    if omitted_summaries > 0 {
-        let _ = write!(
-            body,
-            "\n_({omitted_summaries} more part summaries not shown.)_\n"
-        );
-    }
-
-    body.push('\n');
-    body.push_str(&counts_line(report));
-    body.push('\n');
-
-    if !report.unanchored.is_empty() {
-        let _ = write!(
-            body,
-            "\n### Findings not attached to a line ({})\n",
-            report.unanchored.len()
-        );
-        for item in report.unanchored.iter().take(MAX_LISTED_FINDINGS) {
-            body.push_str(&unanchored_entry(item));
-        }
-        more(
-            &mut body,
-            report.unanchored.len(),
-            MAX_LISTED_FINDINGS,
-            "findings",
-        );
-    }
-
-    if !report.skipped.is_empty() {
-        let _ = write!(
-            body,
-            "\n### Files not reviewed ({})\n\n",
-            report.skipped.len()
-        );
-        for file in report.skipped.iter().take(MAX_LISTED_FILES) {
-            let _ = writeln!(
-                body,
-                "- {}: {}",
-                code_span(&file.path, MAX_PATH_CHARS),
-                sanitize_inline(&file.reason.to_string(), MAX_REASON_CHARS)
-            );
-        }
-        more(&mut body, report.skipped.len(), MAX_LISTED_FILES, "files");
-    }
-
-    if !report.failed_chunks.is_empty() {
-        let _ = write!(
-            body,
-            "\n### Parts that could not be reviewed ({})\n\n",
-            report.failed_chunks.len()
-        );
-        for chunk in report.failed_chunks.iter().take(MAX_LISTED_CHUNKS) {
-            let paths: Vec<String> = chunk
-                .paths
-                .iter()
-                .take(10)
-                .map(|p| code_span(p, MAX_PATH_CHARS))
-                .collect();
-            let extra = chunk.paths.len().saturating_sub(paths.len());
-            let extra = if extra > 0 {
-                format!(" and {extra} more")
-            } else {
-                String::new()
-            };
-            let _ = writeln!(
-                body,
-                "- Part {} of {} ({}{extra}): {}",
-                chunk.index.saturating_add(1),
-                chunk.total,
-                paths.join(", "),
-                sanitize_inline(&chunk.reason, MAX_REASON_CHARS)
-            );
-        }
-        more(
-            &mut body,
-            report.failed_chunks.len(),
-            MAX_LISTED_CHUNKS,
-            "parts",
-        );
-    }
-
-    if report.dropped_findings > 0 {
-        let _ = write!(
-            body,
-            "\n_{} malformed or excess findings in the model's answers were ignored._\n",
-            report.dropped_findings
-        );
-    }
-
-    let marker = Marker::summary(report.review_type, report.head_sha.clone());
-    let _ = write!(body, "\n{marker}");
-    guard_quick_actions(body)
-}
-
-fn counts_line(report: &SummaryReport) -> String {
-    let severities = report
-        .inline_severities
-        .iter()
-        .copied()
-        .chain(report.unanchored.iter().map(|u| u.finding.severity));
-    let mut counts = [0usize; Severity::ALL.len()];
-    for severity in severities {
-        if let Some(i) = Severity::ALL.iter().position(|&s| s == severity) {
-            counts[i] += 1;
-        }
-    }
-    if counts.iter().all(|&n| n == 0) {
-        return "**Findings:** none.".to_owned();
-    }
-    let parts: Vec<String> = Severity::ALL
-        .iter()
-        .zip(counts)
-        .map(|(s, n)| format!("{n} {s}"))
-        .collect();
-    format!(
-        "**Findings:** {} ({} inline, {} listed below).",
-        parts.join(" · "),
-        report.inline_severities.len(),
-        report.unanchored.len()
-    )
-}
-
-fn unanchored_entry(item: &UnanchoredFinding) -> String {
-    let finding = &item.finding;
-    let location = match (finding.path.trim(), finding.line.or(finding.old_line)) {
-        ("", _) => "no file".to_owned(),
-        (path, None) => code_span(path, MAX_PATH_CHARS),
-        (path, Some(line)) => format!("{} line {line}", code_span(path, MAX_PATH_CHARS)),
-    };
-    let mut entry = format!(
-        "\n#### {}: {}\n\n{location} (not attached: {})\n",
-        severity_badge(finding.severity),
-        sanitize_inline(&finding.title, MAX_TITLE_CHARS),
-        sanitize_inline(&item.reason.to_string(), MAX_REASON_CHARS)
-    );
-    let explanation = sanitize(&finding.body, MAX_SUMMARY_BODY_CHARS);
-    if !explanation.is_empty() {
-        let _ = write!(entry, "\n{explanation}\n");
-    }
-    entry
 }
 
 fn more(body: &mut String, total: usize, shown: usize, what: &str) {
@@ -943,10 +751,10 @@ pub struct LivingSummary {
     pub settings_problem: Option<String>,
 }
 
-/// The body of the living summary note. Same guarantees as [`summary_note`]: every piece of
-/// text from the model, the repository or the settings is sanitised, no line starts with `/`,
-/// the note stays under GitLab's size limit, and it ends with the summary marker of the
-/// current head.
+/// The body of the living summary note: every piece of text from the model, the
+/// repository or the settings is sanitised, no line starts with `/`, no `@` mention gets
+/// through, the note stays under GitLab's size limit, and it ends with the summary marker of
+/// the current head.
 pub fn living_summary(report: &LivingSummary) -> String {
     let mut body = format!("## reviewq: {} review\n\n", report.review_type);
     body.push_str(&status_line(report));
@@ -1496,86 +1304,6 @@ mod tests {
             body.contains("````suggestion:-0+0\nlet s = \"```\";\n````"),
             "{body}"
         );
-    }
-
-    fn report() -> SummaryReport {
-        SummaryReport {
-            review_type: ReviewType::General,
-            head_sha: head(),
-            chunk_summaries: vec!["Adds a query path.".into(), "/merge @all".into()],
-            inline_severities: vec![Severity::Critical, Severity::Minor],
-            unanchored: vec![UnanchoredFinding {
-                finding: finding("Explain.\n/close", None),
-                reason: UnanchoredReason::LineNotInDiff {
-                    line: Some(11),
-                    old_line: None,
-                },
-            }],
-            skipped: vec![
-                SkippedFile {
-                    path: "Cargo.lock".into(),
-                    reason: SkipReason::LockFile,
-                },
-                SkippedFile {
-                    path: "evil\n/merge @all".into(),
-                    reason: SkipReason::Binary,
-                },
-            ],
-            failed_chunks: vec![FailedChunk {
-                index: 1,
-                total: 3,
-                paths: vec!["src/a.rs".into()],
-                reason: "the model's answer contains no JSON object".into(),
-            }],
-            dropped_findings: 2,
-        }
-    }
-
-    #[test]
-    fn summary_note_lists_counts_unanchored_skipped_and_failed_parts() {
-        let body = summary_note(&report());
-        assert!(body.starts_with("## reviewq: general review\n\nAdds a query path.\n"));
-        assert!(body.contains(
-            "**Findings:** 1 critical · 1 major · 1 minor · 0 info (2 inline, 1 listed below)."
-        ));
-        assert!(body.contains("#### 🟠 Major: Unchecked input"));
-        assert!(body.contains("(not attached: line 11 is not part of the diff)"));
-        assert!(body.contains("- `Cargo.lock`: lock file"));
-        assert!(
-            body.contains("- Part 2 of 3 (`src/a.rs`): the model's answer contains no JSON object")
-        );
-        assert!(body.contains("2 malformed or excess findings"));
-        assert!(lines_start_safely(&body), "{body}");
-        assert!(!body.contains("@all"));
-        assert_eq!(
-            find_marker(&body),
-            Some(Marker::summary(ReviewType::General, head()))
-        );
-    }
-
-    #[test]
-    fn summary_of_a_huge_review_stays_bounded() {
-        let mut big = report();
-        big.skipped = (0..10_000)
-            .map(|i| SkippedFile {
-                path: format!("gen/file{i}.rs"),
-                reason: SkipReason::ChunkLimit { max_chunks: 50 },
-            })
-            .collect();
-        big.unanchored = vec![big.unanchored[0].clone(); 1_000];
-        big.chunk_summaries = vec!["x".repeat(10_000); 100];
-        let body = summary_note(&big);
-        assert!(body.len() < 300_000, "{}", body.len());
-        assert!(body.contains("...and 9800 more files not listed."));
-        assert!(body.contains("...and 950 more findings not listed."));
-    }
-
-    #[test]
-    fn a_review_without_findings_says_so() {
-        let mut empty = report();
-        empty.inline_severities.clear();
-        empty.unanchored.clear();
-        assert!(summary_note(&empty).contains("**Findings:** none."));
     }
 
     fn sha(c: char) -> HeadSha {
