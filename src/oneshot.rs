@@ -225,7 +225,7 @@ async fn report(pool: &PgPool, ids: &[JobId]) -> anyhow::Result<()> {
             (JobState::Succeeded, None) => {
                 writeln!(
                     out,
-                    "{mr}: already reviewed at this head commit; --force reviews it again"
+                    "{mr}: not reviewed: this head commit was already reviewed, or the project's .reviewq.toml skips it (draft, labels, review_types); --force reviews it"
                 )?;
             }
             (state, Some(review)) => {

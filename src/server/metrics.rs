@@ -135,7 +135,51 @@ pub async fn collect(tx: &mut Transaction<'_, Postgres>) -> Result<Exposition, s
     llm(tx, &mut out).await?;
     comments(tx, &mut out).await?;
     limits(tx, &mut out).await?;
+    spend(tx, &mut out).await?;
     Ok(out)
+}
+
+/// The fleet-wide LLM pause and the jobs waiting for a spend condition.
+async fn spend(
+    tx: &mut Transaction<'_, Postgres>,
+    out: &mut Exposition,
+) -> Result<(), sqlx::Error> {
+    let pause = sqlx::query!(
+        r#"select count(*) as "paused!",
+                  coalesce(max(extract(epoch from now() - since))::float8, 0) as "age!"
+           from llm_pause"#
+    )
+    .fetch_one(&mut **tx)
+    .await?;
+    out.family(
+        "reviewq_llm_paused",
+        "gauge",
+        "1 while LLM work is paused fleet-wide because the provider said the account cannot pay (GLM 1113, 1304, 1308, 1310).",
+    );
+    out.sample("reviewq_llm_paused", &[], n(pause.paused));
+    out.family(
+        "reviewq_llm_paused_seconds",
+        "gauge",
+        "How long LLM work has been paused (0 when it is not).",
+    );
+    out.sample("reviewq_llm_paused_seconds", &[], pause.age);
+    let waiting = sqlx::query!(
+        r#"select k.key as "key!", count(j.id) as "n!"
+           from (values ('llm-paused'), ('llm-budget')) as k(key)
+           left join jobs j on j.state = 'queued' and j.waiting->>'key' = k.key
+           group by k.key order by k.key"#
+    )
+    .fetch_all(&mut **tx)
+    .await?;
+    out.family(
+        "reviewq_jobs_waiting",
+        "gauge",
+        "Queued jobs waiting for a spend condition: the LLM pause or a spent daily token budget.",
+    );
+    for row in waiting {
+        out.sample("reviewq_jobs_waiting", &[("reason", &row.key)], n(row.n));
+    }
+    Ok(())
 }
 
 async fn jobs(tx: &mut Transaction<'_, Postgres>, out: &mut Exposition) -> Result<(), sqlx::Error> {

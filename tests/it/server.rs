@@ -561,3 +561,47 @@ async fn serve_without_a_webhook_secret_exits_2_and_names_the_setting() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("REVIEWQ_WEBHOOK_SECRET"), "{stderr}");
 }
+
+#[sqlx::test]
+async fn metrics_show_the_llm_pause_and_the_jobs_waiting_for_it(pool: PgPool) {
+    let server = Server::with_defaults(&pool).await;
+    let before = server.metrics().await;
+    assert_eq!(sample(&before, "reviewq_llm_paused"), Some(0.0));
+    assert_eq!(
+        sample(&before, r#"reviewq_jobs_waiting{reason="llm-paused"}"#),
+        Some(0.0)
+    );
+
+    let pause = reviewq::spend::pause(
+        &pool,
+        "the account is out of balance",
+        Some("1113"),
+        Duration::from_secs(60),
+    )
+    .await
+    .unwrap();
+    let queue = Queue::new(pool.clone());
+    Queue::enqueue(&pool, &NewJob::new("noop", json!({})))
+        .await
+        .unwrap();
+    let claimed = queue
+        .claim(WorkerId::random(), 1, Duration::from_secs(30))
+        .await
+        .unwrap();
+    let mut tx = pool.begin().await.unwrap();
+    Queue::wait(&mut tx, claimed[0].lease, pause.probe_at, &pause.waiting())
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+
+    let after = server.metrics().await;
+    assert_eq!(sample(&after, "reviewq_llm_paused"), Some(1.0));
+    assert_eq!(
+        sample(&after, r#"reviewq_jobs_waiting{reason="llm-paused"}"#),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(&after, r#"reviewq_jobs_waiting{reason="llm-budget"}"#),
+        Some(0.0)
+    );
+}
