@@ -436,8 +436,12 @@ impl Queue {
         .await?;
         sqlx::query!(
             r#"
-            update limit_slots set lease_expires_at = now() + $2::interval
-            where holder_worker_id = $1 and holder_job_id is not null
+            update limit_slots s set lease_expires_at = now() + $2::interval
+            where s.holder_worker_id = $1 and s.holder_job_id is not null
+              -- Only for attempts still running: a slot whose release never happened
+              -- (a leaked permit) frees itself one lease after its job ended.
+              and exists (select 1 from jobs j where j.id = s.holder_job_id
+                          and j.attempt = s.holder_attempt and j.state = 'running')
             "#,
             worker.get(),
             interval(lease),

@@ -503,3 +503,55 @@ async fn concurrent_enqueues_with_one_dedupe_key_all_get_the_same_job(pool: PgPo
         .unwrap();
     assert_eq!(count, 1);
 }
+
+#[sqlx::test]
+async fn a_slot_never_released_stops_being_renewed_once_its_job_ended(pool: PgPool) {
+    use std::sync::Arc;
+
+    use reviewq::queue::Limiter;
+
+    let queue = Queue::new(pool.clone());
+    Limiter::set_capacity(&pool, "llm", 1).await.unwrap();
+    Queue::enqueue_many(&pool, &vec![NoopArgs::default().job(); 2])
+        .await
+        .unwrap();
+    let worker = WorkerId::random();
+    let claimed = queue.claim(worker, 2, LEASE).await.unwrap();
+    let limiter = Limiter::new(pool.clone(), "llm", Arc::default(), LEASE);
+    let leaked = limiter
+        .try_acquire(claimed[0].lease, worker)
+        .await
+        .unwrap()
+        .expect("the one slot");
+    // Forgotten, not dropped: nothing releases it. Its job then ends.
+    std::mem::forget(leaked);
+    Queue::complete_many(&pool, &[claimed[0].lease])
+        .await
+        .unwrap();
+
+    // The worker lives on and heartbeats, but only its running attempts' slots are renewed.
+    sqlx::query("update limit_slots set lease_expires_at = now() + interval '1 second'")
+        .execute(&pool)
+        .await
+        .unwrap();
+    queue.heartbeat(worker, LEASE).await.unwrap();
+    let renewed: bool = sqlx::query_scalar(
+        "select lease_expires_at > now() + interval '2 seconds' from limit_slots where resource = 'llm'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert!(!renewed, "the ended job's slot was not renewed");
+    sqlx::query("update limit_slots set lease_expires_at = now() - interval '1 second'")
+        .execute(&pool)
+        .await
+        .unwrap();
+    assert!(
+        limiter
+            .try_acquire(claimed[1].lease, worker)
+            .await
+            .unwrap()
+            .is_some(),
+        "and frees itself when its lease lapses"
+    );
+}
