@@ -45,3 +45,6 @@ alter table outbox
     add column fingerprint text,
     -- The draft note holding this comment while it waits for the bulk publish.
     add column gitlab_draft_id bigint;
+
+-- Each round's tokens and cost for the living summary are read by review.
+create index llm_calls_review on llm_calls (review_id) where review_id is not null;
