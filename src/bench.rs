@@ -19,11 +19,17 @@ use serde::Serialize;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
+use secrecy::SecretString;
+
 use crate::{
     cli::UsageError,
     config::DbArgs,
-    jobs::{Dispatcher, noop::NoopArgs},
+    gitlab::{GitLabClient, GitLabConfig},
+    jobs::{Dispatcher, noop::NoopArgs, review::ReviewDeps},
+    llm::{LlmClient, LlmConfig},
     queue::{Queue, Worker, WorkerConfig},
+    review::ChunkBudget,
+    sim::{FakeGitLab, FakeGlm},
 };
 
 /// Arguments of `bench`.
@@ -206,6 +212,38 @@ pub async fn run(db: &DbArgs, args: BenchArgs) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// The GitLab token the benchmarks' simulated GitLab accepts.
+pub(crate) const SIM_TOKEN: &str = "bench-gitlab-token";
+/// The key the benchmarks' simulated GLM accepts.
+pub(crate) const SIM_KEY: &str = "bench-glm-key";
+
+/// Review dependencies pointed at the simulated servers, for an in-process worker.
+///
+/// # Errors
+/// Invalid simulator URLs or client settings.
+pub(crate) fn sim_deps(
+    gitlab: &FakeGitLab,
+    glm: &FakeGlm,
+    budget: ChunkBudget,
+    max_chunks: usize,
+) -> anyhow::Result<ReviewDeps> {
+    Ok(ReviewDeps {
+        gitlab: GitLabClient::new(GitLabConfig::new(
+            gitlab.base_url().parse()?,
+            SecretString::from(SIM_TOKEN),
+        ))?,
+        llm: LlmClient::new(LlmConfig::new(
+            glm.base_url().parse()?,
+            Some(SecretString::from(SIM_KEY)),
+            crate::llm::DEFAULT_MODEL,
+        ))?,
+        budget,
+        chunk_timeout: Duration::from_secs(120),
+        max_chunks,
+        spend: crate::spend::SpendPolicy::default(),
+    })
+}
+
 /// Fails with a usage error unless the queue is idle: a benchmark's numbers mean nothing on
 /// a database other work is using.
 ///
@@ -239,27 +277,22 @@ mod e2e {
     use std::time::{Duration, Instant};
 
     use anyhow::Context;
-    use secrecy::SecretString;
     use sqlx::PgPool;
     use tokio_util::sync::CancellationToken;
 
-    use super::{E2eBenchArgs, E2eReport};
+    use super::{E2eBenchArgs, E2eReport, SIM_KEY as KEY, SIM_TOKEN as TOKEN};
     use crate::{
         cli::LLM_RESOURCE,
         config::DbArgs,
-        gitlab::{GitLabClient, GitLabConfig},
         jobs::{
             Dispatcher,
-            review::{ReviewArgs, ReviewDeps, ReviewOptions},
+            review::{ReviewArgs, ReviewOptions},
         },
-        llm::{LlmClient, LlmConfig},
         queue::{Limiter, Queue, Worker, WorkerConfig},
         review::{ChunkBudget, ReviewType, chunk::MIN_PROMPT_TOKENS},
         sim::{FakeGitLab, FakeGlm, GlmBehaviour, fixtures::sized_merge_request},
     };
 
-    const TOKEN: &str = "bench-gitlab-token";
-    const KEY: &str = "bench-glm-key";
     const PROJECT: &str = "bench/e2e";
     /// Lines per file: one file (about 3,500 estimated tokens) fills one chunk of the
     /// smallest budget (two do not fit), so the MR has exactly as many chunks as files.
@@ -290,21 +323,12 @@ mod e2e {
         let mut children = Vec::new();
         let mut in_process = None;
         if args.workers == 1 {
-            let deps = ReviewDeps {
-                gitlab: GitLabClient::new(GitLabConfig::new(
-                    gitlab.base_url().parse()?,
-                    SecretString::from(TOKEN),
-                ))?,
-                llm: LlmClient::new(LlmConfig::new(
-                    glm.base_url().parse()?,
-                    Some(SecretString::from(KEY)),
-                    "glm-4.6",
-                ))?,
-                budget: ChunkBudget::new(MIN_PROMPT_TOKENS)?,
-                chunk_timeout: Duration::from_secs(120),
-                max_chunks: args.chunks as usize,
-                spend: crate::spend::SpendPolicy::default(),
-            };
+            let deps = super::sim_deps(
+                &gitlab,
+                &glm,
+                ChunkBudget::new(MIN_PROMPT_TOKENS)?,
+                args.chunks as usize,
+            )?;
             let config = WorkerConfig {
                 concurrency: args.concurrency as usize,
                 limits: vec![(LLM_RESOURCE.to_owned(), args.concurrent_requests)],

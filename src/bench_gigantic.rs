@@ -19,6 +19,7 @@ use clap::Args;
 use serde::Serialize;
 
 use crate::{
+    bench::{SIM_KEY as KEY, SIM_TOKEN as TOKEN},
     config::DbArgs,
     jobs::review::{ReviewArgs, ReviewOptions},
     queue::Queue,
@@ -26,8 +27,6 @@ use crate::{
     sim::{FakeGitLab, FakeGlm, GlmBehaviour, fixtures::gigantic_merge_request},
 };
 
-const TOKEN: &str = "bench-gitlab-token";
-const KEY: &str = "bench-glm-key";
 const PROJECT: &str = "bench/gigantic";
 
 /// Arguments of `bench gigantic`.

@@ -17,31 +17,26 @@ use std::{
 
 use anyhow::Context;
 use clap::Args;
-use secrecy::SecretString;
 use serde::Serialize;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
+    bench::{SIM_KEY as KEY, SIM_TOKEN as TOKEN},
     cli::LLM_RESOURCE,
     config::DbArgs,
-    gitlab::{GitLabClient, GitLabConfig},
     jobs::{
         Dispatcher,
-        review::{ReviewArgs, ReviewDeps, ReviewOptions},
+        review::{ReviewArgs, ReviewOptions},
     },
-    llm::{LlmClient, LlmConfig},
     queue::{JobState, Queue, Worker, WorkerConfig},
     review::{ChunkBudget, ReviewType},
     sim::{
         FakeGitLab, FakeGlm, FileSpec, GlmBehaviour, MrSpec,
         gitlab::{PushSpec, fake_sha},
     },
-    spend::SpendPolicy,
 };
 
-const TOKEN: &str = "bench-gitlab-token";
-const KEY: &str = "bench-glm-key";
 const PROJECT: &str = "bench/rounds";
 /// Hunks per file in the first version: a realistic spread of edits through each file.
 const HUNKS_PER_FILE: usize = 5;
@@ -112,21 +107,7 @@ pub async fn run(db: &DbArgs, args: RoundsBenchArgs) -> anyhow::Result<ExitCode>
         ..MrSpec::default()
     })?;
 
-    let deps = ReviewDeps {
-        gitlab: GitLabClient::new(GitLabConfig::new(
-            gitlab.base_url().parse()?,
-            SecretString::from(TOKEN),
-        ))?,
-        llm: LlmClient::new(LlmConfig::new(
-            glm.base_url().parse()?,
-            Some(SecretString::from(KEY)),
-            "glm-4.6",
-        ))?,
-        budget: ChunkBudget::default(),
-        chunk_timeout: Duration::from_secs(120),
-        max_chunks: 1000,
-        spend: SpendPolicy::default(),
-    };
+    let deps = crate::bench::sim_deps(&gitlab, &glm, ChunkBudget::default(), 1000)?;
     let config = WorkerConfig {
         concurrency: 8,
         limits: vec![(LLM_RESOURCE.to_owned(), 6)],

@@ -201,6 +201,8 @@ struct ReviewRow {
     chunk_count: i32,
     /// [`RoundSettings`] as stored.
     settings: serde_json::Value,
+    /// Why the project's settings were not used as written, for the summary.
+    settings_problem: Option<String>,
 }
 
 /// Runs a review job (either phase).
@@ -211,7 +213,8 @@ pub async fn run_review(ctx: &JobContext, deps: &ReviewDeps, args: ReviewArgs) -
     let pool = ctx.queue().pool().clone();
     let existing = sqlx::query_as!(
         ReviewRow,
-        r#"select id, state, head_sha, base_sha, start_sha, skipped, chunk_count, settings
+        r#"select id, state, head_sha, base_sha, start_sha, skipped, chunk_count, settings,
+                  settings_problem
            from reviews where job_id = $1"#,
         ctx.job.id().get()
     )
@@ -368,6 +371,7 @@ async fn plan(ctx: &JobContext, deps: &ReviewDeps, args: &ReviewArgs) -> Result<
         "full"
     };
 
+    let round_json = serde_json::to_value(&round).map_err(JobError::fatal)?;
     let mut tx = pool.begin().await.map_err(db)?;
     Queue::fence(&mut tx, ctx.lease()).await?;
     let review_id = sqlx::query_scalar!(
@@ -393,16 +397,16 @@ async fn plan(ctx: &JobContext, deps: &ReviewDeps, args: &ReviewArgs) -> Result<
         scope,
         since_sha,
         settings_problem,
-        serde_json::to_value(&round).map_err(JobError::fatal)?,
+        round_json,
     )
     .fetch_one(&mut *tx)
     .await
     .map_err(db)?;
     tracing::info!(mr = %args.mr, review.id = review_id, chunks = chunk_count, skipped = plan.skipped.len(), scope, "review planned");
 
+    let priority = job_priority(pool, ctx).await?;
     // The other review types the project asks for run as reviews of their own.
     if args.review_type == ReviewType::General && !args.dry_run {
-        let priority = job_priority(pool, ctx).await?;
         for &other in settings.review_types() {
             if other != args.review_type {
                 let sibling = ReviewArgs {
@@ -424,10 +428,10 @@ async fn plan(ctx: &JobContext, deps: &ReviewDeps, args: &ReviewArgs) -> Result<
             start_sha: shas.start_sha,
             skipped: serde_json::to_value(&plan.skipped).map_err(JobError::fatal)?,
             chunk_count: 0,
-            settings: serde_json::to_value(&round).map_err(JobError::fatal)?,
+            settings: round_json,
+            settings_problem,
         }));
     }
-    let priority = job_priority(pool, ctx).await?;
     let jobs: Vec<NewJob> = (0..chunk_count)
         .map(|chunk_index| {
             ChunkArgs {
@@ -1098,6 +1102,23 @@ async fn row_position(
     }))
 }
 
+/// The marker of an inline outbox row, and its comment if GitLab already has it (an
+/// earlier attempt posted it but did not record it).
+fn inline_marker(
+    t: &Target<'_>,
+    row: &OutboxRow,
+    existing: &HashMap<Marker, (u64, Option<String>)>,
+) -> Result<(Marker, Option<Posted>), JobError> {
+    let key = FindingKey::parse(&row.key).map_err(JobError::fatal)?;
+    let m = marker(t.args.review_type, t.head, MarkerKind::Finding(key));
+    let found = existing.get(&m).map(|(note_id, discussion_id)| Posted {
+        key: row.key.clone(),
+        note_id: *note_id,
+        discussion_id: discussion_id.clone(),
+    });
+    Ok((m, found))
+}
+
 /// Posts the pending inline comments one by one, collecting what GitLab stored in `posted`.
 async fn post_inline(
     ctx: &JobContext,
@@ -1115,14 +1136,8 @@ async fn post_inline(
             set_state(ctx, review.id, &row.key, "dry_run", None).await?;
             continue;
         }
-        let key = FindingKey::parse(&row.key).map_err(JobError::fatal)?;
-        let m = marker(args.review_type, t.head, MarkerKind::Finding(key));
-        if let Some((note_id, discussion_id)) = existing.get(&m) {
-            posted.push(Posted {
-                key: row.key,
-                note_id: *note_id,
-                discussion_id: discussion_id.clone(),
-            });
+        if let (_, Some(found)) = inline_marker(t, &row, existing)? {
+            posted.push(found);
             continue;
         }
         let Some(position) = row_position(ctx, review.id, &row, shas).await? else {
@@ -1186,28 +1201,23 @@ async fn post_drafts(
         .into_iter()
         .filter_map(|d| review::find_marker(&d.note).map(|m| (m, d.id)))
         .collect();
-    let mut staged = 0;
+    // The comments that must end up published, with their markers.
+    let mut staged: Vec<(String, Marker)> = Vec::new();
     for row in outbox(pool, review.id).await? {
         if row.kind != "inline" || !matches!(row.state.as_str(), "pending" | "drafted") {
             continue;
         }
-        let key = FindingKey::parse(&row.key).map_err(JobError::fatal)?;
-        let m = marker(args.review_type, t.head, MarkerKind::Finding(key));
-        if let Some((note_id, discussion_id)) = existing.get(&m) {
+        let (m, found) = inline_marker(t, &row, existing)?;
+        if let Some(found) = found {
             // Published already (by an earlier attempt's bulk publish).
-            posted.push(Posted {
-                key: row.key,
-                note_id: *note_id,
-                discussion_id: discussion_id.clone(),
-            });
+            posted.push(found);
             continue;
         }
-        staged += 1;
         if row.state == "drafted" || drafts.contains_key(&m) {
+            staged.push((row.key, m));
             continue;
         }
         let Some(position) = row_position(ctx, review.id, &row, shas).await? else {
-            staged -= 1;
             continue;
         };
         match gitlab
@@ -1231,9 +1241,9 @@ async fn post_drafts(
                 .map_err(db)?
                 .rows_affected();
                 fenced(rows, ctx)?;
+                staged.push((row.key, m));
             }
             Err(err @ gitlab::Error::PositionRejected { .. }) => {
-                staged -= 1;
                 set_state(
                     ctx,
                     review.id,
@@ -1246,7 +1256,7 @@ async fn post_drafts(
             Err(err) => return Err(gitlab_error(err)),
         }
     }
-    if staged == 0 {
+    if staged.is_empty() {
         return Ok(());
     }
     gitlab
@@ -1256,21 +1266,13 @@ async fn post_drafts(
     // The published notes' ids, found by marker.
     let now = mr_threads(t.deps, t.project, args.iid, args.review_type).await?;
     let mut missing = 0;
-    for row in outbox(pool, review.id).await? {
-        if row.kind != "inline" || !matches!(row.state.as_str(), "pending" | "drafted") {
-            continue;
-        }
-        let key = FindingKey::parse(&row.key).map_err(JobError::fatal)?;
-        let m = marker(args.review_type, t.head, MarkerKind::Finding(key));
+    for (key, m) in staged {
         match now.markers.get(&m) {
-            Some((note_id, discussion_id)) if !posted.iter().any(|p| p.key == row.key) => {
-                posted.push(Posted {
-                    key: row.key,
-                    note_id: *note_id,
-                    discussion_id: discussion_id.clone(),
-                });
-            }
-            Some(_) => {}
+            Some((note_id, discussion_id)) => posted.push(Posted {
+                key,
+                note_id: *note_id,
+                discussion_id: discussion_id.clone(),
+            }),
             None => missing += 1,
         }
     }
@@ -1509,13 +1511,6 @@ async fn living_summary_body(
     let skipped: Vec<SkippedFile> =
         serde_json::from_value(review.skipped.clone()).map_err(JobError::fatal)?;
     let dropped: i32 = chunks.iter().map(|c| c.dropped).sum();
-    let settings_problem = sqlx::query_scalar!(
-        "select settings_problem from reviews where id = $1",
-        review.id
-    )
-    .fetch_one(pool)
-    .await
-    .map_err(db)?;
     let report = LivingSummary {
         review_type: args.review_type,
         head_sha: t.head.clone(),
@@ -1533,7 +1528,7 @@ async fn living_summary_body(
         rounds: rounds(pool, args, review.id).await?,
         skipped,
         failed_chunks,
-        settings_problem,
+        settings_problem: review.settings_problem.clone(),
     };
     Ok(review::render::living_summary(&report))
 }
