@@ -8,6 +8,7 @@ mod helpers;
 mod hostile;
 mod llm;
 mod pipeline;
+mod postgres;
 mod processes;
 mod queue;
 mod rounds;
