@@ -365,6 +365,7 @@ async fn plan(ctx: &JobContext, deps: &ReviewDeps, args: &ReviewArgs) -> Result<
     .map_err(|e| JobError::retryable(format!("planning the chunks failed: {e}")))?;
     let skipped = serde_json::to_value(&plan.skipped).map_err(JobError::fatal)?;
     let chunk_count = i32::try_from(plan.chunks.len()).unwrap_or(i32::MAX);
+    let file_count = i32::try_from(plan.reviewed.len()).unwrap_or(i32::MAX);
     let scope = if since_sha.is_some() {
         "incremental"
     } else {
@@ -377,9 +378,9 @@ async fn plan(ctx: &JobContext, deps: &ReviewDeps, args: &ReviewArgs) -> Result<
     let review_id = sqlx::query_scalar!(
         r#"
         insert into reviews (job_id, project, mr_iid, review_type, dry_run, head_sha, base_sha,
-            start_sha, mr_title, mr_description, skipped, chunk_count, scope, since_sha,
-            settings_problem, settings)
-        values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)
+            start_sha, mr_title, mr_description, skipped, chunk_count, file_count, scope,
+            since_sha, settings_problem, settings)
+        values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)
         returning id
         "#,
         ctx.job.id().get(),
@@ -394,6 +395,7 @@ async fn plan(ctx: &JobContext, deps: &ReviewDeps, args: &ReviewArgs) -> Result<
         description,
         skipped,
         chunk_count,
+        file_count,
         scope,
         since_sha,
         settings_problem,
@@ -656,21 +658,54 @@ async fn insert_chunks<'c>(
     Ok(())
 }
 
-/// One stored chunk with its result and its job's fate.
+/// One stored chunk with the findings of its answer (none if it has no answer).
 struct ChunkResult {
     chunk: Chunk,
-    summary: Option<String>,
     findings: Option<Vec<Finding>>,
-    dropped: i32,
-    job_state: String,
-    job_error: Option<String>,
 }
 
 async fn chunk_results(pool: &PgPool, review_id: i64) -> Result<Vec<ChunkResult>, JobError> {
     let rows = sqlx::query!(
         r#"
-        select c.chunk, c.summary, c.findings, coalesce(c.dropped_findings, 0) as "dropped!",
-               coalesce(j.state::text, 'failed') as "job_state!", j.last_error
+        select chunk, findings from review_chunks
+        where review_id = $1 and not superseded
+        order by chunk_index
+        "#,
+        review_id
+    )
+    .fetch_all(pool)
+    .await
+    .map_err(db)?;
+    rows.into_iter()
+        .map(|r| {
+            Ok(ChunkResult {
+                chunk: serde_json::from_value(r.chunk).map_err(JobError::fatal)?,
+                findings: r
+                    .findings
+                    .map(serde_json::from_value)
+                    .transpose()
+                    .map_err(JobError::fatal)?,
+            })
+        })
+        .collect()
+}
+
+/// What the summary needs of a chunk: its answer's summary, the findings its answer lost,
+/// and, if its job did not succeed, which files it held and why it failed.
+struct ChunkOutcome {
+    summary: Option<String>,
+    dropped: i32,
+    failed: Option<FailedChunk>,
+}
+
+/// Every live chunk's [`ChunkOutcome`]. A chunk's content (most of a review's stored bytes:
+/// about 1 MB for 60 chunks) is read only for the chunks that failed.
+async fn chunk_outcomes(pool: &PgPool, review_id: i64) -> Result<Vec<ChunkOutcome>, JobError> {
+    let rows = sqlx::query!(
+        r#"
+        select c.summary, coalesce(c.dropped_findings, 0) as "dropped!",
+               coalesce(j.state::text, 'failed') as "job_state!", j.last_error,
+               case when j.state is distinct from 'succeeded' then c.chunk end as failed_chunk
         from review_chunks c left join jobs j on j.id = c.job_id
         where c.review_id = $1 and not c.superseded
         order by c.chunk_index
@@ -682,17 +717,24 @@ async fn chunk_results(pool: &PgPool, review_id: i64) -> Result<Vec<ChunkResult>
     .map_err(db)?;
     rows.into_iter()
         .map(|r| {
-            Ok(ChunkResult {
-                chunk: serde_json::from_value(r.chunk).map_err(JobError::fatal)?,
+            let failed = match r.failed_chunk {
+                Some(chunk) => {
+                    let chunk: Chunk = serde_json::from_value(chunk).map_err(JobError::fatal)?;
+                    Some(FailedChunk {
+                        index: chunk.index,
+                        total: chunk.total,
+                        paths: chunk.files.into_iter().map(|f| f.new_path).collect(),
+                        reason: r.last_error.unwrap_or_else(|| {
+                            format!("the chunk job ended {}", r.job_state)
+                        }),
+                    })
+                }
+                None => None,
+            };
+            Ok(ChunkOutcome {
                 summary: r.summary,
-                findings: r
-                    .findings
-                    .map(serde_json::from_value)
-                    .transpose()
-                    .map_err(JobError::fatal)?,
                 dropped: r.dropped,
-                job_state: r.job_state,
-                job_error: r.last_error,
+                failed,
             })
         })
         .collect()
@@ -1410,7 +1452,7 @@ async fn living_summary_body(
     resolved_now: &[String],
 ) -> Result<String, JobError> {
     let (args, review) = (t.args, t.review);
-    let chunks = chunk_results(pool, review.id).await?;
+    let mut chunks = chunk_outcomes(pool, review.id).await?;
     let rows = outbox(pool, review.id).await?;
     let max_inline = round.max_inline_comments.unwrap_or(usize::MAX);
     let mut open_inline = Vec::new();
@@ -1495,19 +1537,7 @@ async fn living_summary_body(
                 .unwrap_or(Severity::Info)
         }));
     }
-    let failed_chunks = chunks
-        .iter()
-        .filter(|c| c.job_state != "succeeded")
-        .map(|c| FailedChunk {
-            index: c.chunk.index,
-            total: c.chunk.total,
-            paths: c.chunk.files.iter().map(|f| f.new_path.clone()).collect(),
-            reason: c
-                .job_error
-                .clone()
-                .unwrap_or_else(|| format!("the chunk job ended {}", c.job_state)),
-        })
-        .collect();
+    let failed_chunks = chunks.iter_mut().filter_map(|c| c.failed.take()).collect();
     let skipped: Vec<SkippedFile> =
         serde_json::from_value(review.skipped.clone()).map_err(JobError::fatal)?;
     let dropped: i32 = chunks.iter().map(|c| c.dropped).sum();
@@ -1540,9 +1570,7 @@ async fn rounds(pool: &PgPool, args: &ReviewArgs, current: i64) -> Result<Vec<Ro
         r#"
         select r.head_sha, r.scope, r.since_sha, r.chunk_count,
             coalesce(r.finished_at, now()) as "at!",
-            (select count(distinct f->>'new_path') from review_chunks c,
-                 json_array_elements(c.chunk->'files') f
-             where c.review_id = r.id and not c.superseded) as "files!",
+            r.file_count,
             coalesce((select sum(prompt_tokens) from llm_calls l where l.review_id = r.id), 0)::int8
                 as "prompt!",
             coalesce((select sum(completion_tokens) from llm_calls l where l.review_id = r.id), 0)::int8
@@ -1571,7 +1599,7 @@ async fn rounds(pool: &PgPool, args: &ReviewArgs, current: i64) -> Result<Vec<Ro
                     },
                     _ => RoundKind::Full,
                 },
-                files_reviewed: usize::try_from(r.files).unwrap_or(0),
+                files_reviewed: usize::try_from(r.file_count).unwrap_or(0),
                 chunks: usize::try_from(r.chunk_count).unwrap_or(0),
                 prompt_tokens: u64::try_from(r.prompt).unwrap_or(0),
                 completion_tokens: u64::try_from(r.completion).unwrap_or(0),

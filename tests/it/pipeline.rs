@@ -493,9 +493,28 @@ async fn an_answer_that_is_not_json_is_retried_once_then_reported(pool: PgPool) 
         "each chunk asked exactly twice"
     );
     let notes = h.gitlab.notes(PROJECT, 1).unwrap();
+    let summary = &notes
+        .iter()
+        .find(|n| n.body.contains("not the JSON object"))
+        .expect("reported in the summary")
+        .body;
+    let paths: Vec<String> = sqlx::query_scalar(
+        "select distinct f->>'new_path' from review_chunks c, json_array_elements(c.chunk->'files') f",
+    )
+    .fetch_all(&h.pool)
+    .await
+    .unwrap();
+    assert!(!paths.is_empty());
     assert!(
-        notes.iter().any(|n| n.body.contains("not the JSON object")),
-        "reported in the summary"
+        summary.contains(&format!("Parts that could not be reviewed ({chunks})")),
+        "{summary}"
+    );
+    for path in &paths {
+        assert!(summary.contains(path.as_str()), "{path} is named: {summary}");
+    }
+    assert!(
+        summary.contains(&format!("| full | {} | {chunks} |", paths.len())),
+        "the round's row counts its files and chunks: {summary}"
     );
     let (calls, tokens) = h.ledger_tokens().await;
     assert_eq!(calls as u64, h.glm.request_count());
