@@ -724,9 +724,9 @@ async fn chunk_outcomes(pool: &PgPool, review_id: i64) -> Result<Vec<ChunkOutcom
                         index: chunk.index,
                         total: chunk.total,
                         paths: chunk.files.into_iter().map(|f| f.new_path).collect(),
-                        reason: r.last_error.unwrap_or_else(|| {
-                            format!("the chunk job ended {}", r.job_state)
-                        }),
+                        reason: r
+                            .last_error
+                            .unwrap_or_else(|| format!("the chunk job ended {}", r.job_state)),
                     })
                 }
                 None => None,

@@ -510,7 +510,10 @@ async fn an_answer_that_is_not_json_is_retried_once_then_reported(pool: PgPool) 
         "{summary}"
     );
     for path in &paths {
-        assert!(summary.contains(path.as_str()), "{path} is named: {summary}");
+        assert!(
+            summary.contains(path.as_str()),
+            "{path} is named: {summary}"
+        );
     }
     assert!(
         summary.contains(&format!("| full | {} | {chunks} |", paths.len())),

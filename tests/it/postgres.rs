@@ -26,7 +26,12 @@ async fn every_tcp_connection_to_postgres_disables_nagles_algorithm(pool: PgPool
 
     let mut connections = 0;
     for entry in std::fs::read_dir("/proc/self/fd").unwrap() {
-        let Ok(fd) = entry.unwrap().file_name().to_string_lossy().parse::<RawFd>() else {
+        let Ok(fd) = entry
+            .unwrap()
+            .file_name()
+            .to_string_lossy()
+            .parse::<RawFd>()
+        else {
             continue;
         };
         // SAFETY: only read-only socket options are queried. Tests running in parallel may
