@@ -89,6 +89,18 @@ pub struct E2eReport {
     /// ceil(chunks / concurrent_requests) x latency.
     pub ideal_s: f64,
     pub ratio: f64,
+    /// Enqueue to the first LLM request reaching the simulator: planning and the
+    /// chunk jobs' start.
+    pub first_request_s: f64,
+    /// First LLM request to last LLM answer.
+    pub llm_phase_s: f64,
+    /// Last LLM answer to the summary being posted: storing the answer, the review job's
+    /// turn, and posting.
+    pub posting_s: f64,
+    /// Mean time a slot of the limit stood empty during the LLM phase, per hand-over from
+    /// one request to the next: (phase x limit - time requests spent in flight) divided by
+    /// the hand-overs.
+    pub idle_per_handover_ms: f64,
     /// Most LLM requests in flight at once, as the simulator saw it.
     pub peak_in_flight: usize,
     pub llm_requests: u64,
@@ -206,6 +218,14 @@ pub async fn run(db: &DbArgs, args: BenchArgs) -> anyhow::Result<ExitCode> {
                     report.llm_requests,
                     report.comments_posted
                 )?;
+                writeln!(
+                    out,
+                    "  to first request {:.3} s; LLM phase {:.3} s ({:.1} ms idle per slot hand-over); posting {:.3} s",
+                    report.first_request_s,
+                    report.llm_phase_s,
+                    report.idle_per_handover_ms,
+                    report.posting_s
+                )?;
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -290,7 +310,7 @@ mod e2e {
         },
         queue::{Limiter, Queue, Worker, WorkerConfig},
         review::{ChunkBudget, ReviewType, chunk::MIN_PROMPT_TOKENS},
-        sim::{FakeGitLab, FakeGlm, GlmBehaviour, fixtures::sized_merge_request},
+        sim::{FakeGitLab, FakeGlm, GlmBehaviour, fixtures::sized_merge_request, glm::GlmCall},
     };
 
     const PROJECT: &str = "bench/e2e";
@@ -356,7 +376,10 @@ mod e2e {
                         )
                         .env("REVIEWQ_CHUNK_TOKENS", MIN_PROMPT_TOKENS.to_string())
                         .env("REVIEWQ_MAX_CHUNKS", args.chunks.to_string())
-                        .env("RUST_LOG", "warn")
+                        .env(
+                            "RUST_LOG",
+                            std::env::var("BENCH_CHILD_LOG").unwrap_or("warn".into()),
+                        )
                         .stdin(std::process::Stdio::null())
                         .stdout(std::process::Stdio::null())
                         .kill_on_drop(true)
@@ -412,6 +435,8 @@ mod e2e {
         .await?;
         let rounds = (f64::from(args.chunks) / f64::from(args.concurrent_requests)).ceil();
         let ideal = rounds * args.latency_ms as f64 / 1000.0;
+        let timeline = Timeline::of(&glm.calls(), started, args.concurrent_requests)
+            .context("the simulator saw no LLM request")?;
         let report = E2eReport {
             chunks,
             workers: args.workers,
@@ -420,6 +445,12 @@ mod e2e {
             wall_s: wall,
             ideal_s: ideal,
             ratio: wall / ideal,
+            first_request_s: timeline.first_request.as_secs_f64(),
+            llm_phase_s: timeline.llm_phase.as_secs_f64(),
+            posting_s: wall
+                - timeline.first_request.as_secs_f64()
+                - timeline.llm_phase.as_secs_f64(),
+            idle_per_handover_ms: timeline.idle_per_handover.as_secs_f64() * 1000.0,
             peak_in_flight: glm.peak_in_flight(),
             llm_requests: glm.request_count(),
             comments_posted: gitlab.posted_discussions() + gitlab.posted_notes(),
@@ -427,6 +458,31 @@ mod e2e {
         drop((gitlab, glm));
         sim_runtime.shutdown_background();
         Ok(report)
+    }
+
+    /// Where the LLM phase's time went, from the simulator's record of each call.
+    pub(super) struct Timeline {
+        pub first_request: Duration,
+        pub llm_phase: Duration,
+        pub idle_per_handover: Duration,
+    }
+
+    impl Timeline {
+        /// `None` without calls.
+        pub(super) fn of(calls: &[GlmCall], since: Instant, limit: u32) -> Option<Self> {
+            let first = calls.iter().map(|c| c.arrived).min()?;
+            let last = calls.iter().map(|c| c.arrived + c.elapsed).max()?;
+            let llm_phase = last - first;
+            let busy: Duration = calls.iter().map(|c| c.elapsed).sum();
+            let capacity = llm_phase * limit;
+            // Each slot's first request follows no hand-over.
+            let handovers = calls.len().saturating_sub(limit as usize).max(1);
+            Some(Self {
+                first_request: first.saturating_duration_since(since),
+                llm_phase,
+                idle_per_handover: capacity.saturating_sub(busy) / handovers as u32,
+            })
+        }
     }
 }
 

@@ -12,6 +12,8 @@ use reviewq::{
 };
 use sqlx::PgPool;
 
+use crate::helpers::wait_until;
+
 const LEASE: Duration = Duration::from_secs(30);
 
 fn exact_policy() -> RetryPolicy {
@@ -554,4 +556,86 @@ async fn a_slot_never_released_stops_being_renewed_once_its_job_ended(pool: PgPo
             .is_some(),
         "and frees itself when its lease lapses"
     );
+}
+
+#[sqlx::test]
+async fn a_release_notice_taken_by_a_waiter_that_was_handed_a_slot_reaches_the_next_waiter(
+    pool: PgPool,
+) {
+    use std::sync::Arc;
+
+    use reviewq::queue::{Handoff, Limiter};
+    use tokio::sync::Notify;
+
+    let queue = Queue::new(pool.clone());
+    Limiter::set_capacity(&pool, "llm", 2).await.unwrap();
+    Queue::enqueue_many(&pool, &vec![NoopArgs::default().job(); 4])
+        .await
+        .unwrap();
+    let worker = WorkerId::random();
+    let claimed = queue.claim(worker, 4, LEASE).await.unwrap();
+    let (released, handoff) = (Arc::new(Notify::new()), Handoff::default());
+    // No periodic retry: only notices and hand-overs can move a slot here.
+    let limiter = Limiter::with_handoff(
+        pool.clone(),
+        "llm",
+        released.clone(),
+        LEASE,
+        handoff.clone(),
+    )
+    .retry_every(Duration::from_secs(3600));
+    let local = limiter
+        .try_acquire(claimed[0].lease, worker)
+        .await
+        .unwrap()
+        .unwrap();
+    let remote = limiter
+        .try_acquire(claimed[1].lease, worker)
+        .await
+        .unwrap()
+        .unwrap();
+    let first = tokio::spawn({
+        let (limiter, lease) = (limiter.clone(), claimed[2].lease);
+        async move { limiter.acquire(lease, worker).await.unwrap() }
+    });
+    wait_until(
+        Duration::from_secs(10),
+        "the first waiter waits",
+        || async { handoff.waiters("llm") == 1 },
+    )
+    .await;
+    let second = tokio::spawn({
+        let (limiter, lease) = (limiter.clone(), claimed[3].lease);
+        async move { limiter.acquire(lease, worker).await.unwrap() }
+    });
+    wait_until(
+        Duration::from_secs(10),
+        "the second waiter waits",
+        || async { handoff.waiters("llm") == 2 },
+    )
+    .await;
+
+    // Another process frees its slot: the row is freed and its notice reaches the oldest
+    // waiter, just as this process hands that same waiter the slot it releases.
+    sqlx::query("update limit_slots set holder_job_id = null, holder_attempt = null, holder_worker_id = null, lease_expires_at = null where slot = $1")
+        .bind(remote.slot())
+        .execute(&pool)
+        .await
+        .unwrap();
+    std::mem::forget(remote);
+    let release = tokio::spawn(local.release());
+    released.notify_one();
+    release.await.unwrap().unwrap();
+
+    let first = tokio::time::timeout(Duration::from_secs(10), first)
+        .await
+        .expect("the first waiter got a slot")
+        .unwrap();
+    let second = tokio::time::timeout(Duration::from_secs(10), second)
+        .await
+        .expect("the notice the first waiter did not need woke the second")
+        .unwrap();
+    let mut slots = [first.slot(), second.slot()];
+    slots.sort_unstable();
+    assert_eq!(slots, [0, 1]);
 }

@@ -139,6 +139,8 @@ pub struct GlmCall {
     pub user_prompt: String,
     /// The system message(s), joined.
     pub system_prompt: String,
+    /// When the request arrived (with `elapsed`, places the call on a timeline).
+    pub arrived: Instant,
     /// From request arrival to answer.
     pub elapsed: Duration,
 }
@@ -345,9 +347,10 @@ impl InFlight {
         inner.requests.fetch_add(1, Ordering::SeqCst);
         let now = inner.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
         inner.peak_in_flight.fetch_max(now, Ordering::SeqCst);
+        let started = Instant::now();
         InFlight {
             inner: Arc::clone(inner),
-            started: Instant::now(),
+            started,
             call: GlmCall {
                 model: String::new(),
                 status: 499,
@@ -358,6 +361,7 @@ impl InFlight {
                 fault: None,
                 user_prompt: String::new(),
                 system_prompt: String::new(),
+                arrived: started,
                 elapsed: Duration::ZERO,
             },
             answered: false,
