@@ -909,8 +909,8 @@ async fn build_outbox(
     let max_inline = round.max_inline_comments.unwrap_or(usize::MAX);
     let mut inline_count = 0;
 
-    let mut tx = pool.begin().await.map_err(db)?;
-    Queue::fence(&mut tx, ctx.lease()).await?;
+    // One row per finding, written in one statement (column arrays through `unnest`).
+    let mut rows = OutboxColumns::default();
     for p in &placed {
         let below = p.finding.severity > min;
         let (kind, position, body, state) = match &p.anchor {
@@ -947,27 +947,40 @@ async fn build_outbox(
                 if below { "below_threshold" } else { "pending" },
             ),
         };
-        sqlx::query!(
-            r#"
-            insert into outbox (review_id, key, kind, severity, finding, position, body, state,
-                fingerprint)
-            values ($1, $2, $3, $4, $5, $6, $7, $8, $9)
-            on conflict (review_id, key) do nothing
-            "#,
-            review.id,
-            p.key.as_str(),
-            kind,
-            p.finding.severity.as_str(),
-            serde_json::to_value(&p.finding).map_err(JobError::fatal)?,
-            position,
-            body,
-            state,
-            p.fingerprint.as_str(),
-        )
-        .execute(&mut *tx)
-        .await
-        .map_err(db)?;
+        rows.key.push(p.key.as_str().to_owned());
+        rows.kind.push(kind.to_owned());
+        rows.severity.push(p.finding.severity.as_str().to_owned());
+        rows.finding
+            .push(serde_json::to_value(&p.finding).map_err(JobError::fatal)?);
+        rows.position.push(position);
+        rows.body.push(body);
+        rows.state.push(state.to_owned());
+        rows.fingerprint.push(p.fingerprint.as_str().to_owned());
     }
+
+    let mut tx = pool.begin().await.map_err(db)?;
+    Queue::fence(&mut tx, ctx.lease()).await?;
+    sqlx::query!(
+        r#"
+        insert into outbox (review_id, key, kind, severity, finding, position, body, state,
+            fingerprint)
+        select $1, * from unnest($2::text[], $3::text[], $4::text[], $5::jsonb[], $6::jsonb[],
+            $7::text[], $8::text[], $9::text[])
+        on conflict (review_id, key) do nothing
+        "#,
+        review.id,
+        &rows.key,
+        &rows.kind,
+        &rows.severity,
+        &rows.finding,
+        &rows.position as &[Option<serde_json::Value>],
+        &rows.body,
+        &rows.state,
+        &rows.fingerprint,
+    )
+    .execute(&mut *tx)
+    .await
+    .map_err(db)?;
     sqlx::query!(
         "update reviews set state = 'posting' where id = $1",
         review.id
@@ -977,6 +990,19 @@ async fn build_outbox(
     .map_err(db)?;
     tx.commit().await.map_err(db)?;
     Ok(())
+}
+
+/// New outbox rows, column by column, for one `unnest` insert.
+#[derive(Default)]
+struct OutboxColumns {
+    key: Vec<String>,
+    kind: Vec<String>,
+    severity: Vec<String>,
+    finding: Vec<serde_json::Value>,
+    position: Vec<Option<serde_json::Value>>,
+    body: Vec<String>,
+    state: Vec<String>,
+    fingerprint: Vec<String>,
 }
 
 struct OutboxRow {
