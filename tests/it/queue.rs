@@ -594,26 +594,19 @@ async fn a_release_notice_taken_by_a_waiter_that_was_handed_a_slot_reaches_the_n
         .await
         .unwrap()
         .unwrap();
-    let first = tokio::spawn({
-        let (limiter, lease) = (limiter.clone(), claimed[2].lease);
-        async move { limiter.acquire(lease, worker).await.unwrap() }
-    });
-    wait_until(
-        Duration::from_secs(10),
-        "the first waiter waits",
-        || async { handoff.waiters("llm") == 1 },
-    )
-    .await;
-    let second = tokio::spawn({
-        let (limiter, lease) = (limiter.clone(), claimed[3].lease);
-        async move { limiter.acquire(lease, worker).await.unwrap() }
-    });
-    wait_until(
-        Duration::from_secs(10),
-        "the second waiter waits",
-        || async { handoff.waiters("llm") == 2 },
-    )
-    .await;
+    // Two waiters, in this order (a notice wakes the longest-waiting one).
+    let mut waiters = Vec::new();
+    for (n, job) in claimed[2..].iter().enumerate() {
+        let (limiter, lease) = (limiter.clone(), job.lease);
+        waiters.push(tokio::spawn(async move {
+            limiter.acquire(lease, worker).await.unwrap()
+        }));
+        wait_until(Duration::from_secs(10), "the waiter waits", || async {
+            handoff.waiters("llm") == n + 1
+        })
+        .await;
+    }
+    let [first, second] = <[_; 2]>::try_from(waiters).unwrap();
 
     // Another process frees its slot: the row is freed and its notice reaches the oldest
     // waiter, just as this process hands that same waiter the slot it releases.
