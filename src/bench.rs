@@ -376,10 +376,7 @@ mod e2e {
                         )
                         .env("REVIEWQ_CHUNK_TOKENS", MIN_PROMPT_TOKENS.to_string())
                         .env("REVIEWQ_MAX_CHUNKS", args.chunks.to_string())
-                        .env(
-                            "RUST_LOG",
-                            std::env::var("BENCH_CHILD_LOG").unwrap_or("warn".into()),
-                        )
+                        .env("RUST_LOG", "warn")
                         .stdin(std::process::Stdio::null())
                         .stdout(std::process::Stdio::null())
                         .kill_on_drop(true)
