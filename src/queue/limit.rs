@@ -29,12 +29,10 @@ const RETRY_WITHOUT_NOTICE: Duration = Duration::from_millis(250);
 pub struct Limiter {
     pool: PgPool,
     resource: Arc<str>,
-    /// Pinged by the worker's listener whenever any slot is released fleet-wide.
-    released: Arc<Notify>,
     /// How long a slot stays held without a heartbeat.
     lease: Duration,
-    /// This process's waiters, to which a released slot is handed directly.
-    handoff: Handoff,
+    /// This process's waiters: woken by release notices, or handed a released slot.
+    waiters: SlotWaiters,
     /// How long a waiter waits for a notice before trying again anyway.
     retry_without_notice: Duration,
 }
@@ -49,20 +47,25 @@ pub struct Permit {
     holder: Lease,
     released: bool,
     lease: Duration,
-    handoff: Handoff,
+    waiters: SlotWaiters,
 }
 
-/// The waiters for slots in one worker process. A slot released by a job of this process
-/// goes straight to the longest-waiting job of this process, in the one statement that
-/// moves the slot's holder: no release notification, no wake-up, no second query. Without
-/// this, every hand-over between two jobs of one process cost a NOTIFY round trip and the
-/// waiter's own claim of the slot (10-20 ms of idle slot per call under load). Waiters in
-/// other processes still get slots released by their own jobs, by notification, and by
-/// lapsed leases.
+/// The jobs of one worker process that wait for slots, and the release notices that wake
+/// them (one per process, shared by every [`Limiter`] of its jobs).
+///
+/// A slot released by a job of this process goes straight to the longest-waiting job of
+/// this process, in the one statement that moves the slot's holder: no release
+/// notification, no wake-up, no second query. Without this, every hand-over between two
+/// jobs of one process cost a NOTIFY round trip and the waiter's own claim of the slot
+/// (10-20 ms of idle slot per call under load). Slots freed elsewhere reach these waiters
+/// through [`SlotWaiters::slot_released`] (the worker's listener calls it per notice), and
+/// slots freed by a lapsed lease through each waiter's periodic retry.
 #[derive(Debug, Clone, Default)]
-pub struct Handoff {
+pub struct SlotWaiters {
     waiting: Arc<Mutex<HashMap<Arc<str>, VecDeque<Waiter>>>>,
     next_id: Arc<AtomicU64>,
+    /// Release notices: one `notify_one` per slot freed anywhere in the fleet.
+    released: Arc<Notify>,
 }
 
 #[derive(Debug)]
@@ -73,7 +76,18 @@ struct Waiter {
     tx: oneshot::Sender<Permit>,
 }
 
-impl Handoff {
+impl SlotWaiters {
+    /// A slot was freed somewhere in the fleet: wakes one waiter to try for it.
+    pub fn slot_released(&self) {
+        self.released.notify_one();
+    }
+
+    /// Release notices may have been missed (the listener reconnected): wakes every
+    /// waiter to try again.
+    pub fn wake_all(&self) {
+        self.released.notify_waiters();
+    }
+
     fn register(
         &self,
         resource: &Arc<str>,
@@ -84,7 +98,7 @@ impl Handoff {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         self.waiting
             .lock()
-            .expect("handoff lock")
+            .expect("slot waiters lock")
             .entry(resource.clone())
             .or_default()
             .push_back(Waiter {
@@ -98,7 +112,7 @@ impl Handoff {
 
     /// Removes a waiter; `false` if a releaser already took it (its permit may be coming).
     fn withdraw(&self, resource: &str, id: u64) -> bool {
-        let mut waiting = self.waiting.lock().expect("handoff lock");
+        let mut waiting = self.waiting.lock().expect("slot waiters lock");
         let Some(queue) = waiting.get_mut(resource) else {
             return false;
         };
@@ -108,10 +122,10 @@ impl Handoff {
     }
 
     /// How many of this process's jobs wait for a slot of `resource`.
-    pub fn waiters(&self, resource: &str) -> usize {
+    pub fn waiting(&self, resource: &str) -> usize {
         self.waiting
             .lock()
-            .expect("handoff lock")
+            .expect("slot waiters lock")
             .get(resource)
             .map_or(0, VecDeque::len)
     }
@@ -119,33 +133,20 @@ impl Handoff {
     fn next(&self, resource: &str) -> Option<Waiter> {
         self.waiting
             .lock()
-            .expect("handoff lock")
+            .expect("slot waiters lock")
             .get_mut(resource)
             .and_then(VecDeque::pop_front)
     }
 }
 
 impl Limiter {
-    /// A limiter for `resource`. `released` is notified when a slot is freed anywhere.
-    pub fn new(pool: PgPool, resource: &str, released: Arc<Notify>, lease: Duration) -> Self {
-        Self::with_handoff(pool, resource, released, lease, Handoff::default())
-    }
-
-    /// A limiter whose slots are handed directly between the waiters sharing `handoff`
-    /// (one per worker process).
-    pub fn with_handoff(
-        pool: PgPool,
-        resource: &str,
-        released: Arc<Notify>,
-        lease: Duration,
-        handoff: Handoff,
-    ) -> Self {
+    /// A limiter for `resource` whose waiting jobs join `waiters` (the worker process's).
+    pub fn new(pool: PgPool, resource: &str, lease: Duration, waiters: SlotWaiters) -> Self {
         Self {
             pool,
             resource: resource.into(),
-            released,
             lease,
-            handoff,
+            waiters,
             retry_without_notice: RETRY_WITHOUT_NOTICE,
         }
     }
@@ -235,7 +236,7 @@ impl Limiter {
                 holder,
                 released: false,
                 lease: self.lease,
-                handoff: self.handoff.clone(),
+                waiters: self.waiters.clone(),
             })),
             None => {
                 let running = sqlx::query_scalar!(
@@ -264,15 +265,15 @@ impl Limiter {
         loop {
             // Register interest before trying, so a release between the try and the
             // wait is not missed.
-            let notified = self.released.notified();
+            let notified = self.waiters.released.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
             if let Some(permit) = self.try_acquire(holder, worker).await? {
                 return Ok(permit);
             }
-            let (id, mut handed) = self.handoff.register(&self.resource, holder, worker);
+            let (id, mut handed) = self.waiters.register(&self.resource, holder, worker);
             let mut registration = Registration {
-                handoff: &self.handoff,
+                waiters: &self.waiters,
                 resource: &self.resource,
                 id,
                 active: true,
@@ -286,7 +287,7 @@ impl Limiter {
                 }
                 woken = tokio::time::timeout(self.retry_without_notice, notified) => {
                     registration.active = false;
-                    if !self.handoff.withdraw(&self.resource, id) {
+                    if !self.waiters.withdraw(&self.resource, id) {
                         // A releaser took this waiter: its permit is on the way, unless
                         // the transfer failed (then the sender is dropped).
                         if let Ok(permit) = handed.await {
@@ -296,7 +297,7 @@ impl Limiter {
                                 // the notice on, or that slot stands empty until some
                                 // waiter's next retry (up to 250 ms; seen in `bench e2e`
                                 // with three workers as a 190 ms gap in one run in three).
-                                self.released.notify_one();
+                                self.waiters.slot_released();
                             }
                             return Ok(permit);
                         }
@@ -309,7 +310,7 @@ impl Limiter {
 
 /// Withdraws a waiter whose `acquire` was dropped while waiting.
 struct Registration<'a> {
-    handoff: &'a Handoff,
+    waiters: &'a SlotWaiters,
     resource: &'a str,
     id: u64,
     active: bool,
@@ -318,7 +319,7 @@ struct Registration<'a> {
 impl Drop for Registration<'_> {
     fn drop(&mut self) {
         if self.active {
-            self.handoff.withdraw(self.resource, self.id);
+            self.waiters.withdraw(self.resource, self.id);
         }
     }
 }
@@ -337,7 +338,7 @@ impl Permit {
         self.released = true;
         release(
             &self.pool,
-            &self.handoff,
+            &self.waiters,
             &self.resource,
             self.slot,
             self.holder,
@@ -352,9 +353,9 @@ impl Drop for Permit {
         if self.released {
             return;
         }
-        let (pool, handoff, resource, slot, holder, lease) = (
+        let (pool, waiters, resource, slot, holder, lease) = (
             self.pool.clone(),
-            self.handoff.clone(),
+            self.waiters.clone(),
             self.resource.clone(),
             self.slot,
             self.holder,
@@ -362,7 +363,7 @@ impl Drop for Permit {
         );
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
             handle.spawn(async move {
-                if let Err(err) = release(&pool, &handoff, &resource, slot, holder, lease).await {
+                if let Err(err) = release(&pool, &waiters, &resource, slot, holder, lease).await {
                     tracing::warn!(error = %err, %resource, slot, "could not release a limit slot; it frees itself when its lease lapses");
                 }
             });
@@ -374,13 +375,13 @@ impl Drop for Permit {
 /// (moving the holder in one fenced statement), or frees it and tells the fleet.
 async fn release(
     pool: &PgPool,
-    handoff: &Handoff,
+    waiters: &SlotWaiters,
     resource: &Arc<str>,
     slot: i32,
     mut holder: Lease,
     lease: Duration,
 ) -> Result<()> {
-    while let Some(waiter) = handoff.next(resource) {
+    while let Some(waiter) = waiters.next(resource) {
         let moved = sqlx::query_scalar!(
             r#"
             update limit_slots set holder_job_id = $5, holder_attempt = $6,
@@ -413,7 +414,7 @@ async fn release(
             holder: waiter.holder,
             released: false,
             lease,
-            handoff: handoff.clone(),
+            waiters: waiters.clone(),
         };
         match waiter.tx.send(permit) {
             Ok(()) => return Ok(()),

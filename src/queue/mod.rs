@@ -26,7 +26,7 @@ pub use self::{
         ClaimedJob, DEFAULT_MAX_ATTEMPTS, Enqueued, InvalidJobId, JobId, JobState, Lease, NewJob,
         Waiting, WorkerId,
     },
-    limit::{Handoff, Limiter, Permit},
+    limit::{Limiter, Permit, SlotWaiters},
     retry::{RetryDecision, RetryPolicy},
     worker::{
         JobContext, JobHandler, JobResult, Outcome, Processed, RunSummary, Worker, WorkerConfig,

@@ -20,7 +20,7 @@ use tracing::Instrument;
 
 use super::{
     Backlog, ClaimedJob, Error, FailureRecorded, JOBS_CHANNEL, JobError, JobId, Lease, Limiter,
-    Permit, Queue, Result, RetryPolicy, SLOTS_CHANNEL, Waiting, WorkerId, limit::Handoff,
+    Permit, Queue, Result, RetryPolicy, SLOTS_CHANNEL, SlotWaiters, Waiting, WorkerId,
 };
 
 /// Most completions written by one statement. Larger batches stop paying off and hold
@@ -63,9 +63,8 @@ pub struct JobContext {
     queue: Queue,
     worker: WorkerId,
     lease_duration: Duration,
-    slots_released: Arc<Notify>,
-    /// Hands released slots between this process's jobs.
-    handoff: Handoff,
+    /// This process's jobs waiting for limit slots.
+    slots: SlotWaiters,
     /// Fires when this attempt lost its lease (rescued elsewhere or cancelled by an
     /// operator) or the worker is shutting down hard. The worker also drops the
     /// handler's future then, so handlers only need it to stop background work.
@@ -93,12 +92,11 @@ impl JobContext {
     /// # Errors
     /// [`Error::LeaseLost`]; database errors.
     pub async fn acquire(&self, resource: &str) -> Result<Permit> {
-        Limiter::with_handoff(
+        Limiter::new(
             self.queue.pool().clone(),
             resource,
-            self.slots_released.clone(),
             self.lease_duration,
-            self.handoff.clone(),
+            self.slots.clone(),
         )
         .acquire(self.job.lease, self.worker)
         .await
@@ -187,8 +185,7 @@ pub struct Worker<H> {
     handler: Arc<H>,
     config: WorkerConfig,
     id: WorkerId,
-    slots_released: Arc<Notify>,
-    handoff: Handoff,
+    slots: SlotWaiters,
     jobs_ready: Arc<Notify>,
     in_flight: InFlight,
     processed: Arc<AtomicU64>,
@@ -202,8 +199,7 @@ impl<H: JobHandler> Worker<H> {
             handler: Arc::new(handler),
             config,
             id: WorkerId::random(),
-            slots_released: Arc::new(Notify::new()),
-            handoff: Handoff::default(),
+            slots: SlotWaiters::default(),
             jobs_ready: Arc::new(Notify::new()),
             in_flight: Arc::default(),
             processed: Arc::default(),
@@ -269,7 +265,7 @@ impl<H: JobHandler> Worker<H> {
             self.id,
             self.config.lease,
             self.config.retry,
-            (self.slots_released.clone(), self.handoff.clone()),
+            self.slots.clone(),
             self.in_flight.clone(),
         )
         .await
@@ -292,7 +288,7 @@ impl<H: JobHandler> Worker<H> {
         let listener = tokio::spawn(listen(
             self.queue.pool().clone(),
             self.jobs_ready.clone(),
-            self.slots_released.clone(),
+            self.slots.clone(),
             background.clone(),
         ));
         let heartbeat = tokio::spawn(heartbeat(
@@ -460,7 +456,7 @@ impl<H: JobHandler> Worker<H> {
             self.id,
             self.config.lease,
             self.config.retry,
-            (self.slots_released.clone(), self.handoff.clone()),
+            self.slots.clone(),
             self.in_flight.clone(),
             self.processed.clone(),
         );
@@ -485,7 +481,7 @@ async fn run_job<H: JobHandler>(
     worker: WorkerId,
     lease_duration: Duration,
     retry: RetryPolicy,
-    (slots_released, handoff): (Arc<Notify>, Handoff),
+    slots: SlotWaiters,
     in_flight: InFlight,
 ) -> Option<std::result::Result<Outcome, String>> {
     let cancel = CancellationToken::new();
@@ -504,8 +500,7 @@ async fn run_job<H: JobHandler>(
         queue: queue.clone(),
         worker,
         lease_duration,
-        slots_released,
-        handoff,
+        slots,
         cancelled: cancel.clone(),
     };
     // Caught here rather than by spawning the handler as its own task: one task per job
@@ -642,7 +637,7 @@ async fn maintain(queue: Queue, every: Duration, retention: Duration, stop: Canc
 async fn listen(
     pool: sqlx::PgPool,
     jobs_ready: Arc<Notify>,
-    slots_released: Arc<Notify>,
+    slots: SlotWaiters,
     stop: CancellationToken,
 ) {
     let mut pause = DB_RETRY_MIN;
@@ -669,7 +664,7 @@ async fn listen(
         };
         pause = DB_RETRY_MIN;
         jobs_ready.notify_one();
-        slots_released.notify_waiters();
+        slots.wake_all();
         loop {
             let next = tokio::select! {
                 () = stop.cancelled() => return,
@@ -678,12 +673,12 @@ async fn listen(
             match next {
                 // One released slot wakes one waiter: waking all of them would have every
                 // waiter race to the database for a single slot.
-                Ok(Some(n)) if n.channel() == SLOTS_CHANNEL => slots_released.notify_one(),
+                Ok(Some(n)) if n.channel() == SLOTS_CHANNEL => slots.slot_released(),
                 Ok(Some(_)) => jobs_ready.notify_one(),
                 Ok(None) => {
                     // Reconnected inside sqlx: anything sent meanwhile was missed.
                     jobs_ready.notify_one();
-                    slots_released.notify_waiters();
+                    slots.wake_all();
                 }
                 Err(err) => {
                     tracing::warn!(error = %err, "LISTEN connection lost; reconnecting");

@@ -422,8 +422,7 @@ async fn a_parent_still_runs_when_its_children_fail_for_good(pool: PgPool) {
 
 #[sqlx::test]
 async fn the_fleet_limit_admits_no_more_holders_than_its_capacity(pool: PgPool) {
-    use reviewq::queue::Limiter;
-    use std::sync::Arc;
+    use reviewq::queue::{Limiter, SlotWaiters};
     let queue = Queue::new(pool.clone());
     Limiter::set_capacity(&pool, "llm", 2).await.unwrap();
     let jobs = Queue::enqueue_many(&pool, &vec![NoopArgs::default().job(); 3])
@@ -432,7 +431,7 @@ async fn the_fleet_limit_admits_no_more_holders_than_its_capacity(pool: PgPool) 
     let worker = WorkerId::random();
     let claimed = queue.claim(worker, 3, LEASE).await.unwrap();
     assert_eq!(claimed.len(), jobs.len());
-    let limiter = Limiter::new(pool.clone(), "llm", Arc::default(), LEASE);
+    let limiter = Limiter::new(pool.clone(), "llm", LEASE, SlotWaiters::default());
     let a = limiter.try_acquire(claimed[0].lease, worker).await.unwrap();
     let b = limiter.try_acquire(claimed[1].lease, worker).await.unwrap();
     let c = limiter.try_acquire(claimed[2].lease, worker).await.unwrap();
@@ -508,9 +507,7 @@ async fn concurrent_enqueues_with_one_dedupe_key_all_get_the_same_job(pool: PgPo
 
 #[sqlx::test]
 async fn a_slot_never_released_stops_being_renewed_once_its_job_ended(pool: PgPool) {
-    use std::sync::Arc;
-
-    use reviewq::queue::Limiter;
+    use reviewq::queue::{Limiter, SlotWaiters};
 
     let queue = Queue::new(pool.clone());
     Limiter::set_capacity(&pool, "llm", 1).await.unwrap();
@@ -519,7 +516,7 @@ async fn a_slot_never_released_stops_being_renewed_once_its_job_ended(pool: PgPo
         .unwrap();
     let worker = WorkerId::random();
     let claimed = queue.claim(worker, 2, LEASE).await.unwrap();
-    let limiter = Limiter::new(pool.clone(), "llm", Arc::default(), LEASE);
+    let limiter = Limiter::new(pool.clone(), "llm", LEASE, SlotWaiters::default());
     let leaked = limiter
         .try_acquire(claimed[0].lease, worker)
         .await
@@ -562,10 +559,7 @@ async fn a_slot_never_released_stops_being_renewed_once_its_job_ended(pool: PgPo
 async fn a_release_notice_taken_by_a_waiter_that_was_handed_a_slot_reaches_the_next_waiter(
     pool: PgPool,
 ) {
-    use std::sync::Arc;
-
-    use reviewq::queue::{Handoff, Limiter};
-    use tokio::sync::Notify;
+    use reviewq::queue::{Limiter, SlotWaiters};
 
     let queue = Queue::new(pool.clone());
     Limiter::set_capacity(&pool, "llm", 2).await.unwrap();
@@ -574,16 +568,10 @@ async fn a_release_notice_taken_by_a_waiter_that_was_handed_a_slot_reaches_the_n
         .unwrap();
     let worker = WorkerId::random();
     let claimed = queue.claim(worker, 4, LEASE).await.unwrap();
-    let (released, handoff) = (Arc::new(Notify::new()), Handoff::default());
+    let slots = SlotWaiters::default();
     // No periodic retry: only notices and hand-overs can move a slot here.
-    let limiter = Limiter::with_handoff(
-        pool.clone(),
-        "llm",
-        released.clone(),
-        LEASE,
-        handoff.clone(),
-    )
-    .retry_every(Duration::from_secs(3600));
+    let limiter = Limiter::new(pool.clone(), "llm", LEASE, slots.clone())
+        .retry_every(Duration::from_secs(3600));
     let local = limiter
         .try_acquire(claimed[0].lease, worker)
         .await
@@ -602,7 +590,7 @@ async fn a_release_notice_taken_by_a_waiter_that_was_handed_a_slot_reaches_the_n
             limiter.acquire(lease, worker).await.unwrap()
         }));
         wait_until(Duration::from_secs(10), "the waiter waits", || async {
-            handoff.waiters("llm") == n + 1
+            slots.waiting("llm") == n + 1
         })
         .await;
     }
@@ -617,7 +605,7 @@ async fn a_release_notice_taken_by_a_waiter_that_was_handed_a_slot_reaches_the_n
         .unwrap();
     std::mem::forget(remote);
     let release = tokio::spawn(local.release());
-    released.notify_one();
+    slots.slot_released();
     release.await.unwrap().unwrap();
 
     let first = tokio::time::timeout(Duration::from_secs(10), first)
