@@ -67,7 +67,8 @@ async fn a_diff_that_asks_for_a_merge_or_mentions_everyone_gets_neither(pool: Pg
     assert!(out.status.success(), "{}", text(&out));
     let bodies = bodies(&gitlab, 1);
     assert!(
-        bodies.iter().any(|b| b.contains("merge")),
+        // Escaped, "/merge" is still in the text; "merge" alone is in every summary.
+        bodies.iter().any(|b| b.contains("/merge")),
         "the model's echo of the injected text was posted (neutralised): {bodies:?}"
     );
     for body in &bodies {

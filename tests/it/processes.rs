@@ -372,7 +372,7 @@ async fn tokens_and_keys_never_reach_logs_output_or_the_database(pool: PgPool) {
         .unwrap()
         .id();
 
-    let mut worker = crate::helpers::reviewq()
+    let worker = crate::helpers::reviewq()
         .args(["worker", "--exit-when-idle"])
         .env("DATABASE_URL", &url)
         .env("RUST_LOG", "debug")
@@ -384,18 +384,15 @@ async fn tokens_and_keys_never_reach_logs_output_or_the_database(pool: PgPool) {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let stderr = worker.stderr.take().unwrap();
-    let stdout = worker.stdout.take().unwrap();
-    let read = |mut r: Box<dyn tokio::io::AsyncRead + Unpin + Send>| async move {
-        let mut s = String::new();
-        r.read_to_string(&mut s).await.unwrap();
-        s
-    };
-    let (err, out) = tokio::join!(read(Box::new(stderr)), read(Box::new(stdout)));
-    let status = tokio::time::timeout(Duration::from_secs(60), worker.wait())
+    let output = tokio::time::timeout(Duration::from_secs(60), worker.wait_with_output())
         .await
-        .unwrap()
+        .expect("the worker exits when idle")
         .unwrap();
+    let (status, err, out) = (
+        output.status,
+        String::from_utf8_lossy(&output.stderr),
+        String::from_utf8_lossy(&output.stdout),
+    );
     assert!(status.success(), "{err}");
     assert_eq!(state_of(&pool, id).await, JobState::Succeeded);
     assert!(err.len() > 1000, "the debug log was captured");

@@ -172,6 +172,7 @@ async fn a_push_is_reviewed_incrementally_and_one_summary_is_edited_through_thre
     );
     let calls_2 = h.glm.calls().len();
     round(&h).await;
+    assert!(h.glm.calls().len() > calls_2, "round 3 called the model");
     for call in &h.glm.calls()[calls_2..] {
         assert!(call.user_prompt.contains("src/log.rs"));
         assert!(
@@ -283,6 +284,7 @@ async fn a_projects_reviewq_toml_sets_language_threshold_ignores_and_limits(pool
     );
     round(&h).await;
     let calls = h.glm.calls();
+    assert!(!calls.is_empty());
     assert!(calls.iter().all(|c| c.system_prompt.contains("French")));
     assert!(
         calls
@@ -370,6 +372,10 @@ async fn draft_mode_stages_inline_comments_and_publishes_them_at_once(pool: PgPo
 async fn drafts_and_excluded_labels_are_skipped_unless_forced(pool: PgPool) {
     let h = Harness::start(pool).await;
     let start = MrSpec::default().start_sha;
+    let force = reviewq::jobs::review::ReviewOptions {
+        force: true,
+        ..options()
+    };
     h.gitlab.add_file(
         PROJECT,
         &start,
@@ -386,17 +392,24 @@ async fn drafts_and_excluded_labels_are_skipped_unless_forced(pool: PgPool) {
         "an excluded label skips the review"
     );
     assert!(summaries(&h).is_empty());
-    let id = h
-        .enqueue(
-            1,
-            reviewq::jobs::review::ReviewOptions {
-                force: true,
-                ..options()
-            },
-        )
-        .await;
+    let id = h.enqueue(1, force.clone()).await;
     h.run(&[id]).await;
-    assert!(h.glm.request_count() > 0, "--force reviews it anyway");
+    let forced = h.glm.request_count();
+    assert!(forced > 0, "--force reviews it anyway");
+
+    // A draft MR (skip_drafts is on by default).
+    h.gitlab.add_merge_request(mixed_mr(2)).unwrap();
+    h.gitlab.set_draft(PROJECT, 2, true).unwrap();
+    let id = h.enqueue(2, options()).await;
+    h.run(&[id]).await;
+    assert_eq!(h.glm.request_count(), forced, "a draft MR is not reviewed");
+    assert!(h.gitlab.notes(PROJECT, 2).unwrap().is_empty());
+    let id = h.enqueue(2, force).await;
+    h.run(&[id]).await;
+    assert!(
+        h.glm.request_count() > forced,
+        "--force reviews a draft anyway"
+    );
 }
 
 #[sqlx::test]

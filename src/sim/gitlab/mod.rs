@@ -426,6 +426,15 @@ impl FakeGitLab {
         Ok(())
     }
 
+    /// Marks the MR as a draft, or as ready.
+    ///
+    /// # Errors
+    /// [`Error::UnknownMergeRequest`].
+    pub fn set_draft(&self, project: &str, iid: u64, draft: bool) -> Result<(), Error> {
+        self.state().mr_mut(project, iid)?.draft = draft;
+        Ok(())
+    }
+
     /// Makes comparisons within this MR overflow GitLab's diff limits: `compare_timeout` is
     /// `true` and only the first half of the files is listed, as GitLab stops collecting at
     /// its limit.

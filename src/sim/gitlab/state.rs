@@ -126,6 +126,8 @@ pub(super) struct Mr {
     commits: BTreeMap<String, FakeCommit>,
     /// Label names.
     pub(super) labels: Vec<String>,
+    /// A draft MR (served as `draft` and `work_in_progress`).
+    pub(super) draft: bool,
     /// Comparisons overflow GitLab's diff limits (see `FakeGitLab::set_compare_overflow`).
     pub(super) compare_overflow: bool,
     created_at: DateTime<Utc>,
@@ -351,6 +353,7 @@ impl State {
             drafts: Vec::new(),
             commits,
             labels: Vec::new(),
+            draft: false,
             compare_overflow: false,
             created_at: now,
             updated_at: now,
@@ -651,8 +654,8 @@ impl State {
             "source_project_id": mr.project_id,
             "target_project_id": mr.project_id,
             "labels": mr.labels,
-            "draft": false,
-            "work_in_progress": false,
+            "draft": mr.draft,
+            "work_in_progress": mr.draft,
             "milestone": null,
             "merge_when_pipeline_succeeds": false,
             "merge_status": "can_be_merged",
