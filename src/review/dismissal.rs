@@ -7,6 +7,8 @@
 //! not by design"), not inside a quoted line (`> ...`, often the bot's own words) or code. There
 //! is no slash command: a line starting with `/` is a GitLab quick action.
 
+use crate::review::markdown::{lines_outside_fences, outside_inline_code};
+
 /// One dismissal phrase, as lower-case words.
 struct Phrase {
     /// The words, matched whole (`fix` does not match `fixing`).
@@ -78,23 +80,15 @@ pub fn dismisses(reply_body: &str) -> bool {
 /// clauses at `,`, `;` and `:`.
 fn statements(reply: &str) -> impl Iterator<Item = String> {
     let mut prose = String::with_capacity(reply.len());
-    let mut in_fence = false;
-    for line in reply.lines() {
-        let trimmed = line.trim_start();
-        if trimmed.starts_with("```") || trimmed.starts_with("~~~") {
-            in_fence = !in_fence;
-            continue;
-        }
+    for line in lines_outside_fences(reply) {
         // Quotes are often the bot's own words; a line starting with `/` is a quick action
         // for GitLab, not a reply to read.
-        if in_fence || trimmed.starts_with('>') || trimmed.starts_with('/') {
+        let trimmed = line.trim_start();
+        if trimmed.starts_with('>') || trimmed.starts_with('/') {
             continue;
         }
-        // Inline code: every other backtick-delimited segment.
-        for (i, segment) in line.split('`').enumerate() {
-            if i % 2 == 0 {
-                prose.push_str(segment);
-            }
+        for segment in outside_inline_code(line) {
+            prose.push_str(segment);
             prose.push(' ');
         }
         prose.push('\n');
@@ -110,15 +104,11 @@ fn statements(reply: &str) -> impl Iterator<Item = String> {
         }
     }
     sentences.push(current);
-    sentences
-        .into_iter()
-        .flat_map(|s| {
-            s.split([',', ';', ':'])
-                .map(str::to_owned)
-                .collect::<Vec<_>>()
-        })
-        .collect::<Vec<_>>()
-        .into_iter()
+    sentences.into_iter().flat_map(|s| {
+        s.split([',', ';', ':'])
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    })
 }
 
 /// Lower-case words: letters, digits and apostrophes (typographic ones made straight);

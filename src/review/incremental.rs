@@ -152,15 +152,20 @@ pub fn restrict(mr_files: &[ParsedFile], delta: &[ParsedFile]) -> Restricted {
         }
         kept_hunks += kept.len();
         files.push(ParsedFile {
+            old_path: file.old_path.clone(),
+            new_path: file.new_path.clone(),
+            change: file.change,
+            content: file.content,
             hunks: kept.into_iter().cloned().collect(),
-            ..file.clone()
+            issues: file.issues.clone(),
         });
     }
+    let mr_paths: HashSet<&str> = mr_files.iter().map(|f| f.new_path.as_str()).collect();
     let mut seen = HashSet::new();
     let unmatched_delta_paths: Vec<String> = delta
         .iter()
         .map(|d| d.new_path.as_str())
-        .filter(|path| !mr_files.iter().any(|f| f.new_path == *path))
+        .filter(|path| !mr_paths.contains(path))
         .filter(|path| touched.get(path).is_some_and(|t| !t.is_empty()))
         .filter(|path| seen.insert(*path))
         .map(str::to_owned)

@@ -15,6 +15,8 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use crate::review::markdown::{lines_outside_fences, outside_inline_code};
+
 /// The name of a natural language as the model is told it (`English`, `Deutsch`, `中文`).
 ///
 /// Valid by construction: 1 to [`MAX_LANGUAGE_CHARS`] characters after trimming, letters (any
@@ -119,21 +121,8 @@ fn allowed_in_name(c: char) -> bool {
 fn prose(description: &str) -> String {
     let without_comments = strip_html_comments(description);
     let mut out = String::with_capacity(without_comments.len());
-    let mut in_fence = false;
-    for line in without_comments.lines() {
-        let trimmed = line.trim_start();
-        if trimmed.starts_with("```") || trimmed.starts_with("~~~") {
-            in_fence = !in_fence;
-            continue;
-        }
-        if in_fence {
-            continue;
-        }
-        // Inline code: every other backtick-delimited segment.
-        for (i, segment) in line.split('`').enumerate() {
-            if i % 2 == 1 {
-                continue;
-            }
+    for line in lines_outside_fences(&without_comments) {
+        for segment in outside_inline_code(line) {
             for word in segment.split_whitespace() {
                 if !word.contains("://") {
                     out.push_str(word);

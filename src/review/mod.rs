@@ -48,6 +48,7 @@ pub mod dismissal;
 pub mod finding;
 pub mod incremental;
 pub mod language;
+mod markdown;
 pub mod prompt;
 pub mod render;
 pub mod review_type;

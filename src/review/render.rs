@@ -1008,11 +1008,11 @@ fn failed_chunk_entry(chunk: &FailedChunk) -> String {
 
 /// `body` cut at the last line break within [`MAX_NOTE_CHARS`], with a note, if longer.
 fn cap_note(body: String) -> String {
-    let Some((limit, _)) = body.char_indices().nth(MAX_NOTE_CHARS) else {
+    let (kept, cut) = truncate_chars(&body, MAX_NOTE_CHARS);
+    if !cut {
         return body;
-    };
-    let cut = body[..limit].rfind('\n').unwrap_or(limit);
-    let mut capped = body[..cut].to_owned();
+    }
+    let mut capped = kept[..kept.rfind('\n').unwrap_or(kept.len())].to_owned();
     capped.push_str("\n\n_(The rest of this note was cut to stay within GitLab's size limit.)_\n");
     capped
 }

@@ -273,18 +273,6 @@ impl fmt::Display for SkipMrReason {
     }
 }
 
-/// Findings split by [`ProjectSettings::select_inline`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct InlineSelection<T> {
-    /// Posted as inline threads: the most severe, at most `max_inline_comments`, in the order
-    /// given within a severity.
-    pub inline: Vec<T>,
-    /// Over the inline limit: listed in the summary instead.
-    pub over_limit: Vec<T>,
-    /// Less severe than `min_severity`: only counted.
-    pub below_min_severity: Vec<T>,
-}
-
 /// Where a settings value came from, for error messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum SettingsOrigin {
@@ -555,33 +543,6 @@ impl ProjectSettings {
             });
         }
         Ok(())
-    }
-
-    /// Whether a finding of this severity is shown at all (`min_severity`).
-    pub fn shows(&self, severity: Severity) -> bool {
-        // `Severity` is ordered from most to least severe.
-        severity <= self.min_severity
-    }
-
-    /// Splits the findings of one round that could be posted inline into those posted inline,
-    /// those over `max_inline_comments` (listed in the summary) and those below
-    /// `min_severity`. The most severe are kept inline first; within a severity the given order
-    /// is kept (the model lists its most important findings first).
-    pub fn select_inline<T>(
-        &self,
-        items: Vec<T>,
-        severity: impl Fn(&T) -> Severity,
-    ) -> InlineSelection<T> {
-        let (mut shown, below_min_severity): (Vec<T>, Vec<T>) =
-            items.into_iter().partition(|i| self.shows(severity(i)));
-        // A stable sort: equal severities keep their order.
-        shown.sort_by_key(|i| severity(i));
-        let over_limit = shown.split_off(self.max_inline_comments.min(shown.len()));
-        InlineSelection {
-            inline: shown,
-            over_limit,
-            below_min_severity,
-        }
     }
 
     /// Applies one layer of entries, key by key, in the order they are written.
@@ -1337,67 +1298,12 @@ mod tests {
         );
     }
 
-    #[test]
-    fn inline_selection_keeps_the_most_severe_and_drops_the_least() {
-        let settings = parse("min_severity = \"minor\"\nmax_inline_comments = 2");
-        let items = vec![
-            ("a", Severity::Minor),
-            ("b", Severity::Info),
-            ("c", Severity::Critical),
-            ("d", Severity::Minor),
-            ("e", Severity::Major),
-        ];
-        let selection = settings.select_inline(items, |i| i.1);
-        fn names(v: &[(&'static str, Severity)]) -> Vec<&'static str> {
-            v.iter().map(|i| i.0).collect()
-        }
-        assert_eq!(names(&selection.inline), vec!["c", "e"]);
-        assert_eq!(names(&selection.over_limit), vec!["a", "d"]);
-        assert_eq!(names(&selection.below_min_severity), vec!["b"]);
-    }
-
-    #[test]
-    fn a_zero_inline_limit_sends_everything_to_the_summary() {
-        let settings = parse("max_inline_comments = 0");
-        let selection = settings.select_inline(vec![Severity::Critical, Severity::Info], |s| *s);
-        assert!(selection.inline.is_empty());
-        assert_eq!(selection.over_limit.len(), 2);
-    }
-
     proptest! {
         #[test]
         fn arbitrary_text_never_panics_and_errors_say_where_they_come_from(text in any::<String>()) {
             if let Err(err) = ProjectSettings::from_toml(&text) {
                 prop_assert!(err.to_string().starts_with("`.reviewq.toml`"));
             }
-        }
-
-        #[test]
-        fn selection_partitions_the_findings_and_respects_the_limit(
-            severities in proptest::collection::vec(0usize..4, 0..40),
-            limit in 0usize..10,
-            min in 0usize..4,
-        ) {
-            let settings = ProjectSettings::default()
-                .overridden_by(&json!({
-                    "max_inline_comments": limit,
-                    "min_severity": Severity::ALL[min].as_str(),
-                }))
-                .expect("valid override");
-            let items: Vec<Severity> = severities.iter().map(|&i| Severity::ALL[i]).collect();
-            let selection = settings.select_inline(items.clone(), |s| *s);
-            prop_assert_eq!(
-                selection.inline.len() + selection.over_limit.len() + selection.below_min_severity.len(),
-                items.len()
-            );
-            prop_assert!(selection.inline.len() <= limit);
-            // Nothing over the limit is more severe than anything inline.
-            if let (Some(worst_inline), Some(best_over)) =
-                (selection.inline.iter().max(), selection.over_limit.iter().min())
-            {
-                prop_assert!(worst_inline <= best_over);
-            }
-            prop_assert!(selection.below_min_severity.iter().all(|&s| s > Severity::ALL[min]));
         }
     }
 }

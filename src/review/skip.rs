@@ -208,11 +208,6 @@ impl IgnoreGlobs {
         }
     }
 
-    /// The patterns as written (trimmed, blank ones left out), in the order given.
-    pub fn patterns(&self) -> &[String] {
-        &self.patterns
-    }
-
     /// The first pattern (in the order given) matching `path`, if any.
     pub fn matching(&self, path: &str) -> Option<&str> {
         let first = self.set.matches(path).into_iter().min()?;
