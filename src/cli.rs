@@ -569,8 +569,8 @@ fn print_table(out: &mut impl Write, rows: &[JobDetail]) -> std::io::Result<()> 
             progress(&r.children),
             when.format("%Y-%m-%d %H:%M:%S"),
             match (&j.waiting, &j.last_error) {
-                (Some(w), _) if !j.state.is_finished() =>
-                    truncate(&format!("waiting: {}", w.reason), 60),
+                // Only a queued job has `waiting` (see `Queue::get`).
+                (Some(w), _) => truncate(&format!("waiting: {}", w.reason), 60),
                 (_, Some(e)) => truncate(e, 60),
                 _ => String::new(),
             },
@@ -613,7 +613,7 @@ fn print_detail(out: &mut impl Write, d: &JobDetail) -> std::io::Result<()> {
             c.queued
         )?;
     }
-    if let Some(w) = j.waiting.as_ref().filter(|_| !j.state.is_finished()) {
+    if let Some(w) = &j.waiting {
         writeln!(
             out,
             "  waiting:   {} (since {})",

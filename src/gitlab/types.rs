@@ -642,24 +642,19 @@ pub struct Commit {
 
 /// `GET /projects/:id/repository/compare?from=&to=`: what `to` adds over the merge base of
 /// `from` and `to` (GitLab's default, `from...to`).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Compare {
     /// Commits reachable from `to` but not from `from`, oldest first.
-    #[serde(default, deserialize_with = "null_as_empty")]
     pub commits: Vec<Commit>,
     /// Changed files, in the same shape as MR diffs; may be incomplete (see
     /// [`Compare::is_partial`]).
-    #[serde(default, deserialize_with = "null_as_empty")]
     pub diffs: Vec<DiffFile>,
     /// GitLab stopped collecting diffs at its limits (the name is historical: it is the diff
     /// collection's overflow flag), so `diffs` lacks files.
-    #[serde(default, deserialize_with = "null_as_false")]
     pub compare_timeout: bool,
     /// `from` and `to` are the same commit: nothing to compare, both lists are empty.
-    #[serde(default, deserialize_with = "null_as_false")]
     pub compare_same_ref: bool,
     /// Link for humans.
-    #[serde(default)]
     pub web_url: Option<String>,
 }
 

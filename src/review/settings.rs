@@ -789,22 +789,25 @@ impl Check {
         if items.len() > MAX_IGNORE_PATTERNS {
             return Err(self.bad(key, item, expected_list));
         }
+        let expected = format!("a glob pattern of 1 to {MAX_ITEM_CHARS} characters");
         let mut patterns = Vec::with_capacity(items.len());
         for element in items {
-            let expected = format!("a glob pattern of 1 to {MAX_ITEM_CHARS} characters");
             let pattern = self.string(key, element, &expected)?;
             let chars = pattern.trim().chars().count();
             if chars == 0 || chars > MAX_ITEM_CHARS {
                 return Err(self.bad(key, element, expected));
             }
-            // Compiled one by one so the error points at the bad pattern.
-            if let Err(e) = IgnoreGlobs::new([pattern]) {
-                return Err(self.bad(key, element, format!("a valid glob pattern ({})", e.source)));
-            }
             patterns.push(pattern);
         }
-        IgnoreGlobs::new(patterns)
-            .map_err(|e| self.bad(key, item, format!("valid glob patterns ({})", e.source)))
+        IgnoreGlobs::new(&patterns).map_err(|e| {
+            // The error names the bad pattern; point at its element.
+            let bad = items
+                .iter()
+                .zip(&patterns)
+                .find(|(_, p)| p.trim() == e.pattern)
+                .map_or(item, |(element, _)| element);
+            self.bad(key, bad, format!("a valid glob pattern ({})", e.source))
+        })
     }
 
     fn language(&self, key: &str, item: &Item) -> Result<Language, SettingsError> {

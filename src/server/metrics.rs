@@ -165,9 +165,10 @@ async fn spend(
     out.sample("reviewq_llm_paused_seconds", &[], pause.age);
     let waiting = sqlx::query!(
         r#"select k.key as "key!", count(j.id) as "n!"
-           from (values ('llm-paused'), ('llm-budget')) as k(key)
+           from unnest($1::text[]) as k(key)
            left join jobs j on j.state = 'queued' and j.waiting->>'key' = k.key
-           group by k.key order by k.key"#
+           group by k.key order by k.key"#,
+        &[crate::spend::PAUSE_KEY, crate::spend::BUDGET_KEY] as &[&str],
     )
     .fetch_all(&mut **tx)
     .await?;

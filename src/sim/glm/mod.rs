@@ -336,7 +336,6 @@ pub fn estimate_tokens(text: &str) -> u64 {
 /// so a request whose client went away (the handler future dropped) is still logged.
 struct InFlight {
     inner: Arc<Inner>,
-    started: Instant,
     call: GlmCall,
     /// Set once the answer is built; otherwise the drop records status 499.
     answered: bool,
@@ -347,10 +346,8 @@ impl InFlight {
         inner.requests.fetch_add(1, Ordering::SeqCst);
         let now = inner.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
         inner.peak_in_flight.fetch_max(now, Ordering::SeqCst);
-        let started = Instant::now();
         InFlight {
             inner: Arc::clone(inner),
-            started,
             call: GlmCall {
                 model: String::new(),
                 status: 499,
@@ -361,7 +358,7 @@ impl InFlight {
                 fault: None,
                 user_prompt: String::new(),
                 system_prompt: String::new(),
-                arrived: started,
+                arrived: Instant::now(),
                 elapsed: Duration::ZERO,
             },
             answered: false,
@@ -392,7 +389,7 @@ impl Drop for InFlight {
         if !self.answered {
             call.status = 499;
         }
-        call.elapsed = self.started.elapsed();
+        call.elapsed = call.arrived.elapsed();
         self.inner.lock().calls.push(call);
     }
 }
