@@ -143,7 +143,8 @@ struct FakeCommit {
     title: String,
     created_at: DateTime<Utc>,
     /// The diff from `parent` to this commit; `None` when nobody said (a plain `push`, the
-    /// target branch head).
+    /// target branch head) and for heads whose parent is the merge base (their version holds
+    /// that diff, and a comparison from the merge base reads the version).
     change: Option<Vec<FileSpec>>,
 }
 
@@ -333,12 +334,7 @@ impl State {
         let base = version.base_sha.as_str();
         add(base, None, "Merge base", None);
         add(&version.start_sha, Some(base), "Target branch head", None);
-        add(
-            &version.head_sha,
-            Some(base),
-            &spec.title,
-            Some(version.files.iter().map(|f| f.spec.clone()).collect()),
-        );
+        add(&version.head_sha, Some(base), &spec.title, None);
         let mr = Mr {
             id: 500 + self.last_mr_id,
             iid: spec.iid,
@@ -418,7 +414,9 @@ impl State {
             }
             History::Appended { delta } => {
                 let delta = delta
-                    .map(|files| Ok::<_, Error>(specs(&checked_files(files)?)))
+                    .map(|files| {
+                        Ok::<_, Error>(checked_files(files)?.into_iter().map(|f| f.spec).collect())
+                    })
                     .transpose()?;
                 Some((previous, delta))
             }
@@ -433,12 +431,7 @@ impl State {
         })?;
         let commit = parent.map(|(parent, delta)| FakeCommit {
             id: head_sha.to_owned(),
-            // A force-pushed head descends from the base: its change is the whole diff.
-            change: if parent == version.base_sha {
-                Some(specs(&version.files))
-            } else {
-                delta
-            },
+            change: delta,
             parent: Some(parent),
             title,
             created_at: version.created_at,
@@ -791,18 +784,13 @@ impl State {
             .iter()
             .map(|c| c.id.as_str())
             .collect();
-        let added: Vec<&FakeCommit> = mr
-            .ancestry(&to_sha)
-            .into_iter()
-            .take_while(|c| !behind.contains(&c.id.as_str()))
-            .collect();
-        let merge_base = mr
-            .ancestry(&to_sha)
-            .into_iter()
-            .find(|c| behind.contains(&c.id.as_str()))
-            .map(|c| c.id.clone())
+        let chain = mr.ancestry(&to_sha);
+        let split = chain
+            .iter()
+            .position(|c| behind.contains(&c.id.as_str()))
             .ok_or_else(|| compare_limitation("the refs share no history"))?;
-        let mut diffs = mr.diff_between(&merge_base, &added)?;
+        let (added, merge_base) = (&chain[..split], chain[split].id.clone());
+        let mut diffs = mr.diff_between(&merge_base, added)?;
         let overflow = mr.compare_overflow && !diffs.is_empty();
         if overflow {
             diffs.truncate(diffs.len() / 2);
