@@ -264,6 +264,45 @@ pub(crate) fn sim_deps(
     })
 }
 
+/// A `reviewq worker` process of this binary pointed at the simulators, quiet, killed if
+/// dropped; callers add their own settings before spawning it.
+///
+/// # Errors
+/// The path of this executable cannot be read.
+pub(crate) fn worker_process(
+    db_url: &str,
+    gitlab: &FakeGitLab,
+    glm: &FakeGlm,
+    concurrency: u32,
+    llm_limit: u32,
+) -> std::io::Result<tokio::process::Command> {
+    let mut command = tokio::process::Command::new(std::env::current_exe()?);
+    command
+        .args(["worker", "--concurrency", &concurrency.to_string()])
+        .env("DATABASE_URL", db_url)
+        .env("GITLAB_URL", gitlab.base_url())
+        .env("GITLAB_TOKEN", SIM_TOKEN)
+        .env("GLM_BASE_URL", glm.base_url())
+        .env("GLM_API_KEY", SIM_KEY)
+        .env("GLM_CONCURRENT_REQUESTS", llm_limit.to_string())
+        .env("RUST_LOG", "warn")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true);
+    Ok(command)
+}
+
+/// Stops a worker process with SIGTERM and waits (at most 30 s) for it to exit.
+pub(crate) async fn stop_worker(mut child: tokio::process::Child) {
+    if let Some(pid) = child.id() {
+        let _ = tokio::process::Command::new("kill")
+            .arg(pid.to_string())
+            .status()
+            .await;
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(30), child.wait()).await;
+}
+
 /// Fails with a usage error unless the queue is idle: a benchmark's numbers mean nothing on
 /// a database other work is using.
 ///
@@ -359,29 +398,19 @@ mod e2e {
         } else {
             // The configured URL, or local mode's cluster: the worker processes share it.
             let url = db.url()?;
-            let exe = std::env::current_exe()?;
             for _ in 0..args.workers {
                 children.push(
-                    tokio::process::Command::new(&exe)
-                        .arg("worker")
-                        .args(["--concurrency", &args.concurrency.to_string()])
-                        .env("DATABASE_URL", &url)
-                        .env("GITLAB_URL", gitlab.base_url())
-                        .env("GITLAB_TOKEN", TOKEN)
-                        .env("GLM_BASE_URL", glm.base_url())
-                        .env("GLM_API_KEY", KEY)
-                        .env(
-                            "GLM_CONCURRENT_REQUESTS",
-                            args.concurrent_requests.to_string(),
-                        )
-                        .env("REVIEWQ_CHUNK_TOKENS", MIN_PROMPT_TOKENS.to_string())
-                        .env("REVIEWQ_MAX_CHUNKS", args.chunks.to_string())
-                        .env("RUST_LOG", "warn")
-                        .stdin(std::process::Stdio::null())
-                        .stdout(std::process::Stdio::null())
-                        .kill_on_drop(true)
-                        .spawn()
-                        .context("could not start a worker process")?,
+                    super::worker_process(
+                        &url,
+                        &gitlab,
+                        &glm,
+                        args.concurrency,
+                        args.concurrent_requests,
+                    )?
+                    .env("REVIEWQ_CHUNK_TOKENS", MIN_PROMPT_TOKENS.to_string())
+                    .env("REVIEWQ_MAX_CHUNKS", args.chunks.to_string())
+                    .spawn()
+                    .context("could not start a worker process")?,
                 );
             }
         }
@@ -415,14 +444,8 @@ mod e2e {
         if let Some(handle) = in_process {
             handle.await.context("bench worker panicked")??;
         }
-        for mut child in children {
-            if let Some(pid) = child.id() {
-                let _ = tokio::process::Command::new("kill")
-                    .arg(pid.to_string())
-                    .status()
-                    .await;
-            }
-            let _ = tokio::time::timeout(Duration::from_secs(30), child.wait()).await;
+        for child in children {
+            super::stop_worker(child).await;
         }
         let chunks = sqlx::query_scalar!(
             "select chunk_count from reviews where job_id = $1",

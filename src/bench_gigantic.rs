@@ -94,18 +94,7 @@ pub async fn run(db: &DbArgs, args: GiganticBenchArgs) -> anyhow::Result<ExitCod
         big_bytes,
     ))?;
 
-    let mut worker = tokio::process::Command::new(std::env::current_exe()?)
-        .args(["worker", "--concurrency", "8"])
-        .env("DATABASE_URL", db.url()?)
-        .env("GITLAB_URL", gitlab.base_url())
-        .env("GITLAB_TOKEN", TOKEN)
-        .env("GLM_BASE_URL", glm.base_url())
-        .env("GLM_API_KEY", KEY)
-        .env("GLM_CONCURRENT_REQUESTS", "6")
-        .env("RUST_LOG", "warn")
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .kill_on_drop(true)
+    let mut worker = crate::bench::worker_process(&db.url()?, &gitlab, &glm, 8, 6)?
         .spawn()
         .context("could not start a worker process")?;
     let pid = worker.id().context("the worker exited at once")?;
@@ -142,11 +131,7 @@ pub async fn run(db: &DbArgs, args: GiganticBenchArgs) -> anyhow::Result<ExitCod
     if let Some(kib) = peak_rss_kib(pid) {
         peak_kib = peak_kib.max(kib);
     }
-    let _ = tokio::process::Command::new("kill")
-        .arg(pid.to_string())
-        .status()
-        .await;
-    let _ = tokio::time::timeout(Duration::from_secs(30), worker.wait()).await;
+    crate::bench::stop_worker(worker).await;
 
     let review = sqlx::query!(
         r#"select chunk_count, jsonb_array_length(skipped) as "skipped!" from reviews where job_id = $1"#,
