@@ -19,7 +19,7 @@ use std::{
 };
 
 use reviewq::{
-    jobs::review::{ReviewArgs, ReviewOptions},
+    jobs::review::ReviewArgs,
     queue::{JobId, Queue},
     review::{FindingKey, Fingerprint, HeadSha, Marker, MarkerKind, ReviewType},
     sim::{
@@ -159,12 +159,7 @@ fn chaos_mr(iid: u64, round: u32) -> MrSpec {
 
 /// Enqueues a review of MR `iid` (an unfinished one for the MR is returned as is).
 async fn enqueue(pool: &PgPool, iid: u64) -> JobId {
-    let options = ReviewOptions {
-        review_type: ReviewType::General,
-        dry_run: false,
-        force: false,
-        full: false,
-    };
+    let options = crate::pipeline::options();
     let mr = format!("{PROJECT}:{iid}").parse().unwrap();
     Queue::enqueue(pool, &ReviewArgs::new(mr, &options).job(0))
         .await
@@ -179,24 +174,6 @@ fn worker_url(url: &str) -> String {
     url.query_pairs_mut()
         .append_pair("application_name", "chaos-worker");
     url.to_string()
-}
-
-/// Removes terminal colour sequences (`ESC [ ... m`) from a log.
-fn strip_ansi(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut chars = text.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for d in chars.by_ref() {
-                if d.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 /// One place in the fleet, holding a worker process through its restarts.
@@ -338,7 +315,7 @@ impl Fleet {
     fn worker_id(&mut self, i: usize) -> Option<Uuid> {
         let slot = &mut self.slots[i];
         if slot.id.is_none() {
-            let log = strip_ansi(&std::fs::read_to_string(&slot.log).unwrap_or_default());
+            let log = std::fs::read_to_string(&slot.log).unwrap_or_default();
             slot.id = log.find("worker.id=").and_then(|at| {
                 let start = at + "worker.id=".len();
                 log.get(start..start + 36)?.parse().ok()
@@ -490,7 +467,7 @@ impl Drop for Fleet {
             .collect();
         files.sort();
         for file in files {
-            let text = strip_ansi(&std::fs::read_to_string(&file).unwrap_or_default());
+            let text = std::fs::read_to_string(&file).unwrap_or_default();
             let lines: Vec<&str> = text.lines().collect();
             eprintln!("---- {} (last 25 lines)", file.display());
             for line in &lines[lines.len().saturating_sub(25)..] {
@@ -1715,12 +1692,7 @@ async fn a_postgres_restart_and_a_full_connection_table_mid_run_lose_nothing() {
     let mut second = Vec::new();
     for iid in 9..=12 {
         let mr = format!("{PROJECT}:{iid}").parse().unwrap();
-        let options = ReviewOptions {
-            review_type: ReviewType::General,
-            dry_run: false,
-            force: false,
-            full: false,
-        };
+        let options = crate::pipeline::options();
         second.push(
             Queue::enqueue(&mut held[0], &ReviewArgs::new(mr, &options).job(0))
                 .await
@@ -1903,7 +1875,7 @@ async fn a_worker_log_line_is_not_attributed_to_a_job_whose_failure_is_being_rec
     tokio::time::sleep(Duration::from_millis(500)).await;
     tx.commit().await.unwrap();
     assert!(worker.wait(Duration::from_secs(20)).await.success());
-    let text = strip_ansi(&std::fs::read_to_string(&log).unwrap());
+    let text = std::fs::read_to_string(&log).unwrap();
     let line = text
         .lines()
         .find(|l| l.contains("shutdown requested"))

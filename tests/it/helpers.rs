@@ -173,3 +173,12 @@ pub async fn count_in_state(pool: &PgPool, state: &str) -> i64 {
         .await
         .expect("count jobs")
 }
+
+/// A finished process's standard output and error, one after the other, for messages.
+pub fn output_text(o: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}

@@ -262,8 +262,7 @@ async fn a_worker_killed_after_gitlab_stored_a_comment_but_before_recording_it_p
     pool: PgPool,
 ) {
     use reviewq::{
-        jobs::review::{ReviewArgs, ReviewOptions},
-        review::ReviewType,
+        jobs::review::ReviewArgs,
         sim::{FakeGitLab, FakeGlm, GitLabFault, GlmBehaviour, Route},
     };
 
@@ -289,12 +288,7 @@ async fn a_worker_killed_after_gitlab_stored_a_comment_but_before_recording_it_p
         ("GLM_API_KEY", "kill-test-key"),
     ];
     let args = ["--lease-secs", "3"];
-    let options = ReviewOptions {
-        review_type: ReviewType::General,
-        dry_run: false,
-        force: false,
-        full: false,
-    };
+    let options = crate::pipeline::options();
     let mr = format!("{PROJECT}:1").parse().unwrap();
     let id = Queue::enqueue(&pool, &ReviewArgs::new(mr, &options).job(0))
         .await
@@ -345,8 +339,7 @@ async fn a_worker_killed_after_gitlab_stored_a_comment_but_before_recording_it_p
 #[sqlx::test]
 async fn tokens_and_keys_never_reach_logs_output_or_the_database(pool: PgPool) {
     use reviewq::{
-        jobs::review::{ReviewArgs, ReviewOptions},
-        review::ReviewType,
+        jobs::review::ReviewArgs,
         sim::{FakeGitLab, FakeGlm, GlmBehaviour, GlmFault},
     };
 
@@ -360,12 +353,7 @@ async fn tokens_and_keys_never_reach_logs_output_or_the_database(pool: PgPool) {
     // Errors too: their messages are where secrets usually leak.
     glm.push_faults([GlmFault::RateLimited, GlmFault::ServerError]);
     let url = url_of(&pool);
-    let options = ReviewOptions {
-        review_type: ReviewType::General,
-        dry_run: false,
-        force: false,
-        full: false,
-    };
+    let options = crate::pipeline::options();
     let mr = format!("{PROJECT}:1").parse().unwrap();
     let id = Queue::enqueue(&pool, &ReviewArgs::new(mr, &options).job(0))
         .await

@@ -2,27 +2,17 @@
 //! sit waiting for a top-up or a budget, `status` shows why work waits, `budget` manages
 //! per-project budgets.
 
-use std::process::Output;
-
 use reviewq::sim::{FakeGitLab, FakeGlm, GlmBehaviour, GlmFault};
 use sqlx::PgPool;
 use tokio::process::Command;
 
 use crate::{
-    helpers::{reviewq, url_of},
+    helpers::{output_text as text, reviewq, url_of},
     pipeline::{PROJECT, mixed_mr},
 };
 
 const TOKEN: &str = "spend-token";
 const KEY: &str = "spend-key";
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
 
 /// `reviewq` with the database and both simulated servers configured.
 fn configured(pool: &PgPool, gitlab: &FakeGitLab, glm: &FakeGlm) -> Command {
