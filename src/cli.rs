@@ -261,15 +261,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 fn local_db(action: DbAction) -> anyhow::Result<ExitCode> {
-    let dir = crate::config::local_home().join("postgres");
-    let cluster = crate::localdb::Cluster::new(&dir)?;
+    let cluster = crate::config::local_cluster_config()?;
     match action {
         DbAction::Status => {
             let running = cluster.is_running();
             println!(
                 "local cluster: {} ({})
 URL: {}",
-                dir.display(),
+                crate::config::describe_local_cluster(&cluster),
                 if running { "running" } else { "stopped" },
                 cluster.url()
             );

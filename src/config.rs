@@ -109,13 +109,36 @@ pub fn local_home() -> std::path::PathBuf {
     std::path::PathBuf::from(home).join(".local/share/reviewq")
 }
 
+/// Local mode's cluster, not started: where it lives and how to reach it.
+///
+/// # Errors
+/// No PostgreSQL binaries.
+pub fn local_cluster_config() -> anyhow::Result<crate::localdb::Cluster> {
+    Ok(crate::localdb::Cluster::new(
+        &local_home().join("postgres"),
+    )?)
+}
+
+/// Where local mode's cluster lives, in words: the directory, and why it is not under the
+/// home directory when it had to move.
+pub fn describe_local_cluster(cluster: &crate::localdb::Cluster) -> String {
+    match (cluster.relocated_from(), cluster.server_account()) {
+        (Some(requested), Some(account)) => format!(
+            "{} (instead of {}: the `{account}` account that runs the server as root cannot enter that directory)",
+            cluster.data_dir().display(),
+            requested.display()
+        ),
+        _ => cluster.data_dir().display().to_string(),
+    }
+}
+
 /// Local mode's cluster, started if it is not running.
 ///
 /// # Errors
 /// No PostgreSQL binaries (the message says how to get them or to set DATABASE_URL), or
 /// the cluster failed to start.
 pub fn local_cluster() -> anyhow::Result<crate::localdb::Cluster> {
-    let cluster = crate::localdb::Cluster::new(&local_home().join("postgres"))?;
+    let cluster = local_cluster_config()?;
     if !cluster.is_running() {
         tracing::info!(dir = %cluster.data_dir().display(), "local mode: starting a private PostgreSQL cluster (set DATABASE_URL to use your own)");
     }

@@ -45,10 +45,11 @@ pub async fn run(db: &DbArgs) -> anyhow::Result<ExitCode> {
          The queue, the workers, the ledger and the comment outbox are real, in Postgres."
     )?;
     if db.database_url.is_none() {
+        let cluster = crate::config::local_cluster_config()?;
         writeln!(
             out,
-            "Postgres: local mode (a private cluster under {}).",
-            crate::config::local_home().join("postgres").display()
+            "Postgres: local mode, a private cluster in {}.",
+            crate::config::describe_local_cluster(&cluster)
         )?;
     }
     drop(out);

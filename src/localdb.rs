@@ -4,6 +4,13 @@
 //! Postgres refuses to run as root, so when we are root the cluster's files belong to an
 //! unprivileged account (`postgres` if the package created it, else `nobody`) and every
 //! server command runs as that account through `runuser`.
+//!
+//! That account must be able to reach the data directory. Root's home is mode 700 on most
+//! systems and containers, so a cluster under `/root/.local/share` cannot work: when the
+//! account cannot traverse to the requested directory, the cluster lives in a directory of its
+//! own under [`RELOCATED_BASE`] instead, named after the requested path (one cluster per
+//! requested directory, as before). We never loosen the permissions of the user's home: an
+//! `o+x` would open it to every account, and an ACL needs tools the machine may lack.
 
 use std::{
     net::TcpListener,
@@ -37,6 +44,8 @@ pub enum Error {
 pub struct Cluster {
     bin_dir: PathBuf,
     data_dir: PathBuf,
+    /// The directory asked for, when `data_dir` had to be elsewhere.
+    requested: Option<PathBuf>,
     port: u16,
     /// The account that owns and runs the server when we are root.
     run_as: Option<String>,
@@ -44,6 +53,10 @@ pub struct Cluster {
 
 /// The database and role every local cluster gets.
 pub const DATABASE: &str = "reviewq";
+
+/// Where a root-run cluster lives when the server's account cannot reach the requested
+/// directory: the conventional place for a system service's state.
+pub const RELOCATED_BASE: &str = "/var/lib/reviewq";
 
 fn find_bin_dir() -> Option<PathBuf> {
     if let Ok(out) = Command::new("pg_config").arg("--bindir").output() {
@@ -86,13 +99,39 @@ fn account_exists(name: &str) -> bool {
         .is_ok_and(|s| s.success())
 }
 
+/// Whether `user` can traverse to `dir`: checked on its nearest existing ancestor (the rest is
+/// created by us with the usual umask, then handed to `user`).
+fn reachable_by(user: &str, dir: &Path) -> bool {
+    let Some(existing) = dir.ancestors().find(|d| d.exists()) else {
+        return false;
+    };
+    Command::new("runuser")
+        .args(["-u", user, "--", "test", "-x"])
+        .arg(existing)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// The directory a cluster requested at `dir` lives in when `dir` is out of the server
+/// account's reach: stable for the same request, distinct for different ones.
+fn relocated(dir: &Path) -> PathBuf {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(dir.as_os_str().as_encoded_bytes());
+    let name: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+    Path::new(RELOCATED_BASE).join(name)
+}
+
 fn free_port() -> Result<u16, Error> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
 impl Cluster {
-    /// A cluster in `data_dir` (created on [`Cluster::start`] if missing). The port is
-    /// remembered in the directory, so a reused cluster keeps its address.
+    /// A cluster in `data_dir` (created on [`Cluster::start`] if missing), or, when we are root
+    /// and the server's account cannot reach `data_dir`, in a directory under
+    /// [`RELOCATED_BASE`] ([`Cluster::data_dir`] says which). The port is remembered in the
+    /// directory, so a reused cluster keeps its address.
     ///
     /// # Errors
     /// [`Error::NoBinaries`] when PostgreSQL is not installed.
@@ -105,6 +144,12 @@ impl Cluster {
                 "nobody".to_owned()
             }
         });
+        let (data_dir, requested) = match &run_as {
+            Some(user) if !reachable_by(user, data_dir) => {
+                (relocated(data_dir), Some(data_dir.to_owned()))
+            }
+            _ => (data_dir.to_owned(), None),
+        };
         let port_file = data_dir.join("reviewq.port");
         let port = match std::fs::read_to_string(&port_file) {
             Ok(p) => p.trim().parse().unwrap_or(0),
@@ -113,7 +158,8 @@ impl Cluster {
         let port = if port == 0 { free_port()? } else { port };
         Ok(Self {
             bin_dir,
-            data_dir: data_dir.to_owned(),
+            data_dir,
+            requested,
             port,
             run_as,
         })
@@ -124,9 +170,21 @@ impl Cluster {
         format!("postgres://{DATABASE}@127.0.0.1:{}/{DATABASE}", self.port)
     }
 
-    /// The data directory.
+    /// The directory the cluster lives in (see [`Cluster::new`] for when it is not the one
+    /// requested).
     pub fn data_dir(&self) -> &Path {
         &self.data_dir
+    }
+
+    /// The directory that was asked for, when the server's account could not reach it and the
+    /// cluster lives in [`Cluster::data_dir`] instead.
+    pub fn relocated_from(&self) -> Option<&Path> {
+        self.requested.as_deref()
+    }
+
+    /// The account that runs the server, when we are root.
+    pub fn server_account(&self) -> Option<&str> {
+        self.run_as.as_deref()
     }
 
     fn pgdata(&self) -> PathBuf {
@@ -176,6 +234,12 @@ impl Cluster {
     /// Command failures (with their output).
     pub fn start(&self) -> Result<(), Error> {
         std::fs::create_dir_all(&self.data_dir)?;
+        if self.requested.is_some() {
+            // Created with the caller's umask, which may be 077: the server's account must be
+            // able to pass through the base to reach its own directory.
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(RELOCATED_BASE, std::fs::Permissions::from_mode(0o755))?;
+        }
         std::fs::write(self.data_dir.join("reviewq.port"), self.port.to_string())?;
         if let Some(user) = &self.run_as {
             let status = Command::new("chown")

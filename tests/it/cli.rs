@@ -191,6 +191,76 @@ async fn without_database_url_the_demo_runs_on_a_private_local_cluster_that_is_r
     assert!(stdout(&status).contains("stopped"), "{}", stdout(&status));
 }
 
+/// What `id -u` says: local mode behaves differently for root, whose server runs as another
+/// account.
+fn running_as_root() -> bool {
+    std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+#[tokio::test]
+async fn the_demo_runs_with_a_home_directory_closed_to_other_accounts() {
+    use std::os::unix::fs::PermissionsExt;
+    // A home as most systems give root: mode 700, so the account that runs the Postgres
+    // server (Postgres refuses root) cannot enter it.
+    let home = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(home.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    let command = |args: &[&str]| {
+        let mut cmd = reviewq();
+        cmd.args(args)
+            .env("HOME", home.path())
+            .env_remove("REVIEWQ_HOME")
+            .env_remove("XDG_DATA_HOME");
+        cmd
+    };
+    let out = command(&["demo"]).output().await.unwrap();
+    let text = stdout(&out);
+    assert!(out.status.success(), "{text}{}", stderr(&out));
+    assert!(text.contains("inline comment on src/refunds.rs:"), "{text}");
+    assert!(
+        !stderr(&out).contains('\x1b'),
+        "a log written to a pipe carries no colour escapes: {}",
+        stderr(&out)
+    );
+    let location = text
+        .lines()
+        .find_map(|l| l.strip_prefix("Postgres: local mode, a private cluster in "))
+        .unwrap_or_else(|| panic!("the demo says where its cluster is: {text}"));
+    let dir = location
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .trim_end_matches('.');
+    if running_as_root() {
+        assert!(
+            dir.starts_with(reviewq::localdb::RELOCATED_BASE),
+            "as root the cluster lives outside the closed home: {location}"
+        );
+        assert!(
+            location.contains("cannot enter"),
+            "and says why: {location}"
+        );
+    } else {
+        assert!(
+            dir.starts_with(&*home.path().to_string_lossy()),
+            "{location}"
+        );
+    }
+    assert_eq!(
+        std::fs::metadata(home.path()).unwrap().permissions().mode() & 0o777,
+        0o700,
+        "the home directory is never opened up"
+    );
+
+    let stop = command(&["db", "stop"]).output().await.unwrap();
+    assert!(stop.status.success(), "{}", stderr(&stop));
+    if running_as_root() {
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}
+
 #[tokio::test]
 async fn a_password_in_a_bad_database_url_is_never_printed() {
     let out = reviewq()
