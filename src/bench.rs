@@ -261,6 +261,7 @@ pub(crate) fn sim_deps(
         chunk_timeout: Duration::from_secs(120),
         max_chunks,
         spend: crate::spend::SpendPolicy::default(),
+        gitlab_budget: crate::jobs::gitlab_budget::GitLabBudget::default(),
     })
 }
 

@@ -16,8 +16,8 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     cli::{LLM_RESOURCE, ReviewCommandArgs, enqueue_reviews, parse_checked_refs, review_deps},
     config::DbArgs,
-    jobs::Dispatcher,
-    queue::{JobId, JobState, Queue, Worker, WorkerConfig},
+    jobs::{Dispatcher, gitlab_budget::GITLAB_RESOURCE},
+    queue::{JobId, JobState, Queue, RateGate, Worker, WorkerConfig},
     shutdown,
 };
 
@@ -39,9 +39,19 @@ pub async fn run(db: &DbArgs, args: ReviewCommandArgs) -> anyhow::Result<ExitCod
     let queue = Queue::new(pool.clone());
     let config = WorkerConfig {
         concurrency: args.concurrency as usize,
-        limits: vec![(LLM_RESOURCE.to_owned(), args.llm.glm_concurrent_requests)],
+        limits: [(LLM_RESOURCE.to_owned(), args.llm.glm_concurrent_requests)]
+            .into_iter()
+            .chain(args.gitlab.limits())
+            .collect(),
         ..WorkerConfig::default()
     };
+    RateGate::configure(
+        &pool,
+        GITLAB_RESOURCE,
+        args.gitlab.gitlab_requests_per_minute,
+    )
+    .await
+    .context("could not set the GitLab request budget")?;
     let worker = Worker::new(queue.clone(), Dispatcher::with_review(deps), config);
     let stop = CancellationToken::new();
     shutdown::on_signal(stop.clone());

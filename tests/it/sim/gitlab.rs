@@ -1342,6 +1342,7 @@ async fn a_bulk_publish_that_hangs_after_publishing_times_out_with_the_work_done
         SecretString::from(TOKEN),
     );
     config.timeout = Duration::from_millis(300);
+    config.retry_for = Duration::ZERO;
     let client = GitLabClient::new(config).expect("client");
     client
         .create_draft_note(&project(PROJECT), 1, "finding <!-- reviewq:f1 -->", None)
