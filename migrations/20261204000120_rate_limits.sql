@@ -16,7 +16,10 @@ create table rate_limits (
     -- Set by a pause, cleared by the first request that is not throttled again: when the
     -- pause ends, one request (the probe) goes first and the others wait for its answer, so
     -- a fleet does not hit a still-throttling service with every waiting request at once.
-    probing       boolean not null default false
+    probing       boolean not null default false,
+    -- While probing: the probe in flight holds the others back until this (a probe whose
+    -- worker died frees the turn when it lapses).
+    probe_until   timestamptz
 );
 
 -- `per_minute` rows per capped resource, each the time a request last started on it. A
@@ -26,6 +29,6 @@ create table rate_limits (
 create table rate_slots (
     resource  text not null references rate_limits on delete cascade,
     slot      integer not null check (slot >= 0),
-    used_at   timestamptz not null default '-infinity',
+    used_at   timestamptz not null default '1970-01-01 00:00:00+00',
     primary key (resource, slot)
 ) with (fillfactor = 50);

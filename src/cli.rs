@@ -379,6 +379,17 @@ pub fn review_deps(gitlab: &GitLabArgs, llm: &LlmArgs) -> Result<review::ReviewD
     })
 }
 
+/// Writes the fleet's `GITLAB_REQUESTS_PER_MINUTE` (every worker does at start; the last
+/// to start wins, as for the limits).
+///
+/// # Errors
+/// Database errors.
+pub async fn set_gitlab_budget(pool: &sqlx::PgPool, gitlab: &GitLabArgs) -> anyhow::Result<()> {
+    RateGate::configure(pool, GITLAB_RESOURCE, gitlab.gitlab_requests_per_minute)
+        .await
+        .context("could not set the GitLab request budget")
+}
+
 async fn worker(db: &DbArgs, args: WorkerArgs) -> anyhow::Result<ExitCode> {
     let deps = review_deps(&args.gitlab, &args.llm)?;
     let pool = db.pool(args.concurrency / 2 + 5).await?;
@@ -397,13 +408,7 @@ async fn worker(db: &DbArgs, args: WorkerArgs) -> anyhow::Result<ExitCode> {
             .chain(args.gitlab.limits())
             .collect(),
     };
-    RateGate::configure(
-        &pool,
-        GITLAB_RESOURCE,
-        args.gitlab.gitlab_requests_per_minute,
-    )
-    .await
-    .context("could not set the GitLab request budget")?;
+    set_gitlab_budget(&pool, &args.gitlab).await?;
     let worker = Worker::new(Queue::new(pool), Dispatcher::with_review(deps), config);
     let token = CancellationToken::new();
     shutdown::on_signal(token.clone());

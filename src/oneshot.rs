@@ -14,10 +14,13 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    cli::{LLM_RESOURCE, ReviewCommandArgs, enqueue_reviews, parse_checked_refs, review_deps},
+    cli::{
+        LLM_RESOURCE, ReviewCommandArgs, enqueue_reviews, parse_checked_refs, review_deps,
+        set_gitlab_budget,
+    },
     config::DbArgs,
-    jobs::{Dispatcher, gitlab_budget::GITLAB_RESOURCE},
-    queue::{JobId, JobState, Queue, RateGate, Worker, WorkerConfig},
+    jobs::Dispatcher,
+    queue::{JobId, JobState, Queue, Worker, WorkerConfig},
     shutdown,
 };
 
@@ -45,13 +48,7 @@ pub async fn run(db: &DbArgs, args: ReviewCommandArgs) -> anyhow::Result<ExitCod
             .collect(),
         ..WorkerConfig::default()
     };
-    RateGate::configure(
-        &pool,
-        GITLAB_RESOURCE,
-        args.gitlab.gitlab_requests_per_minute,
-    )
-    .await
-    .context("could not set the GitLab request budget")?;
+    set_gitlab_budget(&pool, &args.gitlab).await?;
     let worker = Worker::new(queue.clone(), Dispatcher::with_review(deps), config);
     let stop = CancellationToken::new();
     shutdown::on_signal(stop.clone());

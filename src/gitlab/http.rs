@@ -118,21 +118,18 @@ impl Http {
                 .await;
             let probe = ticket.as_ref().is_some_and(Ticket::is_probe);
             drop(ticket);
+            // Any answer but a throttle ends the fleet's pause (a 500 is not "slow down").
+            if probe && !matches!(result, Err(Error::RateLimited { .. })) {
+                self.report_recovered().await;
+            }
             let err = match result {
-                Ok(reply) => {
-                    self.report_recovered(probe).await;
-                    return Ok(reply);
-                }
+                Ok(reply) => return Ok(reply),
                 Err(err) => err,
             };
             tries += 1;
             let wait = match next_step(&err, replay) {
-                Step::GiveUp => {
-                    self.report_recovered(probe).await;
-                    return Err(err);
-                }
+                Step::GiveUp => return Err(err),
                 Step::Unknown => {
-                    self.report_recovered(probe).await;
                     return Err(Error::OutcomeUnknown {
                         what: what.to_owned(),
                         source: Box::new(err),
@@ -163,7 +160,7 @@ impl Http {
     async fn admit(&self, give_up_at: Instant, what: &str) -> Result<Option<Ticket>> {
         /// A waiting request asks again at least this often, so that the end of a pause
         /// (a probe's answer) reaches it soon.
-        const POLL: Duration = Duration::from_secs(1);
+        const POLL: Duration = Duration::from_millis(100);
         let Some(admission) = &self.admission else {
             return Ok(None);
         };
@@ -197,8 +194,8 @@ impl Http {
         }
     }
 
-    async fn report_recovered(&self, probe: bool) {
-        if probe && let Some(admission) = &self.admission {
+    async fn report_recovered(&self) {
+        if let Some(admission) = &self.admission {
             admission.report(Report::Recovered).await;
         }
     }

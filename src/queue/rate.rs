@@ -118,13 +118,14 @@ impl RateGate {
         let row = sqlx::query!(
             r#"
             with lim as (
-                select per_minute, paused_until, pause_reason, probing
+                select per_minute, paused_until, pause_reason, probing, probe_until
                 from rate_limits where resource = $1
             ), probe as (
                 -- The pause is over but no answer has come since: this request is the probe
                 -- (the row lock makes it one), and the others wait for its answer.
-                update rate_limits set paused_until = now() + $3::interval
+                update rate_limits set probe_until = now() + $3::interval
                 where resource = $1 and probing and paused_until <= now()
+                  and (probe_until is null or probe_until <= now())
                 returning 1
             ), free as materialized (
                 select slot from rate_slots
@@ -139,7 +140,7 @@ impl RateGate {
                 from free where s.resource = $1 and s.slot = free.slot
                 returning s.slot
             )
-            select (select paused_until from lim) as paused_until,
+            select (select greatest(paused_until, probe_until) from lim) as paused_until,
                    (select pause_reason from lim) as pause_reason,
                    (select per_minute from lim) as per_minute,
                    coalesce((select probing from lim), false) as "probing!",
@@ -178,7 +179,7 @@ impl RateGate {
         if row.probe {
             // The probe found the budget spent: the next admission probes instead.
             sqlx::query!(
-                "update rate_limits set paused_until = now() where resource = $1 and probing",
+                "update rate_limits set probe_until = now() where resource = $1 and probing",
                 resource
             )
             .execute(pool)
@@ -205,7 +206,8 @@ impl RateGate {
                                     else now() end,
                 paused_until = greatest(rate_limits.paused_until, excluded.paused_until),
                 pause_reason = excluded.pause_reason,
-                probing = true
+                probing = true,
+                probe_until = null
             "#,
             resource,
             interval(wait),
@@ -223,7 +225,7 @@ impl RateGate {
     pub async fn recovered(pool: &PgPool, resource: &str) -> Result<()> {
         sqlx::query!(
             r#"update rate_limits set probing = false, paused_until = null, pause_reason = null,
-                   paused_since = null
+                   paused_since = null, probe_until = null
                where resource = $1 and probing"#,
             resource,
         )

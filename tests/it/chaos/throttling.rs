@@ -9,6 +9,9 @@ use sqlx::PgPool;
 use super::{DRAIN_TIMEOUT, Expect, Fleet, KILL_MRS, Sims, assert_invariants, enqueue, job_table};
 use crate::helpers::url_of;
 
+/// Longest wait for the chaos mix's dozen reviews (about a minute on a loaded runner).
+const THROTTLED_DRAIN: Duration = Duration::from_secs(180);
+
 /// The routes that create something on GitLab.
 const POSTS: [Route; 3] = [
     Route::CreateDiscussion,
@@ -39,7 +42,11 @@ async fn a_gitlab_throttling_one_request_in_five_and_failing_one_post_in_ten_aft
     for &iid in &iids {
         enqueue(&pool, iid).await;
     }
-    fleet.wait_idle(DRAIN_TIMEOUT, "the reviews").await;
+    // Every 429 holds the whole fleet for its second: slower than each job on its own,
+    // and what GitLab asks for.
+    fleet
+        .wait_idle(THROTTLED_DRAIN, "the throttled reviews")
+        .await;
     fleet.stop().await;
     let tally = assert_invariants(&pool, &sims, &iids, &Expect::default()).await;
     let requests = sims.gitlab.requests();
