@@ -63,6 +63,10 @@ pub struct E2eBenchArgs {
     /// Simulated GLM latency per request, in milliseconds.
     #[arg(long, default_value_t = 300)]
     pub latency_ms: u64,
+    /// Simulated GitLab latency per request, in milliseconds (GitLab.com takes 200-600 ms to
+    /// create a discussion).
+    #[arg(long, default_value_t = 0)]
+    pub gitlab_latency_ms: u64,
     /// GLM_CONCURRENT_REQUESTS: the fleet-wide limit.
     #[arg(long, default_value_t = 6, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub concurrent_requests: u32,
@@ -84,6 +88,7 @@ pub struct E2eReport {
     pub workers: u32,
     pub concurrent_requests: u32,
     pub latency_ms: u64,
+    pub gitlab_latency_ms: u64,
     /// Enqueue to the summary note being posted.
     pub wall_s: f64,
     /// ceil(chunks / concurrent_requests) x latency.
@@ -205,8 +210,12 @@ pub async fn run(db: &DbArgs, args: BenchArgs) -> anyhow::Result<ExitCode> {
             } else {
                 writeln!(
                     out,
-                    "reviewq bench e2e (simulated GitLab and GLM): {} chunks, {} worker(s), GLM_CONCURRENT_REQUESTS={}, latency {} ms",
-                    report.chunks, report.workers, report.concurrent_requests, report.latency_ms
+                    "reviewq bench e2e (simulated GitLab and GLM): {} chunks, {} worker(s), GLM_CONCURRENT_REQUESTS={}, latency {} ms, GitLab latency {} ms",
+                    report.chunks,
+                    report.workers,
+                    report.concurrent_requests,
+                    report.latency_ms,
+                    report.gitlab_latency_ms
                 )?;
                 writeln!(
                     out,
@@ -261,6 +270,7 @@ pub(crate) fn sim_deps(
         chunk_timeout: Duration::from_secs(120),
         max_chunks,
         spend: crate::spend::SpendPolicy::default(),
+        gitlab_budget: crate::jobs::gitlab_budget::GitLabBudget::default(),
     })
 }
 
@@ -362,6 +372,7 @@ mod e2e {
         super::ensure_idle(&queue).await?;
         let sim_runtime = super::simulator_runtime()?;
         let gitlab = sim_runtime.spawn(FakeGitLab::start(TOKEN)).await??;
+        gitlab.set_latency(Duration::from_millis(args.gitlab_latency_ms));
         // One finding per chunk: the bench measures the pipeline, not GitLab's posting rate.
         let behaviour = GlmBehaviour {
             max_findings: 1,
@@ -462,6 +473,7 @@ mod e2e {
             workers: args.workers,
             concurrent_requests: args.concurrent_requests,
             latency_ms: args.latency_ms,
+            gitlab_latency_ms: args.gitlab_latency_ms,
             wall_s: wall,
             ideal_s: ideal,
             ratio: wall / ideal,

@@ -10,9 +10,11 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     bench,
     config::{DbArgs, GitLabArgs, LlmArgs},
-    jobs::{Dispatcher, review},
+    jobs::{Dispatcher, gitlab_budget::GITLAB_RESOURCE, review},
     mr_ref::parse_refs,
-    queue::{AttemptRow, ChildCounts, JobId, JobRow, Queue, RetryPolicy, Worker, WorkerConfig},
+    queue::{
+        AttemptRow, ChildCounts, JobId, JobRow, Queue, RateGate, RetryPolicy, Worker, WorkerConfig,
+    },
     shutdown, telemetry,
 };
 
@@ -372,7 +374,19 @@ pub fn review_deps(gitlab: &GitLabArgs, llm: &LlmArgs) -> Result<review::ReviewD
         chunk_timeout: Duration::from_secs(llm.chunk_timeout),
         max_chunks: llm.max_chunks.max(1),
         spend: llm.spend(),
+        gitlab_budget: gitlab.budget(),
     })
+}
+
+/// Writes the fleet's `GITLAB_REQUESTS_PER_MINUTE` (every worker does at start; the last
+/// to start wins, as for the limits).
+///
+/// # Errors
+/// Database errors.
+pub async fn set_gitlab_budget(pool: &sqlx::PgPool, gitlab: &GitLabArgs) -> anyhow::Result<()> {
+    RateGate::configure(pool, GITLAB_RESOURCE, gitlab.gitlab_requests_per_minute)
+        .await
+        .context("could not set the GitLab request budget")
 }
 
 async fn worker(db: &DbArgs, args: WorkerArgs) -> anyhow::Result<ExitCode> {
@@ -388,8 +402,12 @@ async fn worker(db: &DbArgs, args: WorkerArgs) -> anyhow::Result<ExitCode> {
         retention: Duration::from_secs(args.retention_days * 24 * 3600),
         retry: RetryPolicy::default(),
         exit_when_idle: args.exit_when_idle,
-        limits: vec![(LLM_RESOURCE.to_owned(), args.llm.glm_concurrent_requests)],
+        limits: [(LLM_RESOURCE.to_owned(), args.llm.glm_concurrent_requests)]
+            .into_iter()
+            .chain(args.gitlab.limits())
+            .collect(),
     };
+    set_gitlab_budget(&pool, &args.gitlab).await?;
     let worker = Worker::new(Queue::new(pool), Dispatcher::with_review(deps), config);
     let token = CancellationToken::new();
     shutdown::on_signal(token.clone());
@@ -485,6 +503,18 @@ async fn status(db: &DbArgs, args: StatusArgs) -> anyhow::Result<ExitCode> {
             pause.probe_at.format("%Y-%m-%d %H:%M:%S UTC"),
             pause.probes
         )?;
+    }
+    if !args.json {
+        for pause in RateGate::pauses(queue.pool()).await? {
+            writeln!(
+                out,
+                "{} BACKING OFF since {}: {}\n  no request before {}, then one probe at a time; work resumes by itself\n",
+                pause.resource.to_uppercase(),
+                pause.since.format("%Y-%m-%d %H:%M:%S UTC"),
+                pause.reason,
+                pause.until.format("%Y-%m-%d %H:%M:%S UTC"),
+            )?;
+        }
     }
     match args.id {
         Some(id) => {

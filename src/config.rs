@@ -173,6 +173,20 @@ pub struct GitLabArgs {
     /// Extra PEM CA certificate file for a self-hosted GitLab with a private CA.
     #[arg(long, env = "GITLAB_CA_CERT")]
     pub gitlab_ca_cert: Option<std::path::PathBuf>,
+
+    /// Seconds one GitLab request keeps being retried (429, 5xx, timeouts, broken
+    /// connections) before the review hands it back to the queue; 0 sends each request once.
+    #[arg(long, env = "GITLAB_RETRY_SECS", default_value_t = 120, value_parser = clap::value_parser!(u64).range(0..=3600))]
+    pub gitlab_retry_secs: u64,
+
+    /// Most GitLab requests started in any minute by the whole fleet (unset: no cap). Set it
+    /// below the bot user's rate limit (GitLab.com: 2,000 per minute).
+    #[arg(long, env = "GITLAB_REQUESTS_PER_MINUTE", value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub gitlab_requests_per_minute: Option<u32>,
+
+    /// Most GitLab requests in flight across the whole fleet (unset: no cap).
+    #[arg(long, env = "GITLAB_CONCURRENT_REQUESTS", value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub gitlab_concurrent_requests: Option<u32>,
 }
 
 impl GitLabArgs {
@@ -185,6 +199,22 @@ impl GitLabArgs {
         }
     }
 
+    /// The fleet's GitLab request budget.
+    pub fn budget(&self) -> crate::jobs::gitlab_budget::GitLabBudget {
+        crate::jobs::gitlab_budget::GitLabBudget {
+            concurrent_requests: self.gitlab_concurrent_requests,
+            requests_per_minute: self.gitlab_requests_per_minute,
+        }
+    }
+
+    /// The fleet-wide limits a worker sets at start: the GitLab concurrency slots, if capped.
+    pub fn limits(&self) -> Vec<(String, u32)> {
+        self.gitlab_concurrent_requests
+            .map(|n| (crate::jobs::gitlab_budget::GITLAB_RESOURCE.to_owned(), n))
+            .into_iter()
+            .collect()
+    }
+
     /// Builds the client.
     ///
     /// # Errors
@@ -195,6 +225,7 @@ impl GitLabArgs {
         })?;
         let mut config = crate::gitlab::GitLabConfig::new(self.gitlab_url.clone(), token);
         config.timeout = Duration::from_secs(self.gitlab_timeout);
+        config.retry_for = Duration::from_secs(self.gitlab_retry_secs);
         if let Some(path) = &self.gitlab_ca_cert {
             config.ca_cert_pem = Some(std::fs::read(path).map_err(|e| {
                 UsageError(format!(

@@ -78,6 +78,7 @@ pub async fn run(db: &DbArgs) -> anyhow::Result<ExitCode> {
         chunk_timeout: Duration::from_secs(60),
         max_chunks: 50,
         spend: crate::spend::SpendPolicy::default(),
+        gitlab_budget: crate::jobs::gitlab_budget::GitLabBudget::default(),
     };
     let queue = Queue::new(pool.clone());
     Limiter::set_capacity(&pool, LLM_RESOURCE, 3).await?;

@@ -14,7 +14,10 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    cli::{LLM_RESOURCE, ReviewCommandArgs, enqueue_reviews, parse_checked_refs, review_deps},
+    cli::{
+        LLM_RESOURCE, ReviewCommandArgs, enqueue_reviews, parse_checked_refs, review_deps,
+        set_gitlab_budget,
+    },
     config::DbArgs,
     jobs::Dispatcher,
     queue::{JobId, JobState, Queue, Worker, WorkerConfig},
@@ -39,9 +42,13 @@ pub async fn run(db: &DbArgs, args: ReviewCommandArgs) -> anyhow::Result<ExitCod
     let queue = Queue::new(pool.clone());
     let config = WorkerConfig {
         concurrency: args.concurrency as usize,
-        limits: vec![(LLM_RESOURCE.to_owned(), args.llm.glm_concurrent_requests)],
+        limits: [(LLM_RESOURCE.to_owned(), args.llm.glm_concurrent_requests)]
+            .into_iter()
+            .chain(args.gitlab.limits())
+            .collect(),
         ..WorkerConfig::default()
     };
+    set_gitlab_budget(&pool, &args.gitlab).await?;
     let worker = Worker::new(queue.clone(), Dispatcher::with_review(deps), config);
     let stop = CancellationToken::new();
     shutdown::on_signal(stop.clone());

@@ -149,6 +149,27 @@ pub enum Error {
         /// What is wrong.
         message: String,
     },
+    /// A request that creates something (a comment, a draft) failed in a way that leaves
+    /// open whether GitLab carried it out (a 5xx, a timeout or a connection lost after
+    /// sending). The client does not send it again: look for its marker on the MR first.
+    #[error(
+        "GitLab may or may not have stored {what} ({source}); look for its marker before sending it again"
+    )]
+    OutcomeUnknown {
+        /// What was asked for.
+        what: String,
+        /// The failure.
+        #[source]
+        source: Box<Error>,
+    },
+    /// The caller's admission hook failed (its database, say) until the request's deadline.
+    #[error("{what} could not be admitted: {message}")]
+    Admission {
+        /// What was asked for.
+        what: String,
+        /// The hook's error.
+        message: String,
+    },
     /// The client could not be built (bad CA certificate, unusable base URL).
     #[error("invalid GitLab client configuration: {0}")]
     Config(String),
@@ -168,7 +189,9 @@ impl Error {
             | Error::Server { .. }
             | Error::DiffRefsPending { .. }
             | Error::Timeout { .. }
-            | Error::Transport { .. } => Disposition::Retry,
+            | Error::Transport { .. }
+            | Error::OutcomeUnknown { .. }
+            | Error::Admission { .. } => Disposition::Retry,
             // A body that is not JSON at all is typically a proxy's error page or a cut
             // connection; a JSON body of the wrong shape will not change on retry.
             Error::Decode { source, .. } => match source.classify() {

@@ -10,7 +10,11 @@ use reqwest::{
 use secrecy::{ExposeSecret, SecretString};
 use url::Url;
 
-use super::{Error, GitLabConfig, Result};
+use super::{
+    Error, GitLabConfig, Result,
+    admission::{Admission, Admit, Report, Ticket},
+    retry::{Replay, Step, backoff, next_step},
+};
 
 /// Sent so instance admins can tell reviewq's traffic apart in their logs.
 const USER_AGENT: &str = concat!("reviewq/", env!("CARGO_PKG_VERSION"));
@@ -43,6 +47,10 @@ pub(super) struct Http {
     token: SecretString,
     timeout: Duration,
     max_response_bytes: u64,
+    /// How long one request may keep being retried (`GITLAB_RETRY_SECS`).
+    retry_for: Duration,
+    /// The caller's fleet-wide admission, if any.
+    pub(super) admission: Option<Admission>,
 }
 
 impl Http {
@@ -82,16 +90,123 @@ impl Http {
             token: config.token.clone(),
             timeout: config.timeout,
             max_response_bytes: config.max_response_bytes,
+            retry_for: config.retry_for,
+            admission: None,
         })
     }
 
-    /// Sends one request (following same-origin GET redirects) and returns the body of a
-    /// 2xx answer, or the classified error.
+    /// Sends one request, retrying it in place until it succeeds, fails for good, or its
+    /// deadline (`retry_for` from the first try) passes: a 429 after exactly the wait GitLab
+    /// asked for (shared with the fleet through the admission hook), a 5xx, a timeout or a
+    /// broken connection after an exponential backoff with full jitter. A request that
+    /// creates something ([`Replay::Unsafe`]) is not sent again once it may have reached
+    /// GitLab: that ends in [`Error::OutcomeUnknown`], and the caller looks for its marker.
     pub(super) async fn send(
         &self,
         method: Method,
-        mut url: Url,
+        url: Url,
         json: Option<Vec<u8>>,
+        what: &str,
+        replay: Replay,
+    ) -> Result<Reply> {
+        let give_up_at = Instant::now() + self.retry_for;
+        let mut tries: u32 = 0;
+        loop {
+            let ticket = self.admit(give_up_at, what).await?;
+            let result = self
+                .exchange(method.clone(), url.clone(), json.as_deref(), what)
+                .await;
+            let probe = ticket.as_ref().is_some_and(Ticket::is_probe);
+            drop(ticket);
+            // Any answer but a throttle ends the fleet's pause (a 500 is not "slow down").
+            if probe && !matches!(result, Err(Error::RateLimited { .. })) {
+                self.report_recovered().await;
+            }
+            let err = match result {
+                Ok(reply) => return Ok(reply),
+                Err(err) => err,
+            };
+            tries += 1;
+            let wait = match next_step(&err, replay) {
+                Step::GiveUp => return Err(err),
+                Step::Unknown => {
+                    return Err(Error::OutcomeUnknown {
+                        what: what.to_owned(),
+                        source: Box::new(err),
+                    });
+                }
+                Step::After(wait) => wait,
+                Step::Backoff => backoff(tries),
+            };
+            if let Error::RateLimited { message, .. } = &err
+                && let Some(admission) = &self.admission
+            {
+                admission
+                    .report(Report::Throttled {
+                        wait,
+                        reason: message.clone(),
+                    })
+                    .await;
+            }
+            if Instant::now() + wait > give_up_at {
+                return Err(err);
+            }
+            tracing::info!(error = %err, wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX), tries, "GitLab request failed; retrying it");
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    /// Waits for the admission hook's go (within the request's deadline).
+    async fn admit(&self, give_up_at: Instant, what: &str) -> Result<Option<Ticket>> {
+        /// A waiting request asks again at least this often, so that the end of a pause
+        /// (a probe's answer) reaches it soon.
+        const POLL: Duration = Duration::from_millis(100);
+        let Some(admission) = &self.admission else {
+            return Ok(None);
+        };
+        let mut failures: u32 = 0;
+        loop {
+            let (wait, refused) = match admission.admit().await {
+                Ok(Admit::Go(ticket)) => return Ok(Some(ticket)),
+                Ok(Admit::Wait { wait, reason }) => (
+                    wait,
+                    Error::RateLimited {
+                        retry_after: Some(wait),
+                        message: format!("the fleet holds {what} back: {reason}"),
+                    },
+                ),
+                Err(message) => {
+                    failures += 1;
+                    (
+                        backoff(failures),
+                        Error::Admission {
+                            what: what.to_owned(),
+                            message,
+                        },
+                    )
+                }
+            };
+            let now = Instant::now();
+            if now + wait > give_up_at {
+                return Err(refused);
+            }
+            tokio::time::sleep(wait.min(POLL)).await;
+        }
+    }
+
+    async fn report_recovered(&self) {
+        if let Some(admission) = &self.admission {
+            admission.report(Report::Recovered).await;
+        }
+    }
+
+    /// Sends one request once (following same-origin GET redirects) and returns the body of
+    /// a 2xx answer, or the classified error.
+    async fn exchange(
+        &self,
+        method: Method,
+        mut url: Url,
+        json: Option<&[u8]>,
         what: &str,
     ) -> Result<Reply> {
         let mut last_redirect = 0;
@@ -102,10 +217,10 @@ impl Http {
                 .request(method.clone(), url.clone())
                 .header("PRIVATE-TOKEN", self.token_header.clone())
                 .header(header::ACCEPT, "application/json");
-            if let Some(body) = &json {
+            if let Some(body) = json {
                 request = request
                     .header(header::CONTENT_TYPE, "application/json")
-                    .body(body.clone());
+                    .body(body.to_vec());
             }
             let response = request.send().await.map_err(|e| self.transport(e, what))?;
             let status = response.status();

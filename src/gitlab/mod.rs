@@ -5,8 +5,10 @@
 //! `PRIVATE-TOKEN` header; every response body is read with a size limit and every request
 //! has a timeout.
 
+mod admission;
 mod error;
 mod http;
+mod retry;
 mod types;
 
 use std::time::Duration;
@@ -17,6 +19,7 @@ use serde::{Serialize, de::DeserializeOwned};
 use url::Url;
 
 pub use self::{
+    admission::{Admission, Admit, HookFuture, Report, Ticket},
     error::Error,
     types::{
         Author, Commit, Compare, DiffFile, DiffRefs, DiffShas, Discussion, DraftNote, LineAnchor,
@@ -26,6 +29,7 @@ pub use self::{
 };
 use self::{
     http::Reply,
+    retry::Replay,
     types::{PositionBody, encode_path_segment},
 };
 
@@ -46,6 +50,10 @@ pub const DEFAULT_MAX_RESPONSE_BYTES: u64 = 64 * 1024 * 1024;
 /// `GITLAB_TIMEOUT` default from the interface.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// `GITLAB_RETRY_SECS` default: how long one request keeps being retried. Two minutes
+/// outlast a GitLab restart and a per-minute throttle window.
+pub const DEFAULT_RETRY_FOR: Duration = Duration::from_secs(120);
+
 /// `diff_refs` is usually filled within seconds of MR creation; five tries two seconds apart
 /// cover that without holding a worker long (the queue retries after that anyway).
 const DEFAULT_DIFF_REFS_ATTEMPTS: u32 = 5;
@@ -61,6 +69,9 @@ pub struct GitLabConfig {
     pub token: SecretString,
     /// Whole-request timeout, body included (`GITLAB_TIMEOUT`).
     pub timeout: Duration,
+    /// How long one request keeps being retried after a 429, a 5xx, a timeout or a broken
+    /// connection (`GITLAB_RETRY_SECS`); zero sends every request once.
+    pub retry_for: Duration,
     /// Extra PEM root certificate(s) for self-hosted instances with a private CA; they are
     /// trusted in addition to the system roots.
     pub ca_cert_pem: Option<Vec<u8>>,
@@ -79,6 +90,7 @@ impl GitLabConfig {
             base_url,
             token,
             timeout: DEFAULT_TIMEOUT,
+            retry_for: DEFAULT_RETRY_FOR,
             ca_cert_pem: None,
             max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
             diff_refs_attempts: DEFAULT_DIFF_REFS_ATTEMPTS,
@@ -156,6 +168,15 @@ impl GitLabClient {
         })
     }
 
+    /// The same client, asking `admission` before every request (and retry) and reporting
+    /// every throttle to it: how a fleet shares one request budget and one back-off.
+    #[must_use]
+    pub fn with_admission(&self, admission: Admission) -> Self {
+        let mut client = self.clone();
+        client.http.admission = Some(admission);
+        client
+    }
+
     /// `GET /projects/:id/merge_requests/:iid`.
     ///
     /// # Errors
@@ -163,7 +184,10 @@ impl GitLabClient {
     pub async fn merge_request(&self, project: &ProjectRef, iid: u64) -> Result<MergeRequest> {
         let what = format!("merge request {project}!{iid}");
         let url = self.url(&mr_path(project, iid), &[])?;
-        let reply = self.http.send(Method::GET, url, None, &what).await?;
+        let reply = self
+            .http
+            .send(Method::GET, url, None, &what, Replay::Safe)
+            .await?;
         decode(&reply, &what)
     }
 
@@ -213,7 +237,10 @@ impl GitLabClient {
             &format!("{}/versions", mr_path(project, iid)),
             &[("per_page", "1")],
         )?;
-        let reply = self.http.send(Method::GET, url, None, &what).await?;
+        let reply = self
+            .http
+            .send(Method::GET, url, None, &what, Replay::Safe)
+            .await?;
         let versions: Vec<MrVersion> = decode(&reply, &what)?;
         versions
             .into_iter()
@@ -246,8 +273,10 @@ impl GitLabClient {
 
     /// Starts an inline thread (`POST .../discussions`) and checks GitLab made it a `DiffNote`.
     ///
-    /// A timeout or 5xx is classified retryable, but GitLab may have created the thread
-    /// anyway: before retrying, look for the body's marker with [`Self::discussions`].
+    /// A 429 (or a connection never made) is retried in place; a timeout or 5xx is not,
+    /// since GitLab may have created the thread anyway: it ends in
+    /// [`Error::OutcomeUnknown`], and the caller looks for the body's marker with
+    /// [`Self::discussions`] before posting again.
     ///
     /// # Errors
     /// - [`Error::PositionRejected`]: GitLab (or a local check) refused the anchor; post the
@@ -271,7 +300,13 @@ impl GitLabClient {
         };
         let reply = self
             .http
-            .send(Method::POST, url, Some(to_json(&payload)?), &what)
+            .send(
+                Method::POST,
+                url,
+                Some(to_json(&payload)?),
+                &what,
+                Replay::Unsafe,
+            )
             .await
             .map_err(Error::into_position_rejected)?;
         let discussion: Discussion = decode(&reply, &what)?;
@@ -296,8 +331,8 @@ impl GitLabClient {
 
     /// Posts an overview note (`POST .../notes`) and returns it.
     ///
-    /// As with [`Self::post_discussion`], a retryable failure may hide a created note:
-    /// check for the marker with [`Self::notes`] before retrying.
+    /// As with [`Self::post_discussion`], [`Error::OutcomeUnknown`] may hide a created
+    /// note: check for the marker with [`Self::notes`] before posting again.
     ///
     /// # Errors
     /// [`Error::UnsafeBody`] if a line starts with `/`; otherwise see [`Error`].
@@ -307,7 +342,13 @@ impl GitLabClient {
         let url = self.url(&format!("{}/notes", mr_path(project, iid)), &[])?;
         let reply = self
             .http
-            .send(Method::POST, url, Some(to_json(&NoteBody { body })?), &what)
+            .send(
+                Method::POST,
+                url,
+                Some(to_json(&NoteBody { body })?),
+                &what,
+                Replay::Unsafe,
+            )
             .await?;
         decode(&reply, &what)
     }
@@ -328,7 +369,13 @@ impl GitLabClient {
         let url = self.url(&format!("{}/notes/{note_id}", mr_path(project, iid)), &[])?;
         let reply = self
             .http
-            .send(Method::PUT, url, Some(to_json(&NoteBody { body })?), &what)
+            .send(
+                Method::PUT,
+                url,
+                Some(to_json(&NoteBody { body })?),
+                &what,
+                Replay::Safe,
+            )
             .await?;
         decode(&reply, &what)
     }
@@ -354,7 +401,10 @@ impl GitLabClient {
             &path,
             &[("resolved", if resolved { "true" } else { "false" })],
         )?;
-        let reply = self.http.send(Method::PUT, url, None, &what).await?;
+        let reply = self
+            .http
+            .send(Method::PUT, url, None, &what, Replay::Safe)
+            .await?;
         decode(&reply, &what)
     }
 
@@ -413,7 +463,10 @@ impl GitLabClient {
         let what = format!("comparison {from}...{to} in project {project}");
         let path = format!("/projects/{}/repository/compare", project.to_path_segment());
         let url = self.url(&path, &[("from", from), ("to", to)])?;
-        let reply = self.http.send(Method::GET, url, None, &what).await?;
+        let reply = self
+            .http
+            .send(Method::GET, url, None, &what, Replay::Safe)
+            .await?;
         serde_json::from_slice::<types::CompareWire>(&reply.body)
             .and_then(types::CompareWire::into_bounded)
             .map_err(|source| Error::Decode { what, source })
@@ -449,7 +502,13 @@ impl GitLabClient {
         };
         let sent = self
             .http
-            .send(Method::POST, url, Some(to_json(&payload)?), &what)
+            .send(
+                Method::POST,
+                url,
+                Some(to_json(&payload)?),
+                &what,
+                Replay::Unsafe,
+            )
             .await;
         let reply = match position {
             Some(_) => sent.map_err(Error::into_position_rejected)?,
@@ -486,7 +545,9 @@ impl GitLabClient {
         let what = format!("draft note {draft_note_id} on merge request {project}!{iid}");
         let path = format!("{}/draft_notes/{draft_note_id}", mr_path(project, iid));
         let url = self.url(&path, &[])?;
-        self.http.send(Method::DELETE, url, None, &what).await?;
+        self.http
+            .send(Method::DELETE, url, None, &what, Replay::Safe)
+            .await?;
         Ok(())
     }
 
@@ -506,7 +567,9 @@ impl GitLabClient {
         let what = format!("publishing the draft notes of merge request {project}!{iid}");
         let path = format!("{}/draft_notes/bulk_publish", mr_path(project, iid));
         let url = self.url(&path, &[])?;
-        self.http.send(Method::POST, url, None, &what).await?;
+        self.http
+            .send(Method::POST, url, None, &what, Replay::Safe)
+            .await?;
         Ok(())
     }
 
@@ -534,7 +597,10 @@ impl GitLabClient {
             encode_path_segment(file_path)
         );
         let url = self.url(&path, &[("ref", git_ref)])?;
-        let reply = self.http.send(Method::GET, url, None, &what).await?;
+        let reply = self
+            .http
+            .send(Method::GET, url, None, &what, Replay::Safe)
+            .await?;
         Ok(reply.body)
     }
 
@@ -565,7 +631,10 @@ impl GitLabClient {
             params.push(("per_page", PER_PAGE));
             params.push(("page", &page_text));
             let url = self.url(path, &params)?;
-            let reply = self.http.send(Method::GET, url, None, what).await?;
+            let reply = self
+                .http
+                .send(Method::GET, url, None, what, Replay::Safe)
+                .await?;
             let batch = decode_page(&reply.body).map_err(|source| Error::Decode {
                 what: what.to_owned(),
                 source,

@@ -4,6 +4,7 @@
 //! payload. An unknown kind or a payload that does not parse fails the job for good: it
 //! would fail the same way on every attempt.
 
+pub mod gitlab_budget;
 pub mod noop;
 pub mod review;
 

@@ -23,6 +23,7 @@ use crate::{
     cli::LLM_RESOURCE,
     disposition::Disposition,
     gitlab::{self, DiffShas, GitLabClient, LineAnchor, ProjectRef},
+    jobs::gitlab_budget::{self, GitLabBudget},
     ledger::{self, CallContext},
     llm::{self, ChatRequest, LlmClient, Message},
     mr_ref::{MrRef, Project},
@@ -60,6 +61,8 @@ const LLM_TRIES_PER_ATTEMPT: u32 = 4;
 const UNUSABLE_ANSWERS_TOLERATED: u32 = 1;
 /// A `Retry-After` longer than this is not slept inside the job: the job is rescheduled.
 const MAX_INLINE_WAIT: Duration = Duration::from_secs(20);
+/// When GitLab throttles without saying for how long, a review comes back after this.
+const THROTTLE_WAIT: Duration = Duration::from_secs(30);
 /// Output cap per chunk answer: room for ten findings with suggestions.
 const MAX_ANSWER_TOKENS: u32 = 4096;
 
@@ -176,15 +179,26 @@ pub struct ReviewDeps {
     pub max_chunks: usize,
     /// Daily budgets and the quota pause.
     pub spend: SpendPolicy,
+    /// The fleet's GitLab request budget.
+    pub gitlab_budget: GitLabBudget,
 }
 
+/// A GitLab failure as a job error. A throttle that outlasted the request's retries is a
+/// wait, not a failure: the job comes back after it without using up an attempt.
 fn gitlab_error(err: gitlab::Error) -> JobError {
-    JobError::new(err.disposition(), err)
+    match err {
+        gitlab::Error::RateLimited { retry_after, .. } => {
+            JobError::throttled(retry_after.unwrap_or(THROTTLE_WAIT), err)
+        }
+        err => JobError::new(err.disposition(), err),
+    }
 }
 
 fn db(err: sqlx::Error) -> JobError {
     JobError::retryable(format!("database error: {err}"))
 }
+
+mod posting;
 
 // ---------------------------------------------------------------------------------------
 // The review job.
@@ -210,6 +224,10 @@ struct ReviewRow {
 /// # Errors
 /// Classified failures of GitLab, the database or the plan.
 pub async fn run_review(ctx: &JobContext, deps: &ReviewDeps, args: ReviewArgs) -> JobResult {
+    let deps = &ReviewDeps {
+        gitlab: gitlab_budget::admitted(&deps.gitlab, ctx, deps.gitlab_budget),
+        ..deps.clone()
+    };
     let pool = ctx.queue().pool().clone();
     let existing = sqlx::query_as!(
         ReviewRow,
@@ -1187,7 +1205,8 @@ fn inline_marker(
     Ok((m, found))
 }
 
-/// Posts the pending inline comments one by one, collecting what GitLab stored in `posted`.
+/// Posts the pending inline comments, a few at a time ([`posting::INLINE_POSTS_IN_FLIGHT`]),
+/// collecting what GitLab stored in `posted`.
 async fn post_inline(
     ctx: &JobContext,
     t: &Target<'_>,
@@ -1196,6 +1215,7 @@ async fn post_inline(
     posted: &mut Vec<Posted>,
 ) -> Result<(), JobError> {
     let (args, review) = (t.args, t.review);
+    let mut to_post = Vec::new();
     for row in outbox(ctx.queue().pool(), review.id).await? {
         if row.kind != "inline" || row.state != "pending" {
             continue;
@@ -1204,34 +1224,30 @@ async fn post_inline(
             set_state(ctx, review.id, &row.key, "dry_run", None).await?;
             continue;
         }
-        if let (_, Some(found)) = inline_marker(t, &row, existing)? {
+        let (m, found) = inline_marker(t, &row, existing)?;
+        if let Some(found) = found {
             posted.push(found);
             continue;
         }
         let Some(position) = row_position(ctx, review.id, &row, shas).await? else {
             continue;
         };
-        match t
-            .deps
-            .gitlab
-            .post_discussion(t.project, args.iid, &row.body, &position)
-            .await
-        {
+        let body = row.body.clone();
+        to_post.push((row.key, body, position, m));
+    }
+    // Every answer is taken in (and recorded by the caller) before an error is returned:
+    // the threads GitLab did create are not re-checked on the next attempt.
+    let mut failure = None;
+    for (key, position, result) in posting::post_discussions(t, to_post).await {
+        match result {
             Ok(done) => posted.push(Posted {
-                key: row.key,
+                key,
                 note_id: done.note_id,
                 discussion_id: Some(done.discussion_id),
             }),
             Err(err @ gitlab::Error::PositionRejected { .. }) => {
                 tracing::info!(error = %err, path = %position.new_path, "GitLab refused the position; the finding goes to the summary");
-                set_state(
-                    ctx,
-                    review.id,
-                    &row.key,
-                    "downgraded",
-                    Some(&err.to_string()),
-                )
-                .await?;
+                set_state(ctx, review.id, &key, "downgraded", Some(&err.to_string())).await?;
             }
             // The comment exists, just not inline: never post it twice.
             Err(gitlab::Error::NotDiffNote {
@@ -1239,14 +1255,16 @@ async fn post_inline(
                 note_id,
                 ..
             }) => posted.push(Posted {
-                key: row.key,
+                key,
                 note_id,
                 discussion_id: Some(discussion_id),
             }),
-            Err(err) => return Err(gitlab_error(err)),
+            Err(err) => {
+                failure.get_or_insert(gitlab_error(err));
+            }
         }
     }
-    Ok(())
+    failure.map_or(Ok(()), Err)
 }
 
 /// Stages the pending inline comments as draft notes, then publishes them all in one
@@ -1288,10 +1306,7 @@ async fn post_drafts(
         let Some(position) = row_position(ctx, review.id, &row, shas).await? else {
             continue;
         };
-        match gitlab
-            .create_draft_note(t.project, args.iid, &row.body, Some(&position))
-            .await
-        {
+        match posting::create_draft_once(t, &row.body, &position, &m).await {
             Ok(draft) => {
                 let rows = sqlx::query!(
                     r#"update outbox set state = 'drafted', gitlab_draft_id = $3
@@ -1709,8 +1724,7 @@ async fn post_summary(
             Err(gitlab::Error::NotFound { .. }) => {
                 tracing::info!(note = id, "the summary note was deleted; posting a new one");
                 mark_attempted(ctx, review.id).await?;
-                gitlab
-                    .post_note(t.project, args.iid, body)
+                posting::post_note_once(t, body, is_ours)
                     .await
                     .map_err(gitlab_error)?
                     .id
@@ -1719,8 +1733,7 @@ async fn post_summary(
         },
         None => {
             mark_attempted(ctx, review.id).await?;
-            gitlab
-                .post_note(t.project, args.iid, body)
+            posting::post_note_once(t, body, is_ours)
                 .await
                 .map_err(gitlab_error)?
                 .id

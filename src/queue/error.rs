@@ -39,6 +39,18 @@ pub struct JobError {
     pub disposition: Disposition,
     /// A message for `last_error` and the logs. Never contains a secret.
     pub message: String,
+    /// Whether the attempt counts against `max_attempts`.
+    pub kind: FailureKind,
+}
+
+/// Whether a handler's error is a failure or a wait the service asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureKind {
+    /// Something went wrong: the attempt counts against `max_attempts`.
+    Failure,
+    /// The service throttled us (a rate limit): waiting is not failing, so the job goes
+    /// back to the queue after the delay without the attempt counting.
+    Throttled,
 }
 
 impl JobError {
@@ -57,11 +69,21 @@ impl JobError {
         Self::new(Disposition::RetryAfter(delay), message)
     }
 
+    /// The service asked to wait `delay` (a rate limit that outlasted the handler's own
+    /// patience): not a failure, the attempt does not count against `max_attempts`.
+    pub fn throttled(delay: Duration, message: impl fmt::Display) -> Self {
+        Self {
+            kind: FailureKind::Throttled,
+            ..Self::retry_after(delay, message)
+        }
+    }
+
     /// A failure with an explicit disposition.
     pub fn new(disposition: Disposition, message: impl fmt::Display) -> Self {
         Self {
             disposition,
             message: message.to_string(),
+            kind: FailureKind::Failure,
         }
     }
 }

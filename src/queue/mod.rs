@@ -11,6 +11,7 @@
 mod error;
 mod job;
 mod limit;
+mod rate;
 mod retry;
 mod worker;
 
@@ -21,12 +22,13 @@ use serde::Serialize;
 use sqlx::{PgExecutor, PgPool, Postgres, Transaction, postgres::types::PgInterval};
 
 pub use self::{
-    error::{Error, JobError, Result, ResultExt},
+    error::{Error, FailureKind, JobError, Result, ResultExt},
     job::{
         ClaimedJob, DEFAULT_MAX_ATTEMPTS, Enqueued, InvalidJobId, JobId, JobState, Lease, NewJob,
         Waiting, WorkerId,
     },
     limit::{Limiter, Permit, SlotWaiters},
+    rate::{Admission, Pause, RateGate, WaitReason},
     retry::{RetryDecision, RetryPolicy},
     worker::{
         JobContext, JobHandler, JobResult, Outcome, Processed, RunSummary, Worker, WorkerConfig,
@@ -530,7 +532,9 @@ impl Queue {
     }
 
     /// Records a failed attempt: back to the queue after the policy's delay (or the
-    /// handler's `RetryAfter`), or `failed` for good once fatal or out of attempts.
+    /// handler's `RetryAfter`), or `failed` for good once fatal or out of attempts. A
+    /// throttled attempt ([`FailureKind::Throttled`]) goes back after its delay without
+    /// counting: a rate limit never uses up a job's attempts.
     ///
     /// # Errors
     /// [`Error::LeaseLost`] if another attempt owns the job; database errors.
@@ -541,6 +545,25 @@ impl Queue {
         policy: &RetryPolicy,
     ) -> Result<FailureRecorded> {
         use crate::disposition::Disposition;
+        if error.kind == FailureKind::Throttled {
+            let delay = match error.disposition {
+                Disposition::RetryAfter(d) => d,
+                Disposition::Retry | Disposition::Fatal => policy.delay(1),
+            };
+            let run_at = Self::transition(
+                &self.pool,
+                job.lease,
+                Transition {
+                    state: JobState::Queued,
+                    delay,
+                    failed: false,
+                    error: Some(&error.message),
+                    outcome: "throttled",
+                },
+            )
+            .await?;
+            return Ok(FailureRecorded::WillRetry { run_at });
+        }
         let failed_attempts = job.failed_attempts + 1;
         let retry_in = match error.disposition {
             Disposition::Fatal => None,

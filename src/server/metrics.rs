@@ -136,7 +136,49 @@ pub async fn collect(tx: &mut Transaction<'_, Postgres>) -> Result<Exposition, s
     comments(tx, &mut out).await?;
     limits(tx, &mut out).await?;
     spend(tx, &mut out).await?;
+    backoff(tx, &mut out).await?;
     Ok(out)
+}
+
+/// Fleet-wide back-offs from a service's 429 (`rate_limits`), by resource.
+async fn backoff(
+    tx: &mut Transaction<'_, Postgres>,
+    out: &mut Exposition,
+) -> Result<(), sqlx::Error> {
+    let rows = sqlx::query!(
+        r#"select resource,
+                  (probing or coalesce(paused_until > now(), false)) as "paused!",
+                  coalesce(extract(epoch from greatest(paused_until - now(), interval '0')),
+                           0)::float8 as "left!"
+           from rate_limits order by resource"#
+    )
+    .fetch_all(&mut **tx)
+    .await?;
+    out.family(
+        "reviewq_backoff",
+        "gauge",
+        "1 while the fleet backs off from a service that answered 429 (until its Retry-After, then one probe request at a time).",
+    );
+    for row in &rows {
+        out.sample(
+            "reviewq_backoff",
+            &[("resource", &row.resource)],
+            if row.paused { 1.0 } else { 0.0 },
+        );
+    }
+    out.family(
+        "reviewq_backoff_seconds",
+        "gauge",
+        "Seconds left of the service's Retry-After (0 when not backing off).",
+    );
+    for row in &rows {
+        out.sample(
+            "reviewq_backoff_seconds",
+            &[("resource", &row.resource)],
+            row.left,
+        );
+    }
+    Ok(())
 }
 
 /// The fleet-wide LLM pause and the jobs waiting for a spend condition.

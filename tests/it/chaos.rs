@@ -30,6 +30,8 @@ use reviewq::{
 use sqlx::{Connection, PgConnection, PgPool};
 use uuid::Uuid;
 
+mod throttling;
+
 use crate::{
     helpers::{WorkerProcess, url_of},
     pipeline::{PROJECT, mixed_mr},

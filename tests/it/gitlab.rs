@@ -44,6 +44,8 @@ fn config(server: &MockServer) -> GitLabConfig {
     );
     config.timeout = Duration::from_secs(5);
     config.diff_refs_delay = Duration::from_millis(10);
+    // These tests check what one exchange answers; retries have tests of their own.
+    config.retry_for = Duration::ZERO;
     config
 }
 
@@ -1285,7 +1287,8 @@ async fn a_slow_server_ends_in_a_retryable_timeout() {
 #[tokio::test]
 async fn a_refused_connection_is_a_retryable_transport_error() {
     let (socket, url) = closed_port();
-    let config = GitLabConfig::new(url, SecretString::from(TOKEN));
+    let mut config = GitLabConfig::new(url, SecretString::from(TOKEN));
+    config.retry_for = Duration::ZERO;
     let error = GitLabClient::new(config)
         .expect("client")
         .merge_request(&project(), 11)

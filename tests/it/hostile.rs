@@ -230,6 +230,7 @@ async fn a_gitlab_that_drips_its_answer_ends_in_a_timeout_not_a_hang() {
     let base = drip_server().await;
     let mut config = GitLabConfig::new(base.parse().unwrap(), SecretString::from(TOKEN));
     config.timeout = Duration::from_secs(1);
+    config.retry_for = Duration::ZERO;
     let client = GitLabClient::new(config).unwrap();
     let project: ProjectRef = "group/project".parse().unwrap();
     let started = std::time::Instant::now();

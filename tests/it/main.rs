@@ -11,6 +11,7 @@ mod pipeline;
 mod postgres;
 mod processes;
 mod queue;
+mod retries;
 mod rounds;
 mod server;
 mod sim;

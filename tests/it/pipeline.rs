@@ -7,6 +7,7 @@ use reviewq::{
     gitlab::{GitLabClient, GitLabConfig},
     jobs::{
         Dispatcher,
+        gitlab_budget::GitLabBudget,
         review::{ReviewArgs, ReviewDeps, ReviewOptions},
     },
     llm::{LlmClient, LlmConfig},
@@ -92,6 +93,7 @@ impl Harness {
             chunk_timeout: Duration::from_secs(30),
             max_chunks: 50,
             spend,
+            gitlab_budget: GitLabBudget::default(),
         };
         let queue = Queue::new(pool.clone());
         Limiter::set_capacity(&pool, "llm", 3).await.unwrap();

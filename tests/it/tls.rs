@@ -78,6 +78,7 @@ async fn gitlab_behind_a_private_ca_works_once_the_ca_is_configured() {
         https_server(include_str!("../fixtures/gitlab/merge_request.json"), 2).await;
     let mut config = GitLabConfig::new(url, SecretString::from("glpat-test"));
     config.timeout = Duration::from_secs(5);
+    config.retry_for = Duration::ZERO;
 
     let untrusted = GitLabClient::new(config.clone()).expect("client");
     let error = untrusted

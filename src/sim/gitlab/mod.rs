@@ -261,6 +261,8 @@ pub struct RequestRecord {
     pub route: Option<Route>,
     /// Status answered.
     pub status: u16,
+    /// When the request reached the server (before latency and faults).
+    pub arrived: std::time::Instant,
 }
 
 /// A stored thread.
@@ -537,9 +539,23 @@ impl FakeGitLab {
         });
     }
 
-    /// Removes every pending fault rule.
+    /// Makes `per_cent` of the requests to `routes` (every route if empty) fail with
+    /// `fault`, picked by a fixed-seed generator (the same run of picks every time; which
+    /// request gets one still depends on arrival order). Checked after the `fail_next` rules;
+    /// one share rule per call, the first that picks a request applies.
+    pub fn fail_share(&self, routes: &[Route], per_cent: u32, fault: GitLabFault) {
+        self.state().shares.push(state::ShareRule {
+            routes: routes.to_vec(),
+            per_cent: per_cent.min(100),
+            fault,
+        });
+    }
+
+    /// Removes every pending fault rule (share rules included).
     pub fn clear_faults(&self) {
-        self.state().faults.clear();
+        let mut state = self.state();
+        state.faults.clear();
+        state.shares.clear();
     }
 
     /// Delay added to every request (before any fault applies).

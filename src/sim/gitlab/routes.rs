@@ -93,6 +93,7 @@ pub(super) fn router(inner: Shared, max_body: usize) -> Router {
 
 /// Logs every request with the route that handled it and the status answered.
 async fn record(AxumState(inner): AxumState<Shared>, request: Request, next: Next) -> Response {
+    let arrived = std::time::Instant::now();
     let method = request.method().to_string();
     let uri = request
         .uri()
@@ -106,6 +107,7 @@ async fn record(AxumState(inner): AxumState<Shared>, request: Request, next: Nex
         uri,
         route,
         status: response.status().as_u16(),
+        arrived,
     });
     response
 }

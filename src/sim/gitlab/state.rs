@@ -65,6 +65,14 @@ pub(super) struct FaultRule {
     pub(super) fault: GitLabFault,
 }
 
+/// A fault for a share of the requests to some routes (every route if `routes` is empty).
+#[derive(Debug, Clone)]
+pub(super) struct ShareRule {
+    pub(super) routes: Vec<Route>,
+    pub(super) per_cent: u32,
+    pub(super) fault: GitLabFault,
+}
+
 /// An error answer: status plus GitLab's JSON body.
 #[derive(Debug, Clone, PartialEq)]
 pub(super) struct ApiError {
@@ -200,6 +208,10 @@ pub(super) struct State {
     files: HashMap<(u64, String, String), Vec<u8>>,
     /// Pending faults, consumed in order.
     pub(super) faults: Vec<FaultRule>,
+    /// Faults for a share of the requests, after `faults`.
+    pub(super) shares: Vec<ShareRule>,
+    /// The share rules' generator state (xorshift64*, fixed seed).
+    pub(super) share_rng: u64,
     /// Added to every request.
     pub(super) latency: Duration,
     /// Traffic log.
@@ -221,14 +233,45 @@ pub(super) struct State {
 impl State {
     /// The fault for this request, if a rule applies (consuming one use of it).
     pub(super) fn take_fault(&mut self, route: Route) -> Option<GitLabFault> {
-        let rule = self
+        let Some(rule) = self
             .faults
             .iter_mut()
-            .find(|r| r.remaining > 0 && r.route.is_none_or(|r| r == route))?;
+            .find(|r| r.remaining > 0 && r.route.is_none_or(|r| r == route))
+        else {
+            return self.take_share(route);
+        };
         rule.remaining -= 1;
         let fault = rule.fault.clone();
         self.faults.retain(|r| r.remaining > 0);
         Some(fault)
+    }
+
+    /// The fault of the first share rule for `route` that picks this request.
+    fn take_share(&mut self, route: Route) -> Option<GitLabFault> {
+        for i in 0..self.shares.len() {
+            let rule = &self.shares[i];
+            if !rule.routes.is_empty() && !rule.routes.contains(&route) {
+                continue;
+            }
+            let per_cent = u64::from(rule.per_cent);
+            if self.next_share_roll() % 100 < per_cent {
+                return Some(self.shares[i].fault.clone());
+            }
+        }
+        None
+    }
+
+    fn next_share_roll(&mut self) -> u64 {
+        let mut x = if self.share_rng == 0 {
+            0x9e37_79b9_7f4a_7c15
+        } else {
+            self.share_rng
+        };
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.share_rng = x;
+        x.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 11
     }
 
     /// A project id from `:id` as given (number or path, already percent-decoded).

@@ -162,6 +162,10 @@ struct GlmState {
     queue: VecDeque<GlmFault>,
     /// Fault for every request not matched by a rule or the queue.
     every_request: Option<GlmFault>,
+    /// A fault for a share (per cent) of the requests no rule or queued fault covers.
+    share: Option<(u32, GlmFault)>,
+    /// The share's generator state (xorshift64*, fixed seed).
+    share_rng: u64,
     prompt_rules: Vec<PromptRule>,
     calls: Vec<GlmCall>,
     billed_prompt: u64,
@@ -264,6 +268,12 @@ impl FakeGlm {
         self.inner.lock().every_request = fault;
     }
 
+    /// A fault for `per_cent` of the requests that no prompt rule or queued fault covers,
+    /// picked by a fixed-seed generator (`None` clears it).
+    pub fn set_fault_share(&self, share: Option<(u32, GlmFault)>) {
+        self.inner.lock().share = share;
+    }
+
     /// A fault for requests whose messages contain `needle` (e.g. a file path, to fail one
     /// chunk whatever order the workers send them in); `times: None` means every time.
     /// Prompt rules take precedence over queued faults.
@@ -280,6 +290,7 @@ impl FakeGlm {
         let mut state = self.inner.lock();
         state.queue.clear();
         state.every_request = None;
+        state.share = None;
         state.prompt_rules.clear();
     }
 
@@ -606,10 +617,20 @@ fn choose_fault(state: &mut GlmState, request: &ChatIn) -> Option<GlmFault> {
         state.prompt_rules.retain(|r| r.remaining != Some(0));
         return Some(fault);
     }
-    state
-        .queue
-        .pop_front()
-        .or_else(|| state.every_request.clone())
+    if let Some(fault) = state.queue.pop_front() {
+        return Some(fault);
+    }
+    if let Some((per_cent, fault)) = state.share.clone() {
+        let mut x = state.share_rng.max(1).wrapping_add(0x9e37_79b9_7f4a_7c15);
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        state.share_rng = x;
+        if (x.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 11) % 100 < u64::from(per_cent) {
+            return Some(fault);
+        }
+    }
+    state.every_request.clone()
 }
 
 async fn chat(State(inner): State<Arc<Inner>>, headers: HeaderMap, body: Bytes) -> Response {
