@@ -111,17 +111,7 @@ pub fn render_with(
     options: &PromptOptions,
 ) -> Prompt {
     let system = system_message(review_type, options);
-
-    let title = truncate_to_tokens(&single_line(mr_title), TITLE_TOKEN_CAP);
-    let description = if mr_description.trim().is_empty() {
-        "> (none)".to_owned()
-    } else {
-        let quoted: String = clean(mr_description.trim())
-            .lines()
-            .map(|l| format!("> {l}\n"))
-            .collect();
-        truncate_to_tokens(quoted.trim_end(), DESCRIPTION_TOKEN_CAP)
-    };
+    let (title, description) = title_and_description(mr_title, mr_description);
 
     let mut user = format!(
         "Merge request title: {title}\n\
@@ -142,6 +132,22 @@ pub fn render_with(
     }
     user.push_str("\nAnswer with the JSON object only.\n");
     Prompt { system, user }
+}
+
+/// The MR's title on one line and its description quoted line by line (`> `), both cleaned
+/// and capped, so that neither can begin a line of the prompt.
+pub(crate) fn title_and_description(mr_title: &str, mr_description: &str) -> (String, String) {
+    let title = truncate_to_tokens(&single_line(mr_title), TITLE_TOKEN_CAP);
+    let description = if mr_description.trim().is_empty() {
+        "> (none)".to_owned()
+    } else {
+        let quoted: String = clean(mr_description.trim())
+            .lines()
+            .map(|l| format!("> {l}\n"))
+            .collect();
+        truncate_to_tokens(quoted.trim_end(), DESCRIPTION_TOKEN_CAP)
+    };
+    (title, description)
 }
 
 /// The system message: the shared instructions, the review type's focus, then the options.
