@@ -444,7 +444,8 @@ impl FakeGitLab {
         self.state().description(project, iid)
     }
 
-    /// How many API edits changed the MR's description, and the quick actions they made
+    /// How many API writes of the MR's description were accepted (an unchanged one counts
+    /// too), and the quick actions they made
     /// GitLab run (lines outside code starting with `/`; GitLab runs and removes them).
     ///
     /// # Errors

@@ -31,7 +31,7 @@ const UPDATABLE: [&str; 14] = [
 /// What the API did to one MR's description.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(in crate::sim::gitlab) struct DescriptionLog {
-    /// `PUT`s that changed the description.
+    /// `PUT`s with a description, whether or not it changed.
     pub(in crate::sim::gitlab) edits: u64,
     /// Quick actions (`/close`, `/merge`...) found at the start of a line outside code in an
     /// edited description: GitLab runs them and removes the line, so the count must stay 0.
@@ -106,10 +106,11 @@ impl State {
             if stored != mr.description {
                 mr.description = stored;
                 touched(mr);
-                let log = self.description_log.entry(key).or_default();
-                log.edits += 1;
-                log.quick_actions.extend(ran);
             }
+            // Every write counts, an identical one too: a client must not send one twice.
+            let log = self.description_log.entry(key).or_default();
+            log.edits += 1;
+            log.quick_actions.extend(ran);
         }
         self.get_mr(key, base_url)
     }
