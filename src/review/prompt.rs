@@ -121,6 +121,13 @@ pub fn render_with(
         chunk.index.saturating_add(1),
         chunk.total,
     );
+    push_diff(&mut user, chunk);
+    user.push_str("\nAnswer with the JSON object only.\n");
+    Prompt { system, user }
+}
+
+/// Appends the chunk's files, hunks and numbered lines in the prompt's diff format.
+pub(crate) fn push_diff(user: &mut String, chunk: &Chunk) {
     for file in &chunk.files {
         user.push_str(&file_header(file));
         for hunk in &file.hunks {
@@ -130,8 +137,6 @@ pub fn render_with(
             }
         }
     }
-    user.push_str("\nAnswer with the JSON object only.\n");
-    Prompt { system, user }
 }
 
 /// The MR's title on one line and its description quoted line by line (`> `), both cleaned
