@@ -49,6 +49,11 @@ pub enum Command {
     /// One-shot (CI): enqueue reviews, then work them in this process until they end;
     /// exit 0 only if all succeeded.
     Review(ReviewCommandArgs),
+    /// Insert description jobs (type, summary and walkthrough written into each merge
+    /// request's description, between reviewq's markers); prints one job id per line.
+    Describe(DescribeCommandArgs),
+    /// Print the GitLab Code Quality report (JSON) of a reviewed head, from the database.
+    Codequality(crate::codequality_report::CodeQualityArgs),
     /// Job states, attempts, errors and per-chunk progress.
     Status(StatusArgs),
     /// Token spend and cost from the LLM ledger, by day, project, merge request or model.
@@ -124,11 +129,42 @@ pub struct EnqueueArgs {
     pub gitlab: GitLabArgs,
 }
 
+/// Arguments of `describe`.
+#[derive(Debug, Args)]
+pub struct DescribeCommandArgs {
+    /// Merge requests: PROJECT:IID, PROJECT!IID or a merge request URL; comma-separated
+    /// lists are accepted too.
+    #[arg(required = true, value_name = "REF")]
+    pub refs: Vec<String>,
+
+    /// Priority: higher runs first.
+    #[arg(
+        long,
+        env = "REVIEWQ_PRIORITY",
+        default_value_t = 0,
+        allow_negative_numbers = true
+    )]
+    pub priority: i16,
+
+    /// Show progress until the jobs end (exit 0 only if all succeeded).
+    #[arg(long)]
+    pub wait: bool,
+
+    #[command(flatten)]
+    pub gitlab: GitLabArgs,
+}
+
 /// Arguments of `review`.
 #[derive(Debug, Args)]
 pub struct ReviewCommandArgs {
     #[command(flatten)]
     pub request: ReviewRequest,
+
+    /// Also write GitLab's Code Quality report of the reviewed heads to FILE (for
+    /// `artifacts: reports: codequality:`). Reviews the whole MR, as --full does: the
+    /// report lists every finding of the head.
+    #[arg(long, value_name = "FILE")]
+    pub codequality: Option<std::path::PathBuf>,
 
     /// Jobs run at once by this process (chunks of the reviews).
     #[arg(long, env = "REVIEWQ_CONCURRENCY", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=1000))]
@@ -240,6 +276,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Enqueue(args) => enqueue(&cli.db, args).await,
         Command::Worker(args) => worker(&cli.db, args).await,
         Command::Review(args) => crate::oneshot::run(&cli.db, args).await,
+        Command::Describe(args) => enqueue_descriptions(&cli.db, args).await,
+        Command::Codequality(args) => crate::codequality_report::run(&cli.db, args).await,
         Command::Status(args) => status(&cli.db, args).await,
         Command::Usage(args) => crate::usage::run(&cli.db, args).await,
         Command::Budget(args) => budget(&cli.db, args).await,
@@ -302,15 +340,25 @@ async fn enqueue(db: &DbArgs, args: EnqueueArgs) -> anyhow::Result<ExitCode> {
     let refs = parse_checked_refs(&args.request.refs, &args.gitlab)?;
     let pool = db.pool(2).await?;
     let ids = enqueue_reviews(&pool, refs, &args.request).await?;
+    print_and_watch(pool, &ids, args.wait).await
+}
+
+/// Prints the new jobs' ids, one per line, and with `wait` shows their progress until they
+/// end (exit 0 only if all succeeded).
+async fn print_and_watch(
+    pool: sqlx::PgPool,
+    ids: &[JobId],
+    wait: bool,
+) -> anyhow::Result<ExitCode> {
     {
         let mut out = std::io::stdout().lock();
-        for id in &ids {
+        for id in ids {
             writeln!(out, "{id}")?;
         }
     }
-    if args.wait {
+    if wait {
         let watched =
-            crate::oneshot::wait_for(&Queue::new(pool), &ids, crate::oneshot::OnWaiting::Watch)
+            crate::oneshot::wait_for(&Queue::new(pool), ids, crate::oneshot::OnWaiting::Watch)
                 .await?;
         return Ok(if watched == crate::oneshot::Watched::Ended(true) {
             ExitCode::SUCCESS
@@ -319,6 +367,19 @@ async fn enqueue(db: &DbArgs, args: EnqueueArgs) -> anyhow::Result<ExitCode> {
         });
     }
     Ok(ExitCode::SUCCESS)
+}
+
+async fn enqueue_descriptions(db: &DbArgs, args: DescribeCommandArgs) -> anyhow::Result<ExitCode> {
+    let refs = parse_checked_refs(&args.refs, &args.gitlab)?;
+    let pool = db.pool(2).await?;
+    let mut tx = pool.begin().await?;
+    let mut ids = Vec::with_capacity(refs.len());
+    for r in refs {
+        let job = crate::jobs::describe::DescribeArgs::new(r).job(args.priority);
+        ids.push(Queue::enqueue(&mut *tx, &job).await?.id());
+    }
+    tx.commit().await.context("could not commit the new jobs")?;
+    print_and_watch(pool, &ids, args.wait).await
 }
 
 /// Parses REF arguments and checks that URL refs point at the configured GitLab.

@@ -11,6 +11,28 @@ use crate::{
     queue::{Error, Lease, Result},
 };
 
+/// What a call was for (`llm_calls.purpose`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallPurpose {
+    /// Reviewing a chunk (or probing a pause while doing so).
+    Review,
+    /// Describing a merge request.
+    Describe,
+    /// Answering in a conversation (reserved; the column accepts it).
+    Conversation,
+}
+
+impl CallPurpose {
+    /// The column's value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CallPurpose::Review => "review",
+            CallPurpose::Describe => "describe",
+            CallPurpose::Conversation => "conversation",
+        }
+    }
+}
+
 /// Who made a call, for the audit columns.
 #[derive(Debug, Clone)]
 pub struct CallContext {
@@ -25,6 +47,7 @@ pub struct CallContext {
     pub head_sha: String,
     pub review_type: String,
     pub model: String,
+    pub purpose: CallPurpose,
 }
 
 /// A ledger row for a call in flight.
@@ -50,8 +73,8 @@ pub async fn start(pool: &PgPool, call: &CallContext) -> Result<CallId> {
     let id = sqlx::query_scalar!(
         r#"
         insert into llm_calls (job_id, job_attempt, review_id, chunk_index, project, mr_iid,
-            head_sha, review_type, model)
-        select $1, $2, $3, $4, $5, $6, $7, $8, $9
+            head_sha, review_type, model, purpose)
+        select $1, $2, $3, $4, $5, $6, $7, $8, $9, $10
         where exists (select 1 from jobs where id = $1 and attempt = $2 and state = 'running')
         returning id
         "#,
@@ -64,6 +87,7 @@ pub async fn start(pool: &PgPool, call: &CallContext) -> Result<CallId> {
         call.head_sha,
         call.review_type,
         call.model,
+        call.purpose.as_str(),
     )
     .fetch_optional(pool)
     .await?;
@@ -86,8 +110,8 @@ pub async fn start_within_limits(
     let id = sqlx::query_scalar!(
         r#"
         insert into llm_calls (job_id, job_attempt, review_id, chunk_index, project, mr_iid,
-            head_sha, review_type, model)
-        select $1, $2, $3, $4, $5, $6, $7, $8, $9
+            head_sha, review_type, model, purpose)
+        select $1, $2, $3, $4, $5, $6, $7, $8, $9, $11
         where exists (select 1 from jobs where id = $1 and attempt = $2 and state = 'running')
           and not exists (select 1 from llm_pause)
           and ($10::int8 is null or (select coalesce(sum(total_tokens), 0) from llm_calls
@@ -109,6 +133,7 @@ pub async fn start_within_limits(
         call.review_type,
         call.model,
         daily_budget.map(|b| i64::try_from(b).unwrap_or(i64::MAX)),
+        call.purpose.as_str(),
     )
     .fetch_optional(pool)
     .await?;

@@ -16,6 +16,8 @@
 //! - [`localdb`]: a private PostgreSQL cluster from the local binaries.
 //! - [`cli`], [`config`], [`telemetry`], [`shutdown`]: the edges.
 //! - [`usage`]: the `usage` report (token spend and cost from the LLM ledger).
+//! - [`codequality_report`]: `codequality` and `review --codequality`, GitLab's Code Quality
+//!   report of a head from the database.
 //! - [`server`]: `reviewq serve`, the GitLab webhook receiver, `/healthz` and `/metrics`.
 //! - [`bench`]: the built-in benchmarks.
 //! - [`sim`]: simulated GitLab and GLM servers on loopback, for `demo`, `bench e2e` and tests.
@@ -27,6 +29,7 @@ pub mod bench_gigantic;
 pub mod bench_rounds;
 pub mod bench_serve;
 pub mod cli;
+pub mod codequality_report;
 pub mod config;
 pub mod demo;
 pub mod disposition;

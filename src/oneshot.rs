@@ -19,8 +19,10 @@ use crate::{
         set_gitlab_budget,
     },
     config::DbArgs,
-    jobs::Dispatcher,
+    jobs::{Dispatcher, describe::DescribeArgs},
+    mr_ref::MrRef,
     queue::{JobId, JobState, Queue, Worker, WorkerConfig},
+    review::HeadSha,
     shutdown,
 };
 
@@ -31,14 +33,19 @@ const PROGRESS_EVERY: Duration = Duration::from_millis(250);
 ///
 /// # Errors
 /// Usage errors for bad input or settings (nothing written); runtime failures.
-pub async fn run(db: &DbArgs, args: ReviewCommandArgs) -> anyhow::Result<ExitCode> {
+pub async fn run(db: &DbArgs, mut args: ReviewCommandArgs) -> anyhow::Result<ExitCode> {
     let refs = parse_checked_refs(&args.request.refs, &args.gitlab)?;
     let deps = review_deps(&args.gitlab, &args.llm)?;
+    if let Some(file) = &args.codequality {
+        crate::codequality_report::check_target(file)?;
+        // The report lists every finding of the head, so the whole MR is reviewed.
+        args.request.review.full = true;
+    }
     let pool = db.pool(args.concurrency / 2 + 5).await?;
     crate::migrate(&pool)
         .await
         .context("could not apply migrations")?;
-    let ids = enqueue_reviews(&pool, refs, &args.request).await?;
+    let ids = enqueue_reviews(&pool, refs.clone(), &args.request).await?;
     let queue = Queue::new(pool.clone());
     let config = WorkerConfig {
         concurrency: args.concurrency as usize,
@@ -54,12 +61,15 @@ pub async fn run(db: &DbArgs, args: ReviewCommandArgs) -> anyhow::Result<ExitCod
     shutdown::on_signal(stop.clone());
     let running = tokio::spawn(worker.run(stop.clone()));
     let watched = tokio::select! {
-        watched = wait_for(&queue, &ids, OnWaiting::Stop) => watched?,
+        watched = watch_with_descriptions(&queue, &ids, &refs) => watched?,
         () = stop.cancelled() => Watched::Ended(false),
     };
     stop.cancel();
     running.await.context("the worker task panicked")??;
     report(&pool, &ids).await?;
+    if let Some(file) = &args.codequality {
+        write_code_quality(&pool, &ids, &refs, file).await?;
+    }
     Ok(match watched {
         Watched::Ended(true) => ExitCode::SUCCESS,
         Watched::Ended(false) => ExitCode::from(1),
@@ -70,6 +80,77 @@ pub async fn run(db: &DbArgs, args: ReviewCommandArgs) -> anyhow::Result<ExitCod
             ExitCode::from(1)
         }
     })
+}
+
+/// Watches the review jobs, then the description jobs their rounds enqueued, so that a
+/// one-shot run leaves no description half done.
+async fn watch_with_descriptions(
+    queue: &Queue,
+    ids: &[JobId],
+    refs: &[MrRef],
+) -> anyhow::Result<Watched> {
+    let reviews = wait_for(queue, ids, OnWaiting::Stop).await?;
+    if reviews != Watched::Ended(true) {
+        return Ok(reviews);
+    }
+    let keys: Vec<String> = refs
+        .iter()
+        .map(|r| DescribeArgs::dedupe_key(&r.project, r.iid))
+        .collect();
+    let descriptions: Vec<JobId> = sqlx::query_scalar!(
+        "select id from jobs where dedupe_key = any($1) and state in ('queued', 'running')",
+        &keys
+    )
+    .fetch_all(queue.pool())
+    .await?
+    .into_iter()
+    .map(JobId::new)
+    .collect();
+    if descriptions.is_empty() {
+        return Ok(reviews);
+    }
+    wait_for(queue, &descriptions, OnWaiting::Stop).await
+}
+
+/// Writes the Code Quality report of every reviewed head to `file`.
+async fn write_code_quality(
+    pool: &PgPool,
+    ids: &[JobId],
+    refs: &[MrRef],
+    file: &std::path::Path,
+) -> anyhow::Result<()> {
+    let mut all = Vec::new();
+    for (id, mr) in ids.iter().zip(refs) {
+        // The head this run reviewed; for a head reviewed before, the last reviewed head.
+        let mut head =
+            sqlx::query_scalar!("select head_sha from reviews where job_id = $1", id.get())
+                .fetch_optional(pool)
+                .await?;
+        if head.is_none() {
+            head = sqlx::query_scalar!(
+                r#"select head_sha from reviews where project = $1 and mr_iid = $2
+                       and state = 'done' order by finished_at desc limit 1"#,
+                mr.project.to_string(),
+                i64::try_from(mr.iid)?,
+            )
+            .fetch_optional(pool)
+            .await?;
+        }
+        let issues = match head.as_deref().map(HeadSha::parse).transpose()? {
+            Some(head) => crate::codequality_report::issues(pool, mr, &head)
+                .await?
+                .unwrap_or_default(),
+            None => Vec::new(),
+        };
+        all.extend(issues);
+    }
+    crate::codequality_report::write_file(file, &all)?;
+    eprintln!(
+        "reviewq: Code Quality report with {} findings written to {}",
+        all.len(),
+        file.display()
+    );
+    Ok(())
 }
 
 /// Progress of one review job.

@@ -22,8 +22,8 @@ pub struct UsageArgs {
     #[arg(long, value_name = "DATE")]
     pub since: Option<String>,
 
-    /// One row per day (newest first), project, merge request or model (these three most
-    /// expensive first).
+    /// One row per day (newest first), project, merge request, model or purpose (the others
+    /// most expensive first).
     #[arg(long, value_enum, default_value_t = GroupBy::Day)]
     pub by: GroupBy,
 
@@ -44,6 +44,8 @@ pub enum GroupBy {
     Mr,
     /// An LLM model.
     Model,
+    /// What the calls were for: `review`, `describe` (MR descriptions), `conversation`.
+    Purpose,
 }
 
 impl GroupBy {
@@ -54,12 +56,13 @@ impl GroupBy {
             Self::Project => "project",
             Self::Mr => "mr",
             Self::Model => "model",
+            Self::Purpose => "purpose",
         }
     }
 }
 
 /// One group of LLM calls. Only the key fields of the grouping are set (`day`; `project`;
-/// `project` and `mr_iid`; `model`); none are set in the report's totals.
+/// `project` and `mr_iid`; `model`; `purpose`); none are set in the report's totals.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct UsageRow {
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -70,6 +73,8 @@ pub struct UsageRow {
     pub mr_iid: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub model: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub purpose: Option<String>,
     /// HTTP requests sent to the LLM, failed and retried ones included.
     pub calls: i64,
     /// Calls that ended in an error.
@@ -100,6 +105,9 @@ impl UsageRow {
 
     /// What the row is about, for the table.
     fn label(&self) -> String {
+        if let Some(purpose) = &self.purpose {
+            return purpose.clone();
+        }
         match (&self.day, &self.project, self.mr_iid, &self.model) {
             (Some(day), ..) => day.to_string(),
             (_, Some(project), Some(iid), _) => format!("{project}!{iid}"),
@@ -140,6 +148,7 @@ pub async fn report(
                case when $1::text in ('project', 'mr') then project end as "project?",
                case when $1::text = 'mr' then mr_iid end as "mr_iid?",
                case when $1::text = 'model' then model end as "model?",
+               case when $1::text = 'purpose' then purpose end as "purpose?",
                count(*) as "calls!",
                count(*) filter (where status = 'error') as "failed_calls!",
                coalesce(sum(prompt_tokens), 0)::int8 as "prompt_tokens!",
@@ -149,8 +158,8 @@ pub async fn report(
                count(*) filter (where cost_usd is null) as "unpriced_calls!"
         from llm_call_costs
         where started_at >= coalesce($2::date::timestamptz, '-infinity')
-        group by 1, 2, 3, 4
-        order by 1 desc nulls last, 10 desc nulls last, 9 desc, 2, 3, 4
+        group by 1, 2, 3, 4, 5
+        order by 1 desc nulls last, 11 desc nulls last, 10 desc, 2, 3, 4, 5
         "#,
         by.as_str(),
         since,
@@ -234,6 +243,7 @@ pub fn print_table(out: &mut impl Write, report: &UsageReport) -> std::io::Resul
         GroupBy::Project => "PROJECT",
         GroupBy::Mr => "MERGE REQUEST",
         GroupBy::Model => "MODEL",
+        GroupBy::Purpose => "PURPOSE",
     };
     let labels: Vec<String> = report.rows.iter().map(UsageRow::label).collect();
     let width = labels

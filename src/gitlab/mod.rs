@@ -380,6 +380,45 @@ impl GitLabClient {
         decode(&reply, &what)
     }
 
+    /// Replaces the MR's description (`PUT /projects/:id/merge_requests/:iid` with
+    /// `description`); answers the updated MR, whose `updated_at` moved.
+    ///
+    /// GitLab offers no conditional update: read the MR right before and compare its
+    /// `updated_at` to keep a concurrent edit. GitLab also runs quick actions found in a
+    /// changed description, so the caller must know that no line outside code starts with
+    /// `/`; unlike note bodies this is not checked here, since a description holds the
+    /// author's text as well.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] for an unknown MR; otherwise see [`Error`].
+    pub async fn update_description(
+        &self,
+        project: &ProjectRef,
+        iid: u64,
+        description: &str,
+    ) -> Result<MergeRequest> {
+        #[derive(Serialize)]
+        struct Body<'a> {
+            description: &'a str,
+        }
+        let what = format!("description of merge request {project}!{iid}");
+        let url = self.url(&mr_path(project, iid), &[])?;
+        let reply = self
+            .http
+            .send(
+                Method::PUT,
+                url,
+                Some(to_json(&Body { description })?),
+                &what,
+                // Not replayed on an unknown outcome: if the author edited the description
+                // between a lost answer and a resend, the resend would overwrite the edit.
+                // The describe job reads the MR again and finds its block, or writes anew.
+                Replay::Unsafe,
+            )
+            .await?;
+        decode(&reply, &what)
+    }
+
     /// Resolves or unresolves a thread (`PUT .../discussions/:id?resolved=`).
     ///
     /// # Errors

@@ -4,6 +4,7 @@
 //! payload. An unknown kind or a payload that does not parse fails the job for good: it
 //! would fail the same way on every attempt.
 
+pub mod describe;
 pub mod gitlab_budget;
 pub mod noop;
 pub mod review;
@@ -24,6 +25,8 @@ pub enum JobKind {
     Review(review::ReviewArgs),
     /// Review one chunk of a merge request (a review's subtask).
     ReviewChunk(review::ChunkArgs),
+    /// Write the type, summary and walkthrough into a merge request's description.
+    Describe(describe::DescribeArgs),
 }
 
 impl JobKind {
@@ -36,6 +39,7 @@ impl JobKind {
             noop::KIND => args(kind, payload).map(Self::Noop),
             review::KIND => args(kind, payload).map(Self::Review),
             review::CHUNK_KIND => args(kind, payload).map(Self::ReviewChunk),
+            describe::KIND => args(kind, payload).map(Self::Describe),
             other => Err(JobError::fatal(format!(
                 "unknown job kind {other:?}: this worker version cannot run it"
             ))),
@@ -83,6 +87,9 @@ impl JobHandler for Dispatcher {
             JobKind::Noop(args) => noop::run(&ctx, &self.http, args).await,
             JobKind::Review(args) => review::run_review(&ctx, self.review_deps()?, args).await,
             JobKind::ReviewChunk(args) => review::run_chunk(&ctx, self.review_deps()?, args).await,
+            JobKind::Describe(args) => {
+                describe::run_describe(&ctx, self.review_deps()?, args).await
+            }
         }
     }
 }

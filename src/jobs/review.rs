@@ -56,15 +56,15 @@ const REVIEW_MAX_ATTEMPTS: i32 = 5;
 const CHUNK_MAX_ATTEMPTS: i32 = 4;
 /// LLM requests one chunk attempt makes for transient errors (rate limit, overload, 5xx)
 /// before handing the retry to the queue's slower backoff.
-const LLM_TRIES_PER_ATTEMPT: u32 = 4;
+pub(super) const LLM_TRIES_PER_ATTEMPT: u32 = 4;
 /// Answers that are not the JSON object asked for: retried once, then reported.
-const UNUSABLE_ANSWERS_TOLERATED: u32 = 1;
+pub(super) const UNUSABLE_ANSWERS_TOLERATED: u32 = 1;
 /// A `Retry-After` longer than this is not slept inside the job: the job is rescheduled.
-const MAX_INLINE_WAIT: Duration = Duration::from_secs(20);
+pub(super) const MAX_INLINE_WAIT: Duration = Duration::from_secs(20);
 /// When GitLab throttles without saying for how long, a review comes back after this.
 const THROTTLE_WAIT: Duration = Duration::from_secs(30);
 /// Output cap per chunk answer: room for ten findings with suggestions.
-const MAX_ANSWER_TOKENS: u32 = 4096;
+pub(super) const MAX_ANSWER_TOKENS: u32 = 4096;
 
 /// Options shared by `enqueue` and `review`.
 #[derive(Debug, Clone, Args)]
@@ -185,7 +185,7 @@ pub struct ReviewDeps {
 
 /// A GitLab failure as a job error. A throttle that outlasted the request's retries is a
 /// wait, not a failure: the job comes back after it without using up an attempt.
-fn gitlab_error(err: gitlab::Error) -> JobError {
+pub(super) fn gitlab_error(err: gitlab::Error) -> JobError {
     match err {
         gitlab::Error::RateLimited { retry_after, .. } => {
             JobError::throttled(retry_after.unwrap_or(THROTTLE_WAIT), err)
@@ -194,7 +194,7 @@ fn gitlab_error(err: gitlab::Error) -> JobError {
     }
 }
 
-fn db(err: sqlx::Error) -> JobError {
+pub(super) fn db(err: sqlx::Error) -> JobError {
     JobError::retryable(format!("database error: {err}"))
 }
 
@@ -267,7 +267,7 @@ enum Planned {
     NothingToReview(ReviewRow),
 }
 
-fn to_review_diff(file: gitlab::DiffFile) -> FileDiff {
+pub(super) fn to_review_diff(file: gitlab::DiffFile) -> FileDiff {
     FileDiff {
         old_path: file.old_path,
         new_path: file.new_path,
@@ -436,6 +436,16 @@ async fn plan(ctx: &JobContext, deps: &ReviewDeps, args: &ReviewArgs) -> Result<
                 Queue::enqueue(&mut *tx, &sibling.job(priority)).await?;
             }
         }
+        // The description is a job of its own, asked for by the settings or by markers the
+        // author put in the description.
+        if settings.describe() || review::describe::has_markers(&description) {
+            let describe = super::describe::DescribeArgs {
+                mr: args.mr.clone(),
+                project: args.project.clone(),
+                iid: args.iid,
+            };
+            Queue::enqueue(&mut *tx, &describe.job(priority)).await?;
+        }
     }
 
     if plan.chunks.is_empty() {
@@ -470,7 +480,7 @@ async fn plan(ctx: &JobContext, deps: &ReviewDeps, args: &ReviewArgs) -> Result<
 /// The project's settings: its `.reviewq.toml` at `git_ref`, then the operator's override
 /// from `project_settings`. A broken file or override is not an error: the defaults (or the
 /// file alone) are used and the problem is returned for the summary.
-async fn load_settings(
+pub(super) async fn load_settings(
     deps: &ReviewDeps,
     pool: &PgPool,
     project: &ProjectRef,
@@ -604,6 +614,9 @@ struct RoundSettings {
     resolve_outdated: bool,
     /// Stage inline comments as draft notes and publish them at once.
     publish_drafts: bool,
+    /// `output = "codequality"`: findings go to the Code Quality report only, none inline.
+    #[serde(default)]
+    code_quality_only: bool,
 }
 
 impl RoundSettings {
@@ -616,6 +629,7 @@ impl RoundSettings {
             max_inline_comments: Some(settings.max_inline_comments()),
             resolve_outdated: settings.resolve_outdated(),
             publish_drafts: settings.publish() == PublishMode::Draft,
+            code_quality_only: !settings.output().posts_inline(),
         }
     }
 
@@ -637,7 +651,7 @@ impl RoundSettings {
     }
 }
 
-async fn job_priority(pool: &PgPool, ctx: &JobContext) -> Result<i16, JobError> {
+pub(super) async fn job_priority(pool: &PgPool, ctx: &JobContext) -> Result<i16, JobError> {
     sqlx::query_scalar!(
         "select priority from jobs where id = $1",
         ctx.job.id().get()
@@ -939,6 +953,8 @@ async fn build_outbox(
                     "dismissed"
                 } else if open.contains(&p.fingerprint) {
                     "open"
+                } else if round.code_quality_only {
+                    "codequality"
                 } else if inline_count >= max_inline {
                     "over_limit"
                 } else {
@@ -1050,7 +1066,7 @@ async fn outbox(pool: &PgPool, review_id: i64) -> Result<Vec<OutboxRow>, JobErro
 
 /// A single-statement write fenced by the job's lease: it matches no row once another
 /// attempt owns the job.
-fn fenced(rows: u64, ctx: &JobContext) -> Result<(), JobError> {
+pub(super) fn fenced(rows: u64, ctx: &JobContext) -> Result<(), JobError> {
     if rows == 0 {
         return Err(QueueError::LeaseLost(ctx.lease()).into());
     }
@@ -1518,7 +1534,11 @@ async fn living_summary_body(
         match (row.kind.as_str(), row.state.as_str(), finding) {
             (_, "below_threshold", _) => below_min_severity += 1,
             (_, "dismissed", _) => {}
-            ("inline", "posted" | "dry_run" | "pending" | "drafted" | "open", _) => {
+            (
+                "inline",
+                "posted" | "dry_run" | "pending" | "drafted" | "open" | "codequality",
+                _,
+            ) => {
                 open_inline.push(severity);
             }
             ("inline", "over_limit", Some(finding)) => listed.push(ListedFinding {
@@ -1914,6 +1934,7 @@ async fn review_chunk(ctx: &JobContext, deps: &ReviewDeps, args: ChunkArgs) -> J
         head_sha: row.head_sha,
         review_type: row.review_type,
         model: deps.llm.model().to_owned(),
+        purpose: ledger::CallPurpose::Review,
     };
 
     let mut transient_tries = 0;
@@ -2051,7 +2072,7 @@ const LEDGER_RETRY_FOR: Duration = Duration::from_secs(60);
 /// Writes what a call cost, retrying through a database outage: the tokens were spent
 /// whatever becomes of the job, so their record must outlive a restart or a cut
 /// connection.
-async fn keep_recording<F, Fut>(mut write: F) -> Result<(), JobError>
+pub(super) async fn keep_recording<F, Fut>(mut write: F) -> Result<(), JobError>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<(), QueueError>>,
@@ -2072,7 +2093,7 @@ where
 }
 
 /// Makes this chunk wait for a spending condition (a budget, the pause).
-async fn wait(ctx: &JobContext, until: DateTime<Utc>, waiting: &Waiting) -> JobResult {
+pub(super) async fn wait(ctx: &JobContext, until: DateTime<Utc>, waiting: &Waiting) -> JobResult {
     let mut tx = ctx.queue().pool().begin().await.map_err(db)?;
     Queue::wait(&mut tx, ctx.lease(), until, waiting).await?;
     tx.commit().await.map_err(db)?;
@@ -2083,7 +2104,7 @@ async fn wait(ctx: &JobContext, until: DateTime<Utc>, waiting: &Waiting) -> JobR
 /// The provider said the account cannot pay: record the call, pause LLM work for the
 /// whole fleet and make this chunk wait for the probe, all in one transaction. Nothing
 /// fails: every queued chunk waits instead of trying (and failing) one by one.
-async fn pause_llm(
+pub(super) async fn pause_llm(
     ctx: &JobContext,
     deps: &ReviewDeps,
     call_id: ledger::CallId,
@@ -2115,7 +2136,7 @@ async fn pause_llm(
 }
 
 /// Backoff between LLM tries inside one attempt: 1 s, 2 s, 4 s, with full jitter on top.
-fn backoff(tries: u32) -> Duration {
+pub(super) fn backoff(tries: u32) -> Duration {
     use backon::{BackoffBuilder, ExponentialBuilder};
     ExponentialBuilder::new()
         .with_min_delay(Duration::from_secs(1))
@@ -2126,7 +2147,7 @@ fn backoff(tries: u32) -> Duration {
         .unwrap_or(Duration::from_secs(8))
 }
 
-fn describe_llm_error(err: &llm::Error) -> String {
+pub(super) fn describe_llm_error(err: &llm::Error) -> String {
     let what = match err.kind {
         llm::ErrorKind::QuotaExhausted => {
             "the LLM account is out of balance or over its quota; top it up or raise the limit"

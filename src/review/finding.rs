@@ -141,6 +141,21 @@ const MAX_OBJECT_CANDIDATES: usize = 32;
 /// # Errors
 /// [`AnswerError`] when the reply holds no usable JSON object.
 pub fn parse_answer(reply: &str) -> Result<Answer, AnswerError> {
+    find_object(reply, |o| {
+        o.contains_key("summary") || o.contains_key("findings")
+    })
+    .map(|object| answer_from(&object))
+}
+
+/// The first JSON object in a model's reply that `wanted` accepts, past any reasoning
+/// preamble, code fence or prose around it.
+///
+/// # Errors
+/// [`AnswerError`]: empty, too large, no object, or none of the wanted shape.
+pub(crate) fn find_object(
+    reply: &str,
+    wanted: impl Fn(&Map<String, Value>) -> bool,
+) -> Result<Map<String, Value>, AnswerError> {
     if reply.len() > MAX_ANSWER_BYTES {
         return Err(AnswerError::TooLarge(reply.len()));
     }
@@ -158,8 +173,8 @@ pub fn parse_answer(reply: &str) -> Result<Answer, AnswerError> {
         let mut values = serde_json::Deserializer::from_str(&text[start..]).into_iter::<Value>();
         if let Some(Ok(Value::Object(object))) = values.next() {
             saw_object = true;
-            if object.contains_key("summary") || object.contains_key("findings") {
-                return Ok(answer_from(&object));
+            if wanted(&object) {
+                return Ok(object);
             }
         }
     }

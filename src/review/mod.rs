@@ -34,6 +34,8 @@
 //! - [`incremental`]: narrowing the MR's diff to what a push changed ([`restrict`]) and telling
 //!   which old threads a push made outdated ([`line_changed`]).
 //! - [`dismissal`]: recognising a human reply that rejects a finding ([`dismisses`]).
+//! - [`describe`]: the MR description block (type, summary, walkthrough) and the splice that
+//!   never changes the author's text; [`codequality`]: GitLab's Code Quality report.
 //!
 //! The wiring layer (the review job) fetches diffs, calls [`plan`] (or [`chunk::plan_with`] with
 //! a project's [`PromptOptions`]), sends each [`prompt::render`] (or [`prompt::render_with`])
@@ -43,6 +45,8 @@
 
 pub mod anchor;
 pub mod chunk;
+pub mod codequality;
+pub mod describe;
 pub mod diff;
 pub mod dismissal;
 pub mod finding;
@@ -72,7 +76,8 @@ pub use render::{
 };
 pub use review_type::ReviewType;
 pub use settings::{
-    Instructions, LabelFilter, ProjectSettings, PublishMode, SettingsError, SkipMrReason,
+    Instructions, LabelFilter, OutputMode, ProjectSettings, PublishMode, SettingsError,
+    SkipMrReason,
 };
 pub use skip::{IgnoreGlobs, Screening, SkipReason, SkipRules, SkippedFile};
 

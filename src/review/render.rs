@@ -139,7 +139,7 @@ pub fn sanitize_inline(text: &str, max_chars: usize) -> String {
 }
 
 /// `text` as an inline code span, sanitised: for paths.
-fn code_span(text: &str, max_chars: usize) -> String {
+pub(crate) fn code_span(text: &str, max_chars: usize) -> String {
     let one_line: String = normalise_text(text)
         .chars()
         .map(|c| if c == '\n' { ' ' } else { c })
@@ -316,7 +316,7 @@ fn find_closing_ticks(text: &str, ticks: usize) -> Option<usize> {
 /// Last line of defence for bodies we assemble: any line whose first non-blank character is
 /// `/` gets a zero-width space before it. Sanitised parts never trigger it; it exists so that a
 /// future formatting mistake cannot post a quick action.
-fn guard_quick_actions(body: String) -> String {
+pub(crate) fn guard_quick_actions(body: String) -> String {
     if !body.split('\n').any(|l| l.trim_start().starts_with('/')) {
         return body;
     }

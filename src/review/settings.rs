@@ -13,6 +13,8 @@
 //! resolve_outdated = true
 //! publish = "draft"
 //! incremental = true
+//! describe = true
+//! output = "both"
 //! ```
 //!
 //! Every key is optional; a missing file is [`ProjectSettings::default`]. An operator override
@@ -76,7 +78,7 @@ const MAX_SHOWN_VALUE_CHARS: usize = 60;
 
 /// The keys of the file, in the order the documentation lists them (also the order unknown-key
 /// errors suggest them in).
-const KEYS: [&str; 11] = [
+const KEYS: [&str; 13] = [
     "review_types",
     "ignore",
     "language",
@@ -88,6 +90,8 @@ const KEYS: [&str; 11] = [
     "resolve_outdated",
     "publish",
     "incremental",
+    "describe",
+    "output",
 ];
 
 /// The keys of the `labels` table.
@@ -136,6 +140,14 @@ pub struct ProjectSettings {
     /// last reviewed head. Default `true`: re-reviewing the whole merge request on every push
     /// repeats old findings and multiplies the cost.
     incremental: bool,
+    /// `describe`: every review round also writes the change type, a summary and a walkthrough
+    /// of the changed files into the MR description, between reviewq's markers. Default
+    /// `false`: the description is the author's unless they ask (an MR whose description
+    /// already holds the markers is described either way).
+    describe: bool,
+    /// `output`: where findings go: inline threads, GitLab's Code Quality report only, or
+    /// both. Default [`OutputMode::Inline`].
+    output: OutputMode,
 }
 
 impl Default for ProjectSettings {
@@ -152,7 +164,49 @@ impl Default for ProjectSettings {
             resolve_outdated: true,
             publish: PublishMode::Immediate,
             incremental: true,
+            describe: false,
+            output: OutputMode::Inline,
         }
+    }
+}
+
+/// Where a round's findings go.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum OutputMode {
+    /// Inline threads (and the summary note).
+    #[default]
+    Inline,
+    /// Only the Code Quality report (`reviewq codequality`, `review --codequality`): no inline
+    /// thread is posted, the summary note still is.
+    CodeQuality,
+    /// Inline threads and the Code Quality report.
+    Both,
+}
+
+impl OutputMode {
+    /// The name used in the settings file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OutputMode::Inline => "inline",
+            OutputMode::CodeQuality => "codequality",
+            OutputMode::Both => "both",
+        }
+    }
+
+    /// Whether inline threads are posted.
+    pub fn posts_inline(self) -> bool {
+        self != OutputMode::CodeQuality
+    }
+
+    /// Whether a Code Quality report is wanted.
+    pub fn reports_code_quality(self) -> bool {
+        self != OutputMode::Inline
+    }
+}
+
+impl fmt::Display for OutputMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -488,9 +542,21 @@ impl ProjectSettings {
         self.publish
     }
 
-    /// Whether later rounds review only what changed since the last reviewed head.
+    /// Whether later rounds review only what changed since the last reviewed head. Never
+    /// with a Code Quality report: it must list every finding of the head, and an incremental
+    /// round sees only the new hunks.
     pub fn incremental(&self) -> bool {
-        self.incremental
+        self.incremental && !self.output.reports_code_quality()
+    }
+
+    /// Whether review rounds also describe the MR.
+    pub fn describe(&self) -> bool {
+        self.describe
+    }
+
+    /// Where findings go.
+    pub fn output(&self) -> OutputMode {
+        self.output
     }
 
     /// The language to write comments in for a merge request with this description: the
@@ -569,6 +635,8 @@ impl ProjectSettings {
                 "resolve_outdated" => self.resolve_outdated = check.boolean(key, item)?,
                 "publish" => self.publish = check.publish(key, item)?,
                 "incremental" => self.incremental = check.boolean(key, item)?,
+                "describe" => self.describe = check.boolean(key, item)?,
+                "output" => self.output = check.output(key, item)?,
                 other => return Err(check.unknown(other, entry.key_at, &KEYS)),
             }
         }
@@ -861,6 +929,19 @@ impl Check {
             .ok_or_else(|| self.bad(key, item, EXPECTED))
     }
 
+    fn output(&self, key: &str, item: &Item) -> Result<OutputMode, SettingsError> {
+        const EXPECTED: &str = "\"inline\", \"codequality\" or \"both\"";
+        let text = self.string(key, item, EXPECTED)?;
+        [
+            OutputMode::Inline,
+            OutputMode::CodeQuality,
+            OutputMode::Both,
+        ]
+        .into_iter()
+        .find(|m| m.as_str().eq_ignore_ascii_case(text.trim()))
+        .ok_or_else(|| self.bad(key, item, EXPECTED))
+    }
+
     /// The `labels` table, applied sub-key by sub-key on top of `current`.
     fn labels(
         &self,
@@ -979,6 +1060,26 @@ mod tests {
         assert_eq!(settings.labels().include, labels(&["needs-review"]));
         assert_eq!(settings.labels().exclude, labels(&["wip"]));
         assert_eq!(settings.publish(), PublishMode::Draft);
+    }
+
+    #[test]
+    fn describe_and_output_are_read_and_a_code_quality_output_turns_incremental_rounds_off() {
+        let defaults = ProjectSettings::default();
+        assert!(!defaults.describe() && defaults.incremental());
+        assert_eq!(defaults.output(), OutputMode::Inline);
+        let settings = parse("describe = true\noutput = \"CodeQuality\"\n");
+        assert!(settings.describe());
+        assert_eq!(settings.output(), OutputMode::CodeQuality);
+        assert!(!settings.output().posts_inline() && !settings.incremental());
+        let both = parse("output = \"both\"\n");
+        assert!(both.output().posts_inline() && both.output().reports_code_quality());
+        let message = error("output = \"widget\"\n").to_string();
+        assert!(
+            message.contains("output")
+                && message.contains("\"widget\"")
+                && message.contains("both"),
+            "{message}"
+        );
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 mod chaos;
 mod cli;
+mod describe;
 mod gitlab;
 mod helpers;
 mod hostile;

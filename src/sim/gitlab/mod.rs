@@ -188,6 +188,8 @@ pub struct PushSpec {
 pub enum Route {
     /// `GET .../merge_requests/:iid`
     MergeRequest,
+    /// `PUT .../merge_requests/:iid` (the description)
+    UpdateMergeRequest,
     /// `GET .../merge_requests/:iid/versions`
     Versions,
     /// `GET .../merge_requests/:iid/diffs`
@@ -426,6 +428,33 @@ impl FakeGitLab {
     pub fn set_labels(&self, project: &str, iid: u64, labels: Vec<String>) -> Result<(), Error> {
         self.state().mr_mut(project, iid)?.labels = labels;
         Ok(())
+    }
+
+    /// The author edits the MR's description, as in GitLab's UI: `updated_at` moves.
+    ///
+    /// # Errors
+    /// [`Error::UnknownMergeRequest`].
+    pub fn edit_description(&self, project: &str, iid: u64, text: &str) -> Result<(), Error> {
+        self.state().author_edit(project, iid, text)
+    }
+
+    /// The MR's description as stored (empty when none).
+    ///
+    /// # Errors
+    /// [`Error::UnknownMergeRequest`].
+    pub fn description(&self, project: &str, iid: u64) -> Result<String, Error> {
+        self.state().description(project, iid)
+    }
+
+    /// How many API writes of the MR's description were accepted (an unchanged one counts
+    /// too), and the quick actions they made
+    /// GitLab run (lines outside code starting with `/`; GitLab runs and removes them).
+    ///
+    /// # Errors
+    /// [`Error::UnknownMergeRequest`].
+    pub fn description_edits(&self, project: &str, iid: u64) -> Result<(u64, Vec<String>), Error> {
+        let log = self.state().description_log(project, iid)?;
+        Ok((log.edits, log.quick_actions))
     }
 
     /// Marks the MR as a draft, or as ready.

@@ -44,7 +44,7 @@ const ADVERTISED_LIMIT: u32 = 600;
 pub(super) fn router(inner: Shared, max_body: usize) -> Router {
     const MR: &str = "/api/v4/projects/{project}/merge_requests/{iid}";
     Router::new()
-        .route(MR, get(get_mr))
+        .route(MR, get(get_mr).put(update_mr))
         .route(&format!("{MR}/versions"), get(versions))
         .route(&format!("{MR}/diffs"), get(diffs))
         .route(
@@ -438,6 +438,29 @@ async fn get_mr(
         let key = state.api_mr(&project, &iid)?;
         Ok(json_response(StatusCode::OK, &state.get_mr(key, base)?))
     })
+    .await
+}
+
+async fn update_mr(
+    AxumState(inner): AxumState<Shared>,
+    Path((project, iid)): Path<(String, String)>,
+    Query(query): Query2,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    handle(
+        &inner,
+        Route::UpdateMergeRequest,
+        &headers,
+        |state, base, _| {
+            let key = state.api_mr(&project, &iid)?;
+            let params = params(&query, &headers, &body)?;
+            Ok(json_response(
+                StatusCode::OK,
+                &state.update_mr(key, &params, base)?,
+            ))
+        },
+    )
     .await
 }
 

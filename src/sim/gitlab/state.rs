@@ -18,6 +18,8 @@ use super::{
 };
 use crate::sim::{Error, server::Stopper};
 
+mod description;
+
 /// GitLab's answer to a position it cannot turn into a line code: the wrong side of a line,
 /// a line outside every hunk, an unknown path or SHAs of another version.
 pub(super) const LINE_CODE_ERROR: &str =
@@ -222,6 +224,8 @@ pub(super) struct State {
     pub(super) posted_notes: u64,
     /// Drafts turned into discussions by `bulk_publish`.
     pub(super) published_draft_notes: u64,
+    /// Per MR: description edits accepted through the API, and quick actions they ran.
+    pub(super) description_log: BTreeMap<(u64, u64), description::DescriptionLog>,
     /// Id sequences (GitLab ids are instance-wide).
     last_note_id: u64,
     last_discussion: u64,

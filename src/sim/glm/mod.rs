@@ -2,7 +2,7 @@
 //! `http://127.0.0.1:PORT/api/paas/v4`, as on `open.bigmodel.cn`).
 //!
 //! Answers are deterministic: the findings come from [`rules`] applied to the diff in the
-//! user message, and `usage` is `ceil(chars / 4)` of all message contents (prompt) and of the
+//! user message (a describe request gets a description of its files instead), and `usage` is `ceil(chars / 4)` of all message contents (prompt) and of the
 //! answer (completion), so tests can recompute every number. The server counts requests in
 //! flight (and the peak), bills the usage of every answer that carries one, logs each call,
 //! and injects GLM's failures ([`GlmFault`]) from a script.
@@ -11,6 +11,7 @@
 //! `{"error":{"code":"1302","message":"..."}}` with the code as a string; 429 for rate limit,
 //! overload and arrears; 400 for parameter errors, 1261 and 1301; 401 for auth.
 
+mod describe;
 pub mod rules;
 
 use std::{
@@ -754,8 +755,11 @@ fn respond(
         return error(StatusCode::BAD_REQUEST, "1261", "Prompt exceeds max length");
     }
 
-    let review = rules::review(&request.user_text(), behaviour.max_findings);
-    let json_answer = serde_json::to_string(&review).unwrap_or_default();
+    let json_answer = describe::answer(&request.text_of("system"), &request.user_text())
+        .unwrap_or_else(|| {
+            let review = rules::review(&request.user_text(), behaviour.max_findings);
+            serde_json::to_string(&review).unwrap_or_default()
+        });
     let (mut content, mut finish_reason) = match fault {
         Some(GlmFault::SensitiveOutput) => (String::new(), "sensitive"),
         Some(GlmFault::Truncated) => {

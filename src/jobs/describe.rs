@@ -1,0 +1,716 @@
+//! The `describe` job: writes the change type, a summary and a walkthrough of the changed
+//! files into the MR description, between reviewq's markers (`review::describe`).
+//!
+//! 1. **Plan** (first attempt): read the MR (its `updated_at` too), its latest version and
+//!    diffs; chunk them like a review; record the description and one part per chunk (plus a
+//!    merge part above one chunk) in one transaction.
+//! 2. **Answers**: one LLM call per part without an answer, under the fleet-wide limit and the
+//!    budgets, each answer stored in the transaction that records its usage in the ledger;
+//!    then the block, rendered and stored. A crash loses no answer: the next attempt starts
+//!    from the stored ones.
+//! 3. **Write**: read the MR again; if its `updated_at` moved since the last read (the author
+//!    is editing), wait and read again, leaving the write to a later attempt if it keeps
+//!    moving; then splice the block in (everything outside the markers stays byte for byte)
+//!    and `PUT` it, unless the description already holds exactly this block (an earlier
+//!    attempt's `PUT` whose outcome was lost): never written twice.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::review::{
+    LLM_TRIES_PER_ATTEMPT, MAX_INLINE_WAIT, ReviewDeps, UNUSABLE_ANSWERS_TOLERATED, backoff, db,
+    describe_llm_error, gitlab_error, job_priority, keep_recording, load_settings, pause_llm,
+    to_review_diff, wait,
+};
+use crate::{
+    cli::LLM_RESOURCE,
+    disposition::Disposition,
+    gitlab::{DiffShas, ProjectRef},
+    ledger::{self, CallContext, CallPurpose},
+    llm::{self, ChatRequest, Message},
+    mr_ref::{MrRef, Project},
+    queue::{JobContext, JobError, JobResult, NewJob, Outcome, Permit, Queue},
+    review::{
+        Chunk, ChunkConfig, FileDiff, HeadSha, Language, Prompt, PromptOptions,
+        describe::{self, ChangedFile, Description, Splice},
+        skip::SkippedFile,
+    },
+    spend::{self, Admission},
+};
+
+/// The stable kind name of a description job.
+pub const KIND: &str = "describe";
+
+/// Attempts a description gets; each resumes from the stored answers.
+const MAX_ATTEMPTS: i32 = 5;
+/// Output cap per answer: a summary and a line per file of a large chunk.
+const MAX_DESCRIBE_TOKENS: u32 = 2048;
+/// Reads of the MR before the write is left to a later attempt, each after the description
+/// was seen changing.
+const SETTLE_READS: u32 = 4;
+/// Pause after a read that saw the MR edited: an author at work saves more than once.
+const SETTLE_PAUSE: Duration = Duration::from_secs(1);
+
+/// A description job's payload.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DescribeArgs {
+    /// `project!iid`, for people reading `status`.
+    pub mr: String,
+    /// The project, by id or path.
+    pub project: Project,
+    /// The merge request's IID.
+    pub iid: u64,
+}
+
+impl DescribeArgs {
+    /// Arguments for describing `mr`.
+    pub fn new(mr: MrRef) -> Self {
+        Self {
+            mr: mr.to_string(),
+            project: mr.project,
+            iid: mr.iid,
+        }
+    }
+
+    /// The job key: at most one unfinished description per MR (a description that ends while
+    /// the MR has moved on enqueues the next one itself).
+    pub fn dedupe_key(project: &Project, iid: u64) -> String {
+        format!("{KIND}:{project}!{iid}")
+    }
+
+    /// The job row.
+    pub fn job(&self, priority: i16) -> NewJob {
+        NewJob::new(
+            KIND,
+            serde_json::to_value(self).expect("describe args serialize"),
+        )
+        .priority(priority)
+        .max_attempts(MAX_ATTEMPTS)
+        .dedupe_key(Self::dedupe_key(&self.project, self.iid))
+    }
+
+    fn project_ref(&self) -> Result<ProjectRef, JobError> {
+        self.project
+            .to_string()
+            .parse()
+            .map_err(|e| JobError::fatal(format!("invalid project {}: {e}", self.project)))
+    }
+}
+
+/// The description row as the job needs it.
+#[derive(Debug, Clone)]
+struct DescriptionRow {
+    id: i64,
+    state: String,
+    project: String,
+    mr_iid: i64,
+    head_sha: String,
+    mr_title: String,
+    author_text: String,
+    language: Option<String>,
+    seen_updated_at: Option<DateTime<Utc>>,
+    files: serde_json::Value,
+    part_count: i32,
+    block: Option<String>,
+}
+
+/// Runs a description job.
+///
+/// # Errors
+/// Classified failures of GitLab, the LLM and the database.
+pub async fn run_describe(ctx: &JobContext, deps: &ReviewDeps, args: DescribeArgs) -> JobResult {
+    let pool = ctx.queue().pool().clone();
+    let existing = sqlx::query_as!(
+        DescriptionRow,
+        r#"select id, state, project, mr_iid, head_sha, mr_title, author_text, language,
+                  seen_updated_at, files, part_count, block
+           from mr_descriptions where job_id = $1"#,
+        ctx.job.id().get()
+    )
+    .fetch_optional(&pool)
+    .await
+    .map_err(db)?;
+    let row = match existing {
+        Some(row) => row,
+        None => plan(ctx, deps, &args).await?,
+    };
+    if row.state != "describing" {
+        // Written or skipped by an attempt whose completion was lost.
+        let mut tx = pool.begin().await.map_err(db)?;
+        Queue::complete(&mut tx, ctx.lease()).await?;
+        tx.commit().await.map_err(db)?;
+        return Ok(Outcome::Settled);
+    }
+    let block = match &row.block {
+        Some(block) => block.clone(),
+        None => match answer(ctx, deps, &row).await? {
+            Called::Answered(block) => block,
+            Called::Settled(result) => return result,
+        },
+    };
+    write(ctx, deps, &args, &row, &block).await
+}
+
+/// What a changed file is, in the walkthrough's words.
+fn changed_file(diff: &FileDiff, skipped: &[SkippedFile]) -> ChangedFile {
+    let path = if diff.deleted_file {
+        &diff.old_path
+    } else {
+        &diff.new_path
+    };
+    let change = if diff.new_file {
+        "added"
+    } else if diff.deleted_file {
+        "deleted"
+    } else if diff.renamed_file {
+        "renamed"
+    } else {
+        "modified"
+    };
+    ChangedFile {
+        path: path.clone(),
+        change: change.to_owned(),
+        skipped: skipped
+            .iter()
+            .find(|s| &s.path == path)
+            .map(|s| s.reason.to_string()),
+    }
+}
+
+async fn plan(
+    ctx: &JobContext,
+    deps: &ReviewDeps,
+    args: &DescribeArgs,
+) -> Result<DescriptionRow, JobError> {
+    let project = args.project_ref()?;
+    let pool = ctx.queue().pool();
+    let project_text = args.project.to_string();
+    let mr = deps
+        .gitlab
+        .merge_request(&project, args.iid)
+        .await
+        .map_err(gitlab_error)?;
+    let version = deps
+        .gitlab
+        .latest_version(&project, args.iid)
+        .await
+        .map_err(gitlab_error)?;
+    let shas = DiffShas::from(&version);
+    // The target branch's settings (never the MR's own): language and ignore globs.
+    let (settings, _) = load_settings(deps, pool, &project, &project_text, &shas.start_sha).await?;
+    let author_text =
+        describe::author_text(mr.description.as_deref().unwrap_or_default()).into_owned();
+    let language = settings.language_for(&author_text);
+    let diffs: Vec<FileDiff> = deps
+        .gitlab
+        .diffs(&project, args.iid)
+        .await
+        .map_err(gitlab_error)?
+        .into_iter()
+        .map(to_review_diff)
+        .collect();
+    let config = ChunkConfig {
+        budget: deps.budget,
+        skip: settings.skip_rules(),
+        max_chunks: deps.max_chunks,
+    };
+    let options = PromptOptions {
+        language: Some(language.clone()),
+        instructions: None,
+    };
+    // Parsing and packing a giant MR is CPU work: keep it off the async thread.
+    let (chunks, files) = tokio::task::spawn_blocking(move || {
+        let plan = review_plan(&diffs, &config, &options);
+        let files: Vec<ChangedFile> = diffs
+            .iter()
+            .map(|d| changed_file(d, &plan.skipped))
+            .collect();
+        (plan.chunks, files)
+    })
+    .await
+    .map_err(|e| JobError::retryable(format!("planning the description failed: {e}")))?;
+    let part_count = i32::try_from(chunks.len()).unwrap_or(i32::MAX);
+    // One part per chunk, and a merge part (no chunk) when there are several.
+    let mut indexes: Vec<i32> = (0..part_count).collect();
+    let mut bodies: Vec<Option<String>> = chunks
+        .iter()
+        .map(|c| serde_json::to_string(c).map(Some))
+        .collect::<Result<_, _>>()
+        .map_err(JobError::fatal)?;
+    if part_count > 1 {
+        indexes.push(part_count);
+        bodies.push(None);
+    }
+    let files_json = serde_json::to_value(&files).map_err(JobError::fatal)?;
+    let iid = i64::try_from(args.iid).map_err(JobError::fatal)?;
+
+    let mut tx = pool.begin().await.map_err(db)?;
+    Queue::fence(&mut tx, ctx.lease()).await?;
+    let id = sqlx::query_scalar!(
+        r#"
+        insert into mr_descriptions (job_id, project, mr_iid, head_sha, mr_title, author_text,
+            language, seen_updated_at, files, part_count)
+        values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+        returning id
+        "#,
+        ctx.job.id().get(),
+        project_text,
+        iid,
+        shas.head_sha,
+        mr.title,
+        author_text,
+        language.to_string(),
+        mr.updated_at,
+        files_json,
+        part_count,
+    )
+    .fetch_one(&mut *tx)
+    .await
+    .map_err(db)?;
+    sqlx::query!(
+        r#"insert into mr_description_parts (description_id, part_index, chunk)
+           select $1, i, c::json from unnest($2::int4[], $3::text[]) as t(i, c)"#,
+        id,
+        &indexes,
+        &bodies as &[Option<String>],
+    )
+    .execute(&mut *tx)
+    .await
+    .map_err(db)?;
+    tx.commit().await.map_err(db)?;
+    tracing::info!(mr = %args.mr, description.id = id, parts = part_count, "description planned");
+    Ok(DescriptionRow {
+        id,
+        state: "describing".to_owned(),
+        project: project_text,
+        mr_iid: iid,
+        head_sha: shas.head_sha,
+        mr_title: mr.title,
+        author_text,
+        language: Some(language.to_string()),
+        seen_updated_at: mr.updated_at,
+        files: files_json,
+        part_count,
+        block: None,
+    })
+}
+
+/// The review's chunk plan, reused: the same budget, skip rules and packing.
+fn review_plan(
+    diffs: &[FileDiff],
+    config: &ChunkConfig,
+    options: &PromptOptions,
+) -> crate::review::ChunkPlan {
+    crate::review::chunk::plan_with(diffs, config, options)
+}
+
+/// How getting an answer ended.
+enum Called<T> {
+    /// The answer (stored with its usage).
+    Answered(T),
+    /// The job settled otherwise (it waits for a budget or the pause, or lost its lease).
+    Settled(JobResult),
+}
+
+/// Asks for every missing answer, then renders and stores the block.
+async fn answer(
+    ctx: &JobContext,
+    deps: &ReviewDeps,
+    row: &DescriptionRow,
+) -> Result<Called<String>, JobError> {
+    let pool = ctx.queue().pool();
+    let parts = sqlx::query!(
+        r#"select part_index, chunk, answer from mr_description_parts
+           where description_id = $1 order by part_index"#,
+        row.id
+    )
+    .fetch_all(pool)
+    .await
+    .map_err(db)?;
+    let language = row
+        .language
+        .as_deref()
+        .and_then(|l| Language::parse(l).ok());
+    let mut answers: Vec<Description> = Vec::new();
+    let mut merged = None;
+    for part in parts {
+        let known: Option<Description> = part
+            .answer
+            .map(serde_json::from_value)
+            .transpose()
+            .map_err(JobError::fatal)?;
+        let answer = match (known, part.chunk) {
+            (Some(answer), _) => answer,
+            (None, Some(chunk)) => {
+                let chunk: Chunk = serde_json::from_value(chunk).map_err(JobError::fatal)?;
+                let prompt =
+                    describe::prompt(&chunk, &row.mr_title, &row.author_text, language.as_ref());
+                match ask(ctx, deps, row, part.part_index, prompt).await? {
+                    Called::Answered(answer) => answer,
+                    Called::Settled(result) => return Ok(Called::Settled(result)),
+                }
+            }
+            (None, None) => {
+                let prompt = describe::merge_prompt(
+                    &answers,
+                    &row.mr_title,
+                    &row.author_text,
+                    language.as_ref(),
+                );
+                match ask(ctx, deps, row, part.part_index, prompt).await? {
+                    Called::Answered(answer) => answer,
+                    Called::Settled(result) => return Ok(Called::Settled(result)),
+                }
+            }
+        };
+        if part.part_index < row.part_count {
+            answers.push(answer);
+        } else {
+            merged = Some(answer);
+        }
+    }
+    let files: Vec<ChangedFile> =
+        serde_json::from_value(row.files.clone()).map_err(JobError::fatal)?;
+    let head = HeadSha::parse(&row.head_sha).map_err(JobError::fatal)?;
+    let block =
+        describe::render_block(&describe::combine(&answers, merged.as_ref()), &files, &head);
+    let lease = ctx.lease();
+    let rows = sqlx::query!(
+        r#"update mr_descriptions set block = $2 where id = $1
+             and exists (select 1 from jobs where id = $3 and attempt = $4 and state = 'running')"#,
+        row.id,
+        block,
+        lease.job_id.get(),
+        lease.attempt,
+    )
+    .execute(pool)
+    .await
+    .map_err(db)?
+    .rows_affected();
+    super::review::fenced(rows, ctx)?;
+    Ok(Called::Answered(block))
+}
+
+/// One answer from the model, under the fleet-wide limit and the spend limits, with every
+/// request in the ledger (purpose `describe`). Transient errors are retried inside the
+/// attempt, an unusable answer once.
+async fn ask(
+    ctx: &JobContext,
+    deps: &ReviewDeps,
+    row: &DescriptionRow,
+    part_index: i32,
+    prompt: Prompt,
+) -> Result<Called<Description>, JobError> {
+    let pool = ctx.queue().pool().clone();
+    let mut request = ChatRequest::new(vec![
+        Message::system(prompt.system),
+        Message::user(prompt.user),
+    ]);
+    request.json_object = true;
+    request.temperature = Some(0.2);
+    request.max_tokens = Some(MAX_DESCRIBE_TOKENS);
+    let call = CallContext {
+        lease: ctx.lease(),
+        review_id: None,
+        chunk_index: Some(part_index),
+        project: row.project.clone(),
+        mr_iid: row.mr_iid,
+        head_sha: row.head_sha.clone(),
+        review_type: KIND.to_owned(),
+        model: deps.llm.model().to_owned(),
+        purpose: CallPurpose::Describe,
+    };
+    let (mut transient_tries, mut unusable) = (0, 0);
+    loop {
+        let permit = ctx.acquire(LLM_RESOURCE).await?;
+        let (call_id, probe) =
+            match ledger::start_within_limits(&pool, &call, deps.spend.daily_tokens).await? {
+                Some(call_id) => (call_id, false),
+                None => match spend::admit(&pool, &deps.spend, &call.project).await? {
+                    Admission::Go => (ledger::start(&pool, &call).await?, false),
+                    Admission::Probe => (ledger::start(&pool, &call).await?, true),
+                    Admission::Wait { until, waiting } => {
+                        drop(permit);
+                        return Ok(Called::Settled(wait(ctx, until, &waiting).await));
+                    }
+                },
+            };
+        // The call and its bookkeeping run as a task of their own, so a stopped attempt still
+        // records what the answer cost.
+        let sent = tokio::spawn(send(
+            ctx.clone(),
+            deps.clone(),
+            request.clone(),
+            Sending {
+                call_id,
+                permit: Some(permit),
+                probe,
+                description_id: row.id,
+                part_index,
+            },
+        ))
+        .await
+        .map_err(|e| JobError::retryable(format!("the LLM call's task failed: {e}")))?;
+        match sent {
+            Sent::Answered(answer) => return Ok(Called::Answered(answer)),
+            Sent::Settled(result) => return Ok(Called::Settled(result)),
+            Sent::Unusable(reason) => {
+                unusable += 1;
+                if unusable > UNUSABLE_ANSWERS_TOLERATED {
+                    return Err(JobError::fatal(format!(
+                        "the model's description was not the JSON object asked for, twice: {reason}"
+                    )));
+                }
+            }
+            Sent::Transient(err) => {
+                transient_tries += 1;
+                match err.disposition() {
+                    _ if transient_tries >= LLM_TRIES_PER_ATTEMPT => {
+                        return Err(JobError::new(err.disposition(), describe_llm_error(&err)));
+                    }
+                    Disposition::RetryAfter(pause) if pause > MAX_INLINE_WAIT => {
+                        return Err(JobError::retry_after(pause, describe_llm_error(&err)));
+                    }
+                    Disposition::RetryAfter(pause) => tokio::time::sleep(pause).await,
+                    Disposition::Retry | Disposition::Fatal => {
+                        tokio::time::sleep(backoff(transient_tries)).await;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// One call in flight.
+struct Sending {
+    call_id: ledger::CallId,
+    permit: Option<Permit>,
+    probe: bool,
+    description_id: i64,
+    part_index: i32,
+}
+
+/// How one call ended, with everything about it recorded.
+enum Sent {
+    Answered(Description),
+    Settled(JobResult),
+    Unusable(String),
+    Transient(llm::Error),
+}
+
+async fn send(ctx: JobContext, deps: ReviewDeps, request: ChatRequest, mut call: Sending) -> Sent {
+    let pool = ctx.queue().pool().clone();
+    let result = deps.llm.complete(&request).await;
+    // Free the slot before the bookkeeping: another call may start now.
+    if let Some(permit) = call.permit.take()
+        && let Err(err) = permit.release().await
+    {
+        tracing::warn!(error = %err, "could not release the LLM slot; it frees itself when the lease lapses");
+    }
+    if call.probe
+        && result.is_ok()
+        && let Err(err) = spend::resume(&pool).await
+    {
+        tracing::warn!(error = %err, "could not end the LLM pause; the next probe will");
+    }
+    let call_id = call.call_id;
+    match result {
+        Ok(done) => match describe::parse_answer(&done.content) {
+            Ok(answer) => match store_answer(&ctx, &call, &done, &answer).await {
+                Ok(()) => Sent::Answered(answer),
+                Err(err) => Sent::Settled(Err(err)),
+            },
+            Err(err) => {
+                let reason = err.to_string();
+                match keep_recording(|| ledger::unusable(&pool, call_id, &done, &reason)).await {
+                    Ok(()) => Sent::Unusable(reason),
+                    Err(err) => Sent::Settled(Err(err)),
+                }
+            }
+        },
+        Err(err) if err.kind == llm::ErrorKind::QuotaExhausted => {
+            Sent::Settled(pause_llm(&ctx, &deps, call_id, &err).await)
+        }
+        Err(err) => {
+            if let Err(db_err) = keep_recording(|| ledger::failed(&pool, call_id, &err)).await {
+                return Sent::Settled(Err(db_err));
+            }
+            match err.disposition() {
+                Disposition::Fatal => Sent::Settled(Err(JobError::fatal(describe_llm_error(&err)))),
+                _ => Sent::Transient(err),
+            }
+        }
+    }
+}
+
+/// Stores an answer with its usage in one transaction, fenced by the lease; if that fails, the
+/// usage is still recorded on its own (the tokens were spent).
+async fn store_answer(
+    ctx: &JobContext,
+    call: &Sending,
+    done: &llm::Completion,
+    answer: &Description,
+) -> Result<(), JobError> {
+    let pool = ctx.queue().pool();
+    let stored = async {
+        let mut tx = pool.begin().await.map_err(db)?;
+        Queue::fence(&mut tx, ctx.lease()).await?;
+        ledger::succeeded(&mut *tx, call.call_id, done).await?;
+        sqlx::query!(
+            r#"update mr_description_parts set answer = $3, answered_at = now()
+               where description_id = $1 and part_index = $2"#,
+            call.description_id,
+            call.part_index,
+            serde_json::to_value(answer).map_err(JobError::fatal)?,
+        )
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
+        tx.commit().await.map_err(db)
+    }
+    .await;
+    if stored.is_err() {
+        keep_recording(|| ledger::succeeded(pool, call.call_id, done)).await?;
+    }
+    stored
+}
+
+/// Writes the block into the description (see the module docs) and finishes the job.
+async fn write(
+    ctx: &JobContext,
+    deps: &ReviewDeps,
+    args: &DescribeArgs,
+    row: &DescriptionRow,
+    block: &str,
+) -> JobResult {
+    let project = args.project_ref()?;
+    let mut seen = row.seen_updated_at;
+    for read in 1..=SETTLE_READS {
+        let mr = deps
+            .gitlab
+            .merge_request(&project, args.iid)
+            .await
+            .map_err(gitlab_error)?;
+        let moved_on = mr.sha.as_deref().is_some_and(|sha| sha != row.head_sha);
+        if mr.updated_at != seen {
+            // Edited since the last read: perhaps the author at work, so not now.
+            seen = mr.updated_at;
+            set_seen(ctx, row.id, seen).await?;
+            tracing::info!(mr = %args.mr, read, "the merge request changed since it was read; waiting before writing its description");
+            if read < SETTLE_READS {
+                tokio::time::sleep(SETTLE_PAUSE).await;
+            }
+            continue;
+        }
+        let current = mr.description.unwrap_or_default();
+        let next = match describe::splice(&current, block) {
+            Splice::Unchanged => return finish(ctx, args, row, Ended::Written, moved_on).await,
+            Splice::Malformed(why) => {
+                let reason = format!("{why}; the description was left as it is");
+                return finish(ctx, args, row, Ended::Skipped(reason), moved_on).await;
+            }
+            Splice::Write(next) => next,
+        };
+        if let Some(line) = describe::quick_action_line(&next) {
+            let reason = format!(
+                "line {line} of the description starts with `/` outside code, and GitLab would run it as a quick action on any edit; the description was left as it is"
+            );
+            return finish(ctx, args, row, Ended::Skipped(reason), moved_on).await;
+        }
+        mark_attempted(ctx, row.id).await?;
+        deps.gitlab
+            .update_description(&project, args.iid, &next)
+            .await
+            .map_err(gitlab_error)?;
+        return finish(ctx, args, row, Ended::Written, moved_on).await;
+    }
+    Err(JobError::retryable(
+        "the merge request kept changing while reviewq waited to write its description; trying again later",
+    ))
+}
+
+async fn set_seen(ctx: &JobContext, id: i64, seen: Option<DateTime<Utc>>) -> Result<(), JobError> {
+    let lease = ctx.lease();
+    let rows = sqlx::query!(
+        r#"update mr_descriptions set seen_updated_at = $2 where id = $1
+             and exists (select 1 from jobs where id = $3 and attempt = $4 and state = 'running')"#,
+        id,
+        seen,
+        lease.job_id.get(),
+        lease.attempt,
+    )
+    .execute(ctx.queue().pool())
+    .await
+    .map_err(db)?
+    .rows_affected();
+    super::review::fenced(rows, ctx)
+}
+
+/// Records that a `PUT` is about to go out (its outcome is unknown until recorded).
+async fn mark_attempted(ctx: &JobContext, id: i64) -> Result<(), JobError> {
+    let lease = ctx.lease();
+    let rows = sqlx::query!(
+        r#"update mr_descriptions set attempted_at = now() where id = $1
+             and exists (select 1 from jobs where id = $2 and attempt = $3 and state = 'running')"#,
+        id,
+        lease.job_id.get(),
+        lease.attempt,
+    )
+    .execute(ctx.queue().pool())
+    .await
+    .map_err(db)?
+    .rows_affected();
+    super::review::fenced(rows, ctx)
+}
+
+/// How a description ended.
+enum Ended {
+    Written,
+    Skipped(String),
+}
+
+/// Records the end and completes the job in one transaction; if the MR moved on meanwhile,
+/// enqueues the description of its new head in that transaction too.
+async fn finish(
+    ctx: &JobContext,
+    args: &DescribeArgs,
+    row: &DescriptionRow,
+    ended: Ended,
+    moved_on: bool,
+) -> JobResult {
+    let pool = ctx.queue().pool();
+    let (state, outcome) = match &ended {
+        Ended::Written => ("written", None),
+        Ended::Skipped(reason) => ("skipped", Some(reason.as_str())),
+    };
+    let priority = job_priority(pool, ctx).await?;
+    let mut tx = pool.begin().await.map_err(db)?;
+    Queue::fence(&mut tx, ctx.lease()).await?;
+    sqlx::query!(
+        r#"update mr_descriptions set state = $2, outcome = $3,
+               written_at = case when $2 = 'written' then now() end
+           where id = $1"#,
+        row.id,
+        state,
+        outcome,
+    )
+    .execute(&mut *tx)
+    .await
+    .map_err(db)?;
+    Queue::complete(&mut tx, ctx.lease()).await?;
+    if moved_on {
+        Queue::enqueue(&mut *tx, &args.job(priority)).await?;
+    }
+    tx.commit().await.map_err(db)?;
+    match ended {
+        Ended::Written => {
+            tracing::info!(mr = %args.mr, description.id = row.id, "description written");
+        }
+        Ended::Skipped(reason) => {
+            tracing::warn!(mr = %args.mr, description.id = row.id, %reason, "description not written");
+        }
+    }
+    Ok(Outcome::Settled)
+}
