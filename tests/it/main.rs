@@ -3,6 +3,7 @@
 
 mod chaos;
 mod cli;
+mod findings;
 mod gitlab;
 mod helpers;
 mod hostile;
