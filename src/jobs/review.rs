@@ -800,6 +800,8 @@ struct MrThreads {
     markers: HashMap<Marker, (u64, Option<String>)>,
     /// The bot's threads of this review type.
     bot: Vec<BotThread>,
+    /// The rounds history the newest summary note of this review type carries.
+    summary_rounds: Vec<Round>,
 }
 
 async fn mr_threads(
@@ -810,6 +812,7 @@ async fn mr_threads(
 ) -> Result<MrThreads, JobError> {
     let mut markers = HashMap::new();
     let mut bot = Vec::new();
+    let mut summary: Option<(u64, Vec<Round>)> = None;
     for discussion in deps
         .gitlab
         .discussions(project, iid)
@@ -818,6 +821,13 @@ async fn mr_threads(
     {
         for note in &discussion.notes {
             if let Some(m) = review::find_marker(&note.body) {
+                if m.review_type == review_type
+                    && m.kind == MarkerKind::Summary
+                    && !note.system
+                    && summary.as_ref().is_none_or(|(id, _)| note.id > *id)
+                {
+                    summary = Some((note.id, review::find_round_history(&note.body)));
+                }
                 markers
                     .entry(m)
                     .or_insert((note.id, Some(discussion.id.clone())));
@@ -852,7 +862,11 @@ async fn mr_threads(
             dismissed,
         });
     }
-    Ok(MrThreads { markers, bot })
+    Ok(MrThreads {
+        markers,
+        bot,
+        summary_rounds: summary.map(|(_, rounds)| rounds).unwrap_or_default(),
+    })
 }
 
 /// A finding of this round, anchored and keyed.
@@ -1592,7 +1606,7 @@ async fn living_summary_body(
         listed,
         min_severity: round.min_severity.unwrap_or(Severity::Info),
         below_min_severity,
-        rounds: rounds(pool, args, review.id).await?,
+        rounds: with_earlier_rounds(rounds(pool, args, review.id).await?, threads),
         skipped,
         failed_chunks,
         settings_problem: review.settings_problem.clone(),
@@ -1645,6 +1659,24 @@ async fn rounds(pool: &PgPool, args: &ReviewArgs, current: i64) -> Result<Vec<Ro
             })
         })
         .collect()
+}
+
+/// `rounds` (newest first), with the earlier rounds the summary note remembers when the
+/// database knows only the current one (a CI job on a fresh local cluster, or a project
+/// spelled differently before). A remembered round of the current head and scope is this
+/// round itself, written by an attempt that crashed after editing the note.
+fn with_earlier_rounds(mut rounds: Vec<Round>, threads: &MrThreads) -> Vec<Round> {
+    if let [current] = rounds.as_slice() {
+        let (head, kind) = (current.head_sha.clone(), current.kind.clone());
+        rounds.extend(
+            threads
+                .summary_rounds
+                .iter()
+                .filter(|r| !(r.head_sha == head && r.kind == kind))
+                .cloned(),
+        );
+    }
+    rounds
 }
 
 /// Writes the living summary: the one note per MR and review type, edited in place

@@ -496,3 +496,87 @@ async fn a_fresh_database_finds_the_last_reviewed_head_in_the_summary_note(pool:
     assert_eq!(since.as_deref(), Some(MrSpec::default().head_sha.as_str()));
     assert_eq!(summaries(&h).len(), 1, "the same note was found and edited");
 }
+
+/// `1,234,567`, as the summary writes token counts.
+fn grouped(n: i64) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// Prompt and completion tokens the ledger holds.
+async fn ledger_sums(pool: &PgPool) -> (i64, i64) {
+    sqlx::query_as(
+        "select coalesce(sum(prompt_tokens), 0)::int8, coalesce(sum(completion_tokens), 0)::int8 from llm_calls",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap()
+}
+
+#[sqlx::test]
+async fn every_round_stays_in_the_summary_when_each_round_runs_on_a_fresh_database(pool: PgPool) {
+    let h = Harness::start(pool).await;
+    let mut totals = (0, 0);
+    let heads = [("h2", TAX_HUNK), ("h3", CART_FIX_DELTA)];
+    round(&h).await;
+    for (head, delta) in heads {
+        let (p, c) = ledger_sums(&h.pool).await;
+        totals = (totals.0 + p, totals.1 + c);
+        // A CI job on a fresh local cluster: nothing of the earlier rounds is in its database.
+        sqlx::query(
+            "truncate reviews, review_chunks, outbox, mr_summaries, llm_calls, jobs restart identity cascade",
+        )
+        .execute(&h.pool)
+        .await
+        .unwrap();
+        let cart = if head == "h2" {
+            format!("{CART_HUNK}{TAX_HUNK}")
+        } else {
+            format!("{CART_FIXED}{TAX_HUNK}")
+        };
+        push(
+            &h,
+            head,
+            mr_files(&cart, &[]),
+            vec![FileSpec::modified("src/cart.rs", delta)],
+        );
+        round(&h).await;
+    }
+    let (p, c) = ledger_sums(&h.pool).await;
+    totals = (totals.0 + p, totals.1 + c);
+
+    let notes = summaries(&h);
+    assert_eq!(notes.len(), 1, "{notes:?}");
+    let body = &notes[0].1;
+    assert!(body.contains("Review rounds (3)"), "{body}");
+    assert!(body.contains("(round 3: changes since"), "{body}");
+    let rows: Vec<&str> = body.lines().filter(|l| l.contains(" UTC | `")).collect();
+    assert_eq!(rows.len(), 3, "{body}");
+    assert!(
+        rows[0].starts_with("| 3 | ") && rows[0].contains("since "),
+        "{body}"
+    );
+    assert!(
+        rows[1].starts_with("| 2 | ") && rows[1].contains("since "),
+        "{body}"
+    );
+    assert!(
+        rows[2].starts_with("| 1 | ") && rows[2].contains(" | full | "),
+        "round 1, the full review, is still listed: {body}"
+    );
+    assert!(
+        body.contains(&format!(
+            "**Total:** {} prompt + {} completion tokens",
+            grouped(totals.0),
+            grouped(totals.1)
+        )),
+        "the totals include every round ({totals:?}): {body}"
+    );
+}
