@@ -552,7 +552,61 @@ async fn every_round_stays_in_the_summary_when_each_round_runs_on_a_fresh_databa
     let (p, c) = ledger_sums(&h.pool).await;
     totals = (totals.0 + p, totals.1 + c);
 
-    let notes = summaries(&h);
+    assert_three_rounds_listed(&h, totals);
+}
+
+/// Runs the queued work with one `reviewq worker --exit-when-idle` process.
+async fn worker_process_round(h: &Harness) {
+    let id = h.enqueue(1, options()).await;
+    let out = crate::helpers::reviewq()
+        .args(["worker", "--exit-when-idle", "--poll-ms", "50"])
+        .env("DATABASE_URL", crate::helpers::url_of(&h.pool))
+        .env("GITLAB_URL", h.gitlab.base_url())
+        .env("GITLAB_TOKEN", crate::pipeline::TOKEN)
+        .env("GLM_BASE_URL", h.glm.base_url())
+        .env("GLM_API_KEY", crate::pipeline::KEY)
+        .output();
+    let out = tokio::time::timeout(std::time::Duration::from_secs(120), out)
+        .await
+        .expect("the worker exits when idle")
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        crate::helpers::output_text(&out)
+    );
+    assert_eq!(h.state(id).await, reviewq::queue::JobState::Succeeded);
+}
+
+#[sqlx::test]
+async fn every_round_stays_in_the_summary_when_each_round_is_a_separate_worker_process(
+    pool: PgPool,
+) {
+    let h = Harness::start(pool).await;
+    worker_process_round(&h).await;
+    push(
+        &h,
+        "h2",
+        mr_files(&format!("{CART_HUNK}{TAX_HUNK}"), &[]),
+        vec![FileSpec::modified("src/cart.rs", TAX_HUNK)],
+    );
+    worker_process_round(&h).await;
+    push(
+        &h,
+        "h3",
+        mr_files(&format!("{CART_FIXED}{TAX_HUNK}"), &[]),
+        vec![FileSpec::modified("src/cart.rs", CART_FIX_DELTA)],
+    );
+    worker_process_round(&h).await;
+    let (prompt, completion) = ledger_sums(&h.pool).await;
+
+    assert_three_rounds_listed(&h, (prompt, completion));
+}
+
+/// The one summary note lists rounds 3, 2 (incremental) and 1 (full), with `totals` (prompt,
+/// completion) over all three.
+fn assert_three_rounds_listed(h: &Harness, totals: (i64, i64)) {
+    let notes = summaries(h);
     assert_eq!(notes.len(), 1, "{notes:?}");
     let body = &notes[0].1;
     assert!(body.contains("Review rounds (3)"), "{body}");
