@@ -35,7 +35,7 @@ use crate::{
         HeadSha, Instructions, Language, ListedBecause, ListedFinding, LivingSummary, Marker,
         MarkerKind, ParsedFile, PromptOptions, ReviewType, Round, RoundKind, Screening, Severity,
         SkippedFile, UnanchoredReason,
-        chunk::split_in_two,
+        chunk::{split_for_findings, split_in_two},
         diff::Content,
         render::FailedChunk,
         settings::{ProjectSettings, PublishMode},
@@ -727,6 +727,8 @@ async fn chunk_results(pool: &PgPool, review_id: i64) -> Result<Vec<ChunkResult>
 struct ChunkOutcome {
     summary: Option<String>,
     dropped: i32,
+    /// Findings past the per-answer hard limit.
+    beyond_limit: i32,
     failed: Option<FailedChunk>,
 }
 
@@ -736,6 +738,7 @@ async fn chunk_outcomes(pool: &PgPool, review_id: i64) -> Result<Vec<ChunkOutcom
     let rows = sqlx::query!(
         r#"
         select c.summary, coalesce(c.dropped_findings, 0) as "dropped!",
+               c.findings_beyond_limit as beyond_limit,
                coalesce(j.state::text, 'failed') as "job_state!", j.last_error,
                case when j.state is distinct from 'succeeded' then c.chunk end as failed_chunk
         from review_chunks c left join jobs j on j.id = c.job_id
@@ -766,6 +769,7 @@ async fn chunk_outcomes(pool: &PgPool, review_id: i64) -> Result<Vec<ChunkOutcom
             Ok(ChunkOutcome {
                 summary: r.summary,
                 dropped: r.dropped,
+                beyond_limit: r.beyond_limit,
                 failed,
             })
         })
@@ -828,6 +832,8 @@ struct MrThreads {
     markers: HashMap<Marker, (u64, Option<String>)>,
     /// The bot's threads of this review type.
     bot: Vec<BotThread>,
+    /// The rounds history the newest summary note of this review type carries.
+    summary_rounds: Vec<Round>,
 }
 
 async fn mr_threads(
@@ -838,6 +844,7 @@ async fn mr_threads(
 ) -> Result<MrThreads, JobError> {
     let mut markers = HashMap::new();
     let mut bot = Vec::new();
+    let mut summary: Option<(u64, Vec<Round>)> = None;
     for discussion in deps
         .gitlab
         .discussions(project, iid)
@@ -846,6 +853,13 @@ async fn mr_threads(
     {
         for note in &discussion.notes {
             if let Some(m) = review::find_marker(&note.body) {
+                if m.review_type == review_type
+                    && m.kind == MarkerKind::Summary
+                    && !note.system
+                    && summary.as_ref().is_none_or(|(id, _)| note.id > *id)
+                {
+                    summary = Some((note.id, review::find_round_history(&note.body)));
+                }
                 markers
                     .entry(m)
                     .or_insert((note.id, Some(discussion.id.clone())));
@@ -880,7 +894,11 @@ async fn mr_threads(
             dismissed,
         });
     }
-    Ok(MrThreads { markers, bot })
+    Ok(MrThreads {
+        markers,
+        bot,
+        summary_rounds: summary.map(|(_, rounds)| rounds).unwrap_or_default(),
+    })
 }
 
 /// A finding of this round, anchored and keyed.
@@ -1602,6 +1620,7 @@ async fn living_summary_body(
     let skipped: Vec<SkippedFile> =
         serde_json::from_value(review.skipped.clone()).map_err(JobError::fatal)?;
     let dropped: i32 = chunks.iter().map(|c| c.dropped).sum();
+    let beyond_limit: i32 = chunks.iter().map(|c| c.beyond_limit).sum();
     let report = LivingSummary {
         review_type: args.review_type,
         head_sha: t.head.clone(),
@@ -1611,12 +1630,18 @@ async fn living_summary_body(
             .chain((dropped > 0).then(|| {
                 format!("{dropped} finding(s) in the model's answers could not be read and were left out.")
             }))
+            .chain((beyond_limit > 0).then(|| {
+                format!(
+                    "{beyond_limit} finding(s) beyond the per-answer limit of {} were not used.",
+                    review::finding::MAX_FINDINGS_PER_ANSWER
+                )
+            }))
             .collect(),
         open_inline,
         listed,
         min_severity: round.min_severity.unwrap_or(Severity::Info),
         below_min_severity,
-        rounds: rounds(pool, args, review.id).await?,
+        rounds: with_earlier_rounds(rounds(pool, args, review.id).await?, threads),
         skipped,
         failed_chunks,
         settings_problem: review.settings_problem.clone(),
@@ -1669,6 +1694,24 @@ async fn rounds(pool: &PgPool, args: &ReviewArgs, current: i64) -> Result<Vec<Ro
             })
         })
         .collect()
+}
+
+/// `rounds` (newest first), with the earlier rounds the summary note remembers when the
+/// database knows only the current one (a CI job on a fresh local cluster, or a project
+/// spelled differently before). A remembered round of the current head and scope is this
+/// round itself, written by an attempt that crashed after editing the note.
+fn with_earlier_rounds(mut rounds: Vec<Round>, threads: &MrThreads) -> Vec<Round> {
+    if let [current] = rounds.as_slice() {
+        let (head, kind) = (current.head_sha.clone(), current.kind.clone());
+        rounds.extend(
+            threads
+                .summary_rounds
+                .iter()
+                .filter(|r| !(r.head_sha == head && r.kind == kind))
+                .cloned(),
+        );
+    }
+    rounds
 }
 
 /// Writes the living summary: the one note per MR and review type, edited in place
@@ -2039,7 +2082,12 @@ async fn finish_call(
     }
     match result {
         Ok(done) => match review::parse_answer(&done.content) {
-            Ok(answer) => CallEnd::Done(store_answer(&ctx, args, call_id, &done, answer).await),
+            Ok(answer) => CallEnd::Done(match split_for_findings(&chunk, &answer) {
+                Some(halves) => {
+                    split_overflowing(&ctx, args, call_id, &done, &answer, halves).await
+                }
+                None => store_answer(&ctx, args, call_id, &done, answer).await,
+            }),
             Err(err) => {
                 let reason = err.to_string();
                 match keep_recording(|| ledger::unusable(&pool, call_id, &done, &reason)).await {
@@ -2190,19 +2238,7 @@ async fn store_answer_tx(
 ) -> Result<(), JobError> {
     let mut tx = ctx.queue().pool().begin().await.map_err(db)?;
     ledger::succeeded(&mut *tx, call_id, done).await?;
-    sqlx::query!(
-        r#"update review_chunks set summary = $3, findings = $4, dropped_findings = $5,
-               finished_at = now()
-           where review_id = $1 and chunk_index = $2"#,
-        args.review_id,
-        args.chunk_index,
-        answer.summary,
-        serde_json::to_value(&answer.findings).map_err(JobError::fatal)?,
-        i32::try_from(answer.dropped_findings).unwrap_or(i32::MAX),
-    )
-    .execute(&mut *tx)
-    .await
-    .map_err(db)?;
+    store_chunk_answer(&mut tx, args, answer).await?;
     // The completion is the fence: if another attempt owns the job, nothing of this
     // transaction is kept (the caller then records the usage on its own).
     Queue::complete(&mut tx, ctx.lease()).await?;
@@ -2210,26 +2246,104 @@ async fn store_answer_tx(
     Ok(())
 }
 
+/// Writes a chunk's answer to its row.
+async fn store_chunk_answer(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    args: ChunkArgs,
+    answer: &review::Answer,
+) -> Result<(), JobError> {
+    sqlx::query!(
+        r#"update review_chunks set summary = $3, findings = $4, dropped_findings = $5,
+               findings_beyond_limit = $6, finished_at = now()
+           where review_id = $1 and chunk_index = $2"#,
+        args.review_id,
+        args.chunk_index,
+        answer.summary,
+        serde_json::to_value(&answer.findings).map_err(JobError::fatal)?,
+        i32::try_from(answer.dropped_findings).unwrap_or(i32::MAX),
+        i32::try_from(answer.beyond_limit).unwrap_or(i32::MAX),
+    )
+    .execute(&mut **tx)
+    .await
+    .map_err(db)?;
+    Ok(())
+}
+
+/// The answer holds so many findings that the chunk asked about too much at once
+/// ([`split_for_findings`]): record its usage, keep the answer on the chunk's row for the
+/// audit, and replace the chunk by two halves that are asked again, in one transaction.
+///
+/// The first answer's findings are not used: each half's answer covers the same code with
+/// room to spare, so using both would post the findings found twice (worded differently,
+/// hence not recognised as the same) and the first answer is the one a model cut short.
+/// Its tokens are billed and in the ledger either way. As in [`store_answer`], the usage is
+/// recorded on its own if the transaction cannot be kept.
+async fn split_overflowing(
+    ctx: &JobContext,
+    args: ChunkArgs,
+    call_id: ledger::CallId,
+    done: &llm::Completion,
+    answer: &review::Answer,
+    halves: (Chunk, Chunk),
+) -> JobResult {
+    let pool = ctx.queue().pool();
+    let result: Result<(), JobError> = async {
+        let mut tx = pool.begin().await.map_err(db)?;
+        ledger::succeeded(&mut *tx, call_id, done).await?;
+        store_chunk_answer(&mut tx, args, answer).await?;
+        replace_by_halves(&mut tx, ctx, args, halves).await?;
+        tx.commit().await.map_err(db)
+    }
+    .await;
+    if let Err(err) = result {
+        keep_recording(|| ledger::succeeded(pool, call_id, done)).await?;
+        return Err(err);
+    }
+    tracing::info!(
+        chunk = args.chunk_index,
+        findings = answer.findings.len() + answer.beyond_limit,
+        "the answer holds too many findings for one chunk; split in two and asked again"
+    );
+    Ok(Outcome::Settled)
+}
+
 /// The model found the chunk too big: replace it by two halves, each with its own job
 /// under the same review, and complete this one.
 async fn split(ctx: &JobContext, args: ChunkArgs, chunk: &Chunk, err: &llm::Error) -> JobResult {
-    let Some((first, second)) = split_in_two(chunk) else {
+    let Some(halves) = split_in_two(chunk) else {
         return Err(JobError::fatal(format!(
             "the chunk is too big for the model even as a single line ({err})"
         )));
     };
+    let mut tx = ctx.queue().pool().begin().await.map_err(db)?;
+    Queue::fence(&mut tx, ctx.lease()).await?;
+    replace_by_halves(&mut tx, ctx, args, halves).await?;
+    tx.commit().await.map_err(db)?;
+    tracing::info!(
+        chunk = args.chunk_index,
+        "chunk too big for the model; split in two"
+    );
+    Ok(Outcome::Settled)
+}
+
+/// Replaces this chunk by two halves under the same review, each with its own job, and
+/// completes this chunk's job (the fence), inside `tx`.
+async fn replace_by_halves(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    ctx: &JobContext,
+    args: ChunkArgs,
+    (first, second): (Chunk, Chunk),
+) -> Result<(), JobError> {
     let pool = ctx.queue().pool();
     let parent = ctx
         .job
         .parent_id
         .ok_or_else(|| JobError::fatal("a chunk job has no parent review"))?;
-    let mut tx = pool.begin().await.map_err(db)?;
-    Queue::fence(&mut tx, ctx.lease()).await?;
     let next = sqlx::query_scalar!(
         r#"select coalesce(max(chunk_index), 0) + 1 as "next!" from review_chunks where review_id = $1"#,
         args.review_id
     )
-    .fetch_one(&mut *tx)
+    .fetch_one(&mut **tx)
     .await
     .map_err(db)?;
     let priority = job_priority(pool, ctx).await?;
@@ -2244,7 +2358,7 @@ async fn split(ctx: &JobContext, args: ChunkArgs, chunk: &Chunk, err: &llm::Erro
             .job(priority)
         })
         .collect();
-    let ids = Queue::add_children(&mut tx, parent, &jobs).await?;
+    let ids = Queue::add_children(tx, parent, &jobs).await?;
     let halves: Vec<Chunk> = halves
         .into_iter()
         .map(|(index, half)| Chunk {
@@ -2252,20 +2366,15 @@ async fn split(ctx: &JobContext, args: ChunkArgs, chunk: &Chunk, err: &llm::Erro
             ..half
         })
         .collect();
-    insert_chunks(&mut tx, args.review_id, halves.iter().zip(ids)).await?;
+    insert_chunks(tx, args.review_id, halves.iter().zip(ids)).await?;
     sqlx::query!(
         "update review_chunks set superseded = true, finished_at = now() where review_id = $1 and chunk_index = $2",
         args.review_id,
         args.chunk_index
     )
-    .execute(&mut *tx)
+    .execute(&mut **tx)
     .await
     .map_err(db)?;
-    Queue::complete(&mut tx, ctx.lease()).await?;
-    tx.commit().await.map_err(db)?;
-    tracing::info!(
-        chunk = args.chunk_index,
-        "chunk too big for the model; split in two"
-    );
-    Ok(Outcome::Settled)
+    Queue::complete(tx, ctx.lease()).await?;
+    Ok(())
 }

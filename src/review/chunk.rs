@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::review::{
     diff::{ChangeKind, FileDiff, Hunk, ParsedFile},
+    finding::Answer,
     prompt::{self, PromptOptions},
     skip::{Screening, SkipReason, SkipRules, SkippedFile},
     tokens::estimate_tokens,
@@ -393,6 +394,21 @@ fn split_hunk(hunk: &Hunk, room: usize) -> Option<Vec<(Hunk, usize)>> {
         pieces.push((Hunk::from_lines(&hunk.section, lines), used));
     }
     Some(pieces)
+}
+
+/// Splits a chunk whose answer [overflows](Answer::overflows) into two halves by files, so
+/// that each half is asked again and no finding is cut. `None` when the answer fits, or
+/// when the chunk holds a single file (or part of one): that answer is used as it is, up
+/// to [`MAX_FINDINGS_PER_ANSWER`](crate::review::finding::MAX_FINDINGS_PER_ANSWER).
+///
+/// Splitting by files only bounds the extra calls: a chunk of `n` files takes at most
+/// `2n - 1` calls however the model answers, where splitting down to lines would let a
+/// model that always answers 25 findings double the calls at every line count.
+pub fn split_for_findings(chunk: &Chunk, answer: &Answer) -> Option<(Chunk, Chunk)> {
+    if !answer.overflows() || chunk.files.len() < 2 {
+        return None;
+    }
+    split_in_two(chunk)
 }
 
 /// Splits a chunk the model found too big (GLM 1261, or an answer cut off at its length
@@ -834,5 +850,27 @@ mod tests {
             a1.files[0].hunks[0].lines[1].new_line
         );
         assert!(split_in_two(&l1).is_none(), "one line cannot be split");
+    }
+
+    #[test]
+    fn only_an_overflowing_answer_of_several_files_splits_and_then_by_files() {
+        let config = budget(24_000);
+        let diffs = vec![
+            modified("a.rs", big_diff(2, 3, 10)),
+            modified("b.rs", big_diff(1, 4, 10)),
+        ];
+        let chunk = &plan(&diffs, &config).chunks[0];
+        let answer = |n: usize| {
+            let items = vec![r#"{"title":"t"}"#; n].join(",");
+            crate::review::parse_answer(&format!(r#"{{"findings":[{items}]}}"#)).expect("parses")
+        };
+        let full = answer(crate::review::finding::SPLIT_AT_FINDINGS);
+        assert!(split_for_findings(chunk, &answer(10)).is_none());
+        let (a, b) = split_for_findings(chunk, &full).expect("two files split");
+        assert_eq!((a.files.len(), b.files.len()), (1, 1));
+        assert!(
+            split_for_findings(&a, &full).is_none(),
+            "one file is not split further: its answer is used up to the hard limit"
+        );
     }
 }

@@ -101,9 +101,21 @@ pub struct Answer {
     pub summary: String,
     /// The usable findings, in the model's order.
     pub findings: Vec<Finding>,
-    /// Entries of `findings` that were dropped: not objects, no text at all, or beyond
-    /// [`MAX_FINDINGS_PER_ANSWER`]. Reported in the summary so nothing vanishes silently.
+    /// Entries of `findings` that could not be read: not objects, or no text at all.
+    /// Reported in the summary so nothing vanishes silently.
     pub dropped_findings: usize,
+    /// Readable findings beyond [`MAX_FINDINGS_PER_ANSWER`], not used. Reported in the
+    /// summary under their own wording: they were cut, not unreadable.
+    #[serde(default)]
+    pub beyond_limit: usize,
+}
+
+impl Answer {
+    /// Whether the answer holds so many findings that its chunk asked about too much code
+    /// at once (see [`SPLIT_AT_FINDINGS`]).
+    pub fn overflows(&self) -> bool {
+        self.findings.len() + self.beyond_limit >= SPLIT_AT_FINDINGS
+    }
 }
 
 /// Why an answer could not be used.
@@ -127,9 +139,17 @@ pub enum AnswerError {
 /// about 500 KB), small enough that the scan below stays fast on junk.
 pub const MAX_ANSWER_BYTES: usize = 2 * 1024 * 1024;
 
-/// Most findings kept from one answer. The prompt asks for at most 10; a model looping on
-/// findings must not flood the merge request.
-pub const MAX_FINDINGS_PER_ANSWER: usize = 25;
+/// An answer with this many findings had more to say than one answer should hold: the prompt
+/// asks for at most 10, most severe first, so a model that far past it was given too much
+/// code at once and is likely to have left out more. Its chunk is split in two and each half
+/// asked again (see [`chunk::split_for_findings`](crate::review::chunk::split_for_findings)).
+pub const SPLIT_AT_FINDINGS: usize = 25;
+
+/// Most findings used from one answer: a guard against runaway answers only, not a budget.
+/// An answer is capped at 4,096 output tokens and the shortest useful finding (path, line,
+/// severity, a few words of title and body) takes about 40, so no genuine answer reaches
+/// 100. The rest of a longer answer is counted and named in the summary.
+pub const MAX_FINDINGS_PER_ANSWER: usize = 100;
 
 /// How many `{` positions are tried as the start of the answer object. Each try is a linear
 /// parse, so this bounds the work on adversarial replies; real replies match on the first or
@@ -193,17 +213,19 @@ fn answer_from(object: &Map<String, Value>) -> Answer {
         Some(single) => vec![single],
     };
     let mut findings = Vec::new();
-    let mut dropped = 0;
+    let (mut dropped, mut beyond_limit) = (0, 0);
     for entry in entries {
         match entry.as_object().and_then(finding_from) {
             Some(finding) if findings.len() < MAX_FINDINGS_PER_ANSWER => findings.push(finding),
-            _ => dropped += 1,
+            Some(_) => beyond_limit += 1,
+            None => dropped += 1,
         }
     }
     Answer {
         summary,
         findings,
         dropped_findings: dropped,
+        beyond_limit,
     }
 }
 
@@ -673,11 +695,26 @@ mod tests {
     }
 
     #[test]
-    fn findings_beyond_the_cap_are_dropped_and_counted() {
-        let items = vec![r#"{"title":"t"}"#; MAX_FINDINGS_PER_ANSWER + 5].join(",");
+    fn findings_beyond_the_hard_limit_are_counted_apart_from_unreadable_ones() {
+        let mut items = vec![r#"{"title":"t"}"#; MAX_FINDINGS_PER_ANSWER + 5];
+        items.push("3");
+        let items = items.join(",");
         let answer = parse_answer(&format!(r#"{{"findings":[{items}]}}"#)).expect("parses");
         assert_eq!(answer.findings.len(), MAX_FINDINGS_PER_ANSWER);
-        assert_eq!(answer.dropped_findings, 5);
+        assert_eq!(answer.beyond_limit, 5);
+        assert_eq!(answer.dropped_findings, 1, "only the number is unreadable");
+        assert!(answer.overflows());
+    }
+
+    #[test]
+    fn an_answer_overflows_from_the_split_threshold_on() {
+        let answer = |n: usize| {
+            let items = vec![r#"{"title":"t"}"#; n].join(",");
+            parse_answer(&format!(r#"{{"findings":[{items}]}}"#)).expect("parses")
+        };
+        assert!(!answer(SPLIT_AT_FINDINGS - 1).overflows());
+        assert!(answer(SPLIT_AT_FINDINGS).overflows());
+        assert_eq!(answer(60).findings.len(), 60, "60 findings are all kept");
     }
 
     #[test]

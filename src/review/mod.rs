@@ -72,7 +72,7 @@ pub use language::Language;
 pub use prompt::{Prompt, PromptOptions};
 pub use render::{
     FailedChunk, HeadSha, ListedBecause, ListedFinding, LivingSummary, Marker, MarkerKind, Round,
-    RoundKind, find_marker,
+    RoundKind, find_marker, find_round_history,
 };
 pub use review_type::ReviewType;
 pub use settings::{

@@ -840,9 +840,45 @@ pub fn living_summary(report: &LivingSummary) -> String {
     }
 
     let mut body = cap_note(body);
+    body.push_str(&round_history_comment(&report.rounds));
     let marker = Marker::summary(report.review_type, report.head_sha.clone());
     let _ = write!(body, "\n{marker}");
     guard_quick_actions(body)
+}
+
+/// Opens the hidden comment that carries the rounds table's history on the summary note.
+/// A comment of its own beside the summary marker rather than a field of it: older versions
+/// reject a marker with an unknown field, and would then post a second summary note.
+const ROUNDS_OPEN: &str = "<!-- reviewq:rounds ";
+/// Most rounds the hidden history keeps (newest first): about 250 characters each.
+const MAX_REMEMBERED_ROUNDS: usize = 100;
+
+/// The rounds, newest first, as a hidden comment, so that a review on a database without
+/// them (a CI job on a fresh local cluster) still lists every round. Every value is a
+/// number, a validated SHA, a date or a scope name, so the JSON cannot close the comment.
+fn round_history_comment(rounds: &[Round]) -> String {
+    let kept = &rounds[..rounds.len().min(MAX_REMEMBERED_ROUNDS)];
+    match serde_json::to_string(kept) {
+        Ok(json) if !json.contains("-->") => format!("\n{ROUNDS_OPEN}{json}{MARKER_CLOSE}"),
+        _ => String::new(),
+    }
+}
+
+/// The rounds history a summary note carries (newest first); empty when it has none (a
+/// note written before the history existed) or it does not parse. Model text cannot forge
+/// it: the sanitiser breaks every `<!--`.
+pub fn find_round_history(body: &str) -> Vec<Round> {
+    body.rfind(ROUNDS_OPEN)
+        .and_then(|start| {
+            let rest = &body[start + ROUNDS_OPEN.len()..];
+            let json = &rest[..rest.find(MARKER_CLOSE)?];
+            serde_json::from_str::<Vec<Round>>(json).ok()
+        })
+        .map(|mut rounds| {
+            rounds.truncate(MAX_REMEMBERED_ROUNDS);
+            rounds
+        })
+        .unwrap_or_default()
 }
 
 /// The first 8 characters of a SHA, as inline code.
@@ -939,18 +975,26 @@ fn push_rounds(body: &mut String, rounds: &[Round]) {
     let _ = write!(
         body,
         "\n### Review rounds ({})\n\n\
-         | Finished | Head | Scope | Files | Parts | Tokens (prompt + completion) | Cost |\n\
-         |---|---|---|--:|--:|--:|--:|\n",
+         | Round | Finished | Head | Scope | Files | Parts | Tokens (prompt + completion) | Cost |\n\
+         |--:|---|---|---|--:|--:|--:|--:|\n",
         rounds.len()
     );
-    for round in rounds.iter().take(MAX_LISTED_ROUNDS) {
+    // Newest first, numbered from the oldest (round 1); past the cap, the oldest rows are
+    // folded into one "earlier rounds" row so that the table keeps its size and its sums.
+    let (listed, folded) = if rounds.len() > MAX_LISTED_ROUNDS {
+        rounds.split_at(MAX_LISTED_ROUNDS - 1)
+    } else {
+        (rounds, &[][..])
+    };
+    for (i, round) in listed.iter().enumerate() {
         let scope = match &round.kind {
             RoundKind::Full => "full".to_owned(),
             RoundKind::Incremental { since } => format!("since {}", short_sha(since)),
         };
         let _ = writeln!(
             body,
-            "| {} | {} | {scope} | {} | {} | {} + {} | {} |",
+            "| {} | {} | {} | {scope} | {} | {} | {} + {} | {} |",
+            rounds.len() - i,
             round.at.format("%Y-%m-%d %H:%M UTC"),
             short_sha(&round.head_sha),
             round.files_reviewed,
@@ -960,14 +1004,30 @@ fn push_rounds(body: &mut String, rounds: &[Round]) {
             round.cost_usd.map_or_else(|| "unknown".to_owned(), dollars),
         );
     }
-    if rounds.len() > MAX_LISTED_ROUNDS {
-        let earlier = rounds.len() - MAX_LISTED_ROUNDS;
-        let _ = write!(
+    if !folded.is_empty() {
+        let (prompt, completion, cost) = token_sums(folded);
+        let _ = writeln!(
             body,
-            "\n_...and {} not listed._\n",
-            plural(earlier, "earlier round", "earlier rounds")
+            "| 1–{} | {} | | | {} | {} | {} + {} | {cost} |",
+            folded.len(),
+            plural(folded.len(), "earlier round", "earlier rounds"),
+            folded.iter().map(|r| r.files_reviewed).sum::<usize>(),
+            folded.iter().map(|r| r.chunks).sum::<usize>(),
+            grouped(prompt),
+            grouped(completion),
         );
     }
+    let (prompt, completion, cost) = token_sums(rounds);
+    let _ = write!(
+        body,
+        "\n**Total:** {} prompt + {} completion tokens; {cost}.\n",
+        grouped(prompt),
+        grouped(completion)
+    );
+}
+
+/// Prompt and completion tokens of `rounds`, and their cost as shown (unknown, or partly).
+fn token_sums(rounds: &[Round]) -> (u64, u64, String) {
     let prompt: u64 = rounds.iter().map(|r| r.prompt_tokens).sum();
     let completion: u64 = rounds.iter().map(|r| r.completion_tokens).sum();
     let cost: f64 = rounds.iter().filter_map(|r| r.cost_usd).sum();
@@ -976,12 +1036,7 @@ fn push_rounds(body: &mut String, rounds: &[Round]) {
         n if n == rounds.len() => dollars(cost),
         _ => format!("{} for the rounds with a known price", dollars(cost)),
     };
-    let _ = write!(
-        body,
-        "\n**Total:** {} prompt + {} completion tokens; {cost}.\n",
-        grouped(prompt),
-        grouped(completion)
-    );
+    (prompt, completion, cost)
 }
 
 fn failed_chunk_entry(chunk: &FailedChunk) -> String {
@@ -1400,8 +1455,8 @@ mod tests {
             "  Token logged.",
             "- 🟡 Minor · `src/app.rs` line 40 · **Unchecked input** (over the limit of 10 inline comments per round)",
             "### Review rounds (2)",
-            "| 2025-03-02 14:05 UTC | `bbbbbbbb` | since `aaaaaaaa` | 3 | 2 | 12,345 + 678 | $0.0040 |",
-            "| 2025-03-01 14:05 UTC | `aaaaaaaa` | full | 3 | 2 | 12,345 + 678 | $1.50 |",
+            "| 2 | 2025-03-02 14:05 UTC | `bbbbbbbb` | since `aaaaaaaa` | 3 | 2 | 12,345 + 678 | $0.0040 |",
+            "| 1 | 2025-03-01 14:05 UTC | `aaaaaaaa` | full | 3 | 2 | 12,345 + 678 | $1.50 |",
             "**Total:** 24,690 prompt + 1,356 completion tokens; $1.50.",
             "- `Cargo.lock`: lock file",
             "- Part 1 of 2 (`src/a.rs`): the model's answer contains no JSON object",
@@ -1449,7 +1504,25 @@ mod tests {
     }
 
     #[test]
-    fn old_rounds_are_counted_not_listed_and_unknown_costs_are_said() {
+    fn the_summary_note_carries_its_rounds_for_a_database_without_them() {
+        let report = living();
+        let body = living_summary(&report);
+        assert_eq!(find_round_history(&body), report.rounds);
+        assert_eq!(
+            find_marker(&body),
+            Some(Marker::summary(report.review_type, report.head_sha.clone())),
+            "the summary marker is still read"
+        );
+        assert!(find_round_history("no history here").is_empty());
+        let forged = "<!-- reviewq:rounds [{\"head_sha\":\"x\"}] -->";
+        assert!(
+            find_round_history(forged).is_empty(),
+            "a bad SHA rejects it"
+        );
+    }
+
+    #[test]
+    fn the_oldest_rounds_fold_into_one_numbered_row_and_the_totals_count_every_round() {
         let mut long = living();
         long.rounds = (0..25)
             .map(|i| {
@@ -1462,10 +1535,13 @@ mod tests {
             })
             .collect();
         let body = living_summary(&long);
-        let rows = body.lines().filter(|l| l.starts_with("| 2025-")).count();
-        assert_eq!(rows, 20);
+        let rows: Vec<&str> = body.lines().filter(|l| l.contains("| 2025-")).collect();
+        assert_eq!(rows.len(), 19, "{body}");
+        assert!(rows[0].starts_with("| 25 | "), "{body}");
+        assert!(rows[18].starts_with("| 7 | "), "{body}");
+        // Rounds 1-6 (i = 0..6): three priced at $0.50, 6 × (12,345 + 678) tokens.
         assert!(
-            body.contains("_...and 5 earlier rounds not listed._"),
+            body.contains("| 1–6 | 6 earlier rounds | | | 18 | 12 | 74,070 + 4,068 | $1.50 for the rounds with a known price |"),
             "{body}"
         );
         assert!(body.contains("| unknown |"), "{body}");

@@ -4,6 +4,7 @@
 mod chaos;
 mod cli;
 mod describe;
+mod findings;
 mod gitlab;
 mod helpers;
 mod hostile;

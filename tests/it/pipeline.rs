@@ -20,8 +20,8 @@ use reviewq::{
 use secrecy::SecretString;
 use sqlx::PgPool;
 
-const TOKEN: &str = "glpat-pipeline-test";
-const KEY: &str = "glm-pipeline-test";
+pub const TOKEN: &str = "glpat-pipeline-test";
+pub const KEY: &str = "glm-pipeline-test";
 pub const PROJECT: &str = "acme/shop";
 
 /// An MR with every kind of change: a modified file with added, removed and context lines,

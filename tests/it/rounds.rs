@@ -496,3 +496,141 @@ async fn a_fresh_database_finds_the_last_reviewed_head_in_the_summary_note(pool:
     assert_eq!(since.as_deref(), Some(MrSpec::default().head_sha.as_str()));
     assert_eq!(summaries(&h).len(), 1, "the same note was found and edited");
 }
+
+/// `1,234,567`, as the summary writes token counts.
+fn grouped(n: i64) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// Prompt and completion tokens the ledger holds.
+async fn ledger_sums(pool: &PgPool) -> (i64, i64) {
+    sqlx::query_as(
+        "select coalesce(sum(prompt_tokens), 0)::int8, coalesce(sum(completion_tokens), 0)::int8 from llm_calls",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap()
+}
+
+#[sqlx::test]
+async fn every_round_stays_in_the_summary_when_each_round_runs_on_a_fresh_database(pool: PgPool) {
+    let h = Harness::start(pool).await;
+    let mut totals = (0, 0);
+    let heads = [("h2", TAX_HUNK), ("h3", CART_FIX_DELTA)];
+    round(&h).await;
+    for (head, delta) in heads {
+        let (p, c) = ledger_sums(&h.pool).await;
+        totals = (totals.0 + p, totals.1 + c);
+        // A CI job on a fresh local cluster: nothing of the earlier rounds is in its database.
+        sqlx::query(
+            "truncate reviews, review_chunks, outbox, mr_summaries, llm_calls, jobs restart identity cascade",
+        )
+        .execute(&h.pool)
+        .await
+        .unwrap();
+        let cart = if head == "h2" {
+            format!("{CART_HUNK}{TAX_HUNK}")
+        } else {
+            format!("{CART_FIXED}{TAX_HUNK}")
+        };
+        push(
+            &h,
+            head,
+            mr_files(&cart, &[]),
+            vec![FileSpec::modified("src/cart.rs", delta)],
+        );
+        round(&h).await;
+    }
+    let (p, c) = ledger_sums(&h.pool).await;
+    totals = (totals.0 + p, totals.1 + c);
+
+    assert_three_rounds_listed(&h, totals);
+}
+
+/// Runs the queued work with one `reviewq worker --exit-when-idle` process.
+async fn worker_process_round(h: &Harness) {
+    let id = h.enqueue(1, options()).await;
+    let out = crate::helpers::reviewq()
+        .args(["worker", "--exit-when-idle", "--poll-ms", "50"])
+        .env("DATABASE_URL", crate::helpers::url_of(&h.pool))
+        .env("GITLAB_URL", h.gitlab.base_url())
+        .env("GITLAB_TOKEN", crate::pipeline::TOKEN)
+        .env("GLM_BASE_URL", h.glm.base_url())
+        .env("GLM_API_KEY", crate::pipeline::KEY)
+        .output();
+    let out = tokio::time::timeout(std::time::Duration::from_secs(120), out)
+        .await
+        .expect("the worker exits when idle")
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        crate::helpers::output_text(&out)
+    );
+    assert_eq!(h.state(id).await, reviewq::queue::JobState::Succeeded);
+}
+
+#[sqlx::test]
+async fn every_round_stays_in_the_summary_when_each_round_is_a_separate_worker_process(
+    pool: PgPool,
+) {
+    let h = Harness::start(pool).await;
+    worker_process_round(&h).await;
+    push(
+        &h,
+        "h2",
+        mr_files(&format!("{CART_HUNK}{TAX_HUNK}"), &[]),
+        vec![FileSpec::modified("src/cart.rs", TAX_HUNK)],
+    );
+    worker_process_round(&h).await;
+    push(
+        &h,
+        "h3",
+        mr_files(&format!("{CART_FIXED}{TAX_HUNK}"), &[]),
+        vec![FileSpec::modified("src/cart.rs", CART_FIX_DELTA)],
+    );
+    worker_process_round(&h).await;
+    let (prompt, completion) = ledger_sums(&h.pool).await;
+
+    assert_three_rounds_listed(&h, (prompt, completion));
+}
+
+/// The one summary note lists rounds 3, 2 (incremental) and 1 (full), with `totals` (prompt,
+/// completion) over all three.
+fn assert_three_rounds_listed(h: &Harness, totals: (i64, i64)) {
+    let notes = summaries(h);
+    assert_eq!(notes.len(), 1, "{notes:?}");
+    let body = &notes[0].1;
+    assert!(body.contains("Review rounds (3)"), "{body}");
+    assert!(body.contains("(round 3: changes since"), "{body}");
+    let rows: Vec<&str> = body.lines().filter(|l| l.contains(" UTC | `")).collect();
+    assert_eq!(rows.len(), 3, "{body}");
+    assert!(
+        rows[0].starts_with("| 3 | ") && rows[0].contains("since "),
+        "{body}"
+    );
+    assert!(
+        rows[1].starts_with("| 2 | ") && rows[1].contains("since "),
+        "{body}"
+    );
+    assert!(
+        rows[2].starts_with("| 1 | ") && rows[2].contains(" | full | "),
+        "round 1, the full review, is still listed: {body}"
+    );
+    assert!(
+        body.contains(&format!(
+            "**Total:** {} prompt + {} completion tokens",
+            grouped(totals.0),
+            grouped(totals.1)
+        )),
+        "the totals include every round ({totals:?}): {body}"
+    );
+}
