@@ -129,26 +129,55 @@ pub struct UsageReport {
     pub unpriced_models: Vec<String>,
 }
 
-/// Runs the report query: the ledger since `since` (all of it if `None`), one row per
-/// group, days newest first, other groups most expensive first.
+/// The keys one query groups by. They combine: the console's chart groups by day and
+/// model; `reviewq usage --by mr` by project and merge request.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Dimensions {
+    pub day: bool,
+    pub project: bool,
+    /// A merge request: its project and IID (implies `project`).
+    pub mr: bool,
+    pub model: bool,
+    /// What the calls were for (`review`, `describe`, ...).
+    pub purpose: bool,
+}
+
+impl From<GroupBy> for Dimensions {
+    fn from(by: GroupBy) -> Self {
+        let mut dims = Self::default();
+        match by {
+            GroupBy::Day => dims.day = true,
+            GroupBy::Project => dims.project = true,
+            GroupBy::Mr => dims.mr = true,
+            GroupBy::Model => dims.model = true,
+            GroupBy::Purpose => dims.purpose = true,
+        }
+        dims
+    }
+}
+
+/// The ledger since `since` (all of it if `None`), one row per group of `dims`: newest
+/// day first, then most expensive (most tokens where nothing is priced). At most `limit`
+/// rows (all if `None`).
 ///
 /// # Errors
 /// Database errors.
-pub async fn report(
+pub async fn rows(
     pool: &PgPool,
-    by: GroupBy,
+    dims: Dimensions,
     since: Option<NaiveDate>,
-) -> Result<UsageReport, sqlx::Error> {
+    limit: Option<i64>,
+) -> Result<Vec<UsageRow>, sqlx::Error> {
     // One statement for every grouping: the key columns not asked for are null, so they
     // group nothing.
-    let rows = sqlx::query_as!(
+    sqlx::query_as!(
         UsageRow,
         r#"
-        select case when $1::text = 'day' then date_trunc('day', started_at)::date end as "day?",
-               case when $1::text in ('project', 'mr') then project end as "project?",
-               case when $1::text = 'mr' then mr_iid end as "mr_iid?",
-               case when $1::text = 'model' then model end as "model?",
-               case when $1::text = 'purpose' then purpose end as "purpose?",
+        select case when $1 then date_trunc('day', started_at)::date end as "day?",
+               case when $2 or $3 then project end as "project?",
+               case when $3 then mr_iid end as "mr_iid?",
+               case when $4 then model end as "model?",
+               case when $5 then purpose end as "purpose?",
                count(*) as "calls!",
                count(*) filter (where status = 'error') as "failed_calls!",
                coalesce(sum(prompt_tokens), 0)::int8 as "prompt_tokens!",
@@ -157,16 +186,32 @@ pub async fn report(
                sum(cost_usd)::float8 as "cost_usd?",
                count(*) filter (where cost_usd is null) as "unpriced_calls!"
         from llm_call_costs
-        where started_at >= coalesce($2::date::timestamptz, '-infinity')
+        where started_at >= coalesce($6::date::timestamptz, '-infinity')
         group by 1, 2, 3, 4, 5
         order by 1 desc nulls last, 11 desc nulls last, 10 desc, 2, 3, 4, 5
+        limit $7
         "#,
-        by.as_str(),
+        dims.day,
+        dims.project,
+        dims.mr,
+        dims.model,
+        dims.purpose,
         since,
+        limit,
     )
     .fetch_all(pool)
-    .await?;
-    let unpriced_models = sqlx::query_scalar!(
+    .await
+}
+
+/// Models called since `since` that have no price in `model_prices`.
+///
+/// # Errors
+/// Database errors.
+pub async fn unpriced_models(
+    pool: &PgPool,
+    since: Option<NaiveDate>,
+) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar!(
         r#"
         select distinct model as "model!" from llm_call_costs
         where cost_usd is null and started_at >= coalesce($1::date::timestamptz, '-infinity')
@@ -175,11 +220,70 @@ pub async fn report(
         since,
     )
     .fetch_all(pool)
-    .await?;
+    .await
+}
+
+/// One row of `model_prices`, the price table costs are computed with.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ModelPrice {
+    pub model: String,
+    /// USD per million tokens.
+    pub input_usd_per_mtok: f64,
+    pub cached_usd_per_mtok: Option<f64>,
+    pub output_usd_per_mtok: f64,
+    pub source: String,
+    pub as_of: NaiveDate,
+}
+
+/// The price table, by model.
+///
+/// # Errors
+/// Database errors.
+pub async fn prices(pool: &PgPool) -> Result<Vec<ModelPrice>, sqlx::Error> {
+    sqlx::query_as!(
+        ModelPrice,
+        r#"
+        select model, input_usd_per_mtok::float8 as "input_usd_per_mtok!",
+               cached_usd_per_mtok::float8 as cached_usd_per_mtok,
+               output_usd_per_mtok::float8 as "output_usd_per_mtok!", source, as_of
+        from model_prices order by model
+        "#
+    )
+    .fetch_all(pool)
+    .await
+}
+
+/// Today in the database's time zone, the calendar the report's days use.
+///
+/// # Errors
+/// Database errors.
+pub async fn today(pool: &PgPool) -> Result<NaiveDate, sqlx::Error> {
+    sqlx::query_scalar!(r#"select current_date as "today!""#)
+        .fetch_one(pool)
+        .await
+}
+
+/// Sums rows into one (no key fields set).
+pub fn total(rows: &[UsageRow]) -> UsageRow {
     let mut totals = UsageRow::default();
-    for row in &rows {
+    for row in rows {
         totals.add(row);
     }
+    totals
+}
+
+/// Runs the report: [`rows`] grouped `by`, their totals and the unpriced models.
+///
+/// # Errors
+/// Database errors.
+pub async fn report(
+    pool: &PgPool,
+    by: GroupBy,
+    since: Option<NaiveDate>,
+) -> Result<UsageReport, sqlx::Error> {
+    let rows = rows(pool, by.into(), since, None).await?;
+    let unpriced_models = unpriced_models(pool, since).await?;
+    let totals = total(&rows);
     Ok(UsageReport {
         by,
         since,

@@ -144,6 +144,20 @@ impl ReviewArgs {
             .parse()
             .map_err(|e| JobError::fatal(format!("invalid project {}: {e}", self.project)))
     }
+
+    /// The JSON a review job's payload contains when it is about `project` and `iid`
+    /// (either may be left out), for [`crate::queue::JobFilter::payload`]. `None` when
+    /// both are.
+    pub fn payload_filter(project: Option<&str>, iid: Option<u64>) -> Option<serde_json::Value> {
+        let mut filter = serde_json::Map::new();
+        if let Some(project) = project {
+            filter.insert("project".into(), project.into());
+        }
+        if let Some(iid) = iid {
+            filter.insert("iid".into(), iid.into());
+        }
+        (!filter.is_empty()).then_some(serde_json::Value::Object(filter))
+    }
 }
 
 /// A chunk job's payload.

@@ -8,6 +8,7 @@
 //! - Parents and children: a parent waits with `pending_children > 0` and becomes
 //!   runnable when the last child's terminal transition brings the count to zero.
 
+mod browse;
 mod error;
 mod job;
 mod limit;
@@ -22,6 +23,7 @@ use serde::Serialize;
 use sqlx::{PgExecutor, PgPool, Postgres, Transaction, postgres::types::PgInterval};
 
 pub use self::{
+    browse::{JobFilter, Latency, LiveWorker, SlotUse, StateCount},
     error::{Error, FailureKind, JobError, Result, ResultExt},
     job::{
         ClaimedJob, DEFAULT_MAX_ATTEMPTS, Enqueued, InvalidJobId, JobId, JobState, Lease, NewJob,

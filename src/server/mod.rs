@@ -7,9 +7,11 @@
 //! - `POST /webhooks/gitlab` ([`webhook`]): merge request events to review jobs.
 //! - `GET /healthz`: 200 when the database answers, 503 otherwise.
 //! - `GET /metrics` ([`metrics`]): Prometheus text, computed with SQL at scrape time.
+//! - `/ui` ([`ui`]): the web console, when `REVIEWQ_UI_PASSWORD` is set.
 
 pub mod error;
 pub mod metrics;
+pub mod ui;
 pub mod webhook;
 
 use std::{future::Future, net::SocketAddr, process::ExitCode, sync::Arc, time::Duration};
@@ -76,6 +78,10 @@ pub struct ServeArgs {
     /// Largest webhook body accepted, in bytes; larger ones get 413.
     #[arg(long, env = "REVIEWQ_WEBHOOK_MAX_BODY_BYTES", default_value_t = DEFAULT_MAX_BODY_BYTES)]
     pub max_body_bytes: usize,
+
+    /// The web console's settings.
+    #[command(flatten)]
+    pub ui: ui::UiArgs,
 }
 
 /// What the webhook acts on, resolved from [`ServeArgs`] (or built directly by tests).
@@ -151,6 +157,8 @@ pub struct AppState {
     pub pool: PgPool,
     /// The webhook settings.
     pub webhook: Arc<WebhookConfig>,
+    /// The web console's settings; `None`: no console (`/ui` answers 404).
+    pub ui: Option<Arc<ui::UiConfig>>,
 }
 
 impl AppState {
@@ -159,13 +167,25 @@ impl AppState {
         Self {
             pool,
             webhook: Arc::new(webhook),
+            ui: None,
         }
+    }
+
+    /// The same state with the web console on.
+    #[must_use]
+    pub fn with_ui(mut self, config: ui::UiConfig) -> Self {
+        self.ui = Some(Arc::new(config));
+        self
     }
 }
 
 /// The routes.
 pub fn router(state: AppState) -> Router {
     let limit = state.webhook.max_body_bytes;
+    let console = match state.ui.clone() {
+        Some(config) => ui::router(state.clone(), config),
+        None => Router::new(),
+    };
     Router::new()
         .route(
             "/webhooks/gitlab",
@@ -174,6 +194,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics::metrics))
         .with_state(state)
+        .merge(console)
 }
 
 /// Serves [`router`] on `listener` until `shutdown` resolves, then lets in-flight requests
@@ -186,9 +207,13 @@ pub async fn serve(
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
-        .await
+    // With the peer address, so the console's action log can say where an action came from.
+    axum::serve(
+        listener,
+        router(state).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
 }
 
 /// `GET /healthz`: 200 if the database answers within [`DB_TIMEOUT`], 503 otherwise.
@@ -215,23 +240,29 @@ async fn healthz(State(state): State<AppState>) -> (StatusCode, &'static str) {
 /// listen failures.
 pub async fn run(db: &DbArgs, args: ServeArgs) -> anyhow::Result<ExitCode> {
     let webhook = args.webhook_config()?;
+    let console = args.ui.config()?;
     let pool = db.pool(10).await?;
     let listener = TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("could not listen on {} (REVIEWQ_LISTEN)", args.listen))?;
     let addr = listener.local_addr().unwrap_or(args.listen);
     tracing::info!(%addr, "serving POST /webhooks/gitlab, GET /healthz, GET /metrics");
+    if console.is_some() {
+        tracing::info!(%addr, "serving the web console under /ui");
+    } else {
+        tracing::info!("no web console: set REVIEWQ_UI_PASSWORD to serve it under /ui");
+    }
+    let mut state = AppState::new(pool.clone(), webhook);
+    if let Some(config) = console {
+        state = state.with_ui(config);
+    }
 
     let token = CancellationToken::new();
     crate::shutdown::on_signal(token.clone());
     let pruner = tokio::spawn(prune_deliveries(pool.clone(), token.clone()));
-    serve(
-        listener,
-        AppState::new(pool, webhook),
-        token.clone().cancelled_owned(),
-    )
-    .await
-    .context("the webhook server failed")?;
+    serve(listener, state, token.clone().cancelled_owned())
+        .await
+        .context("the webhook server failed")?;
     token.cancel();
     let _ = pruner.await;
     tracing::info!("webhook server stopped");

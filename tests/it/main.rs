@@ -1,8 +1,10 @@
 //! reviewq's integration tests: one binary, real Postgres (a fresh database per test via
 //! `#[sqlx::test]`), real worker processes, fake servers over real HTTP.
 
+mod browser;
 mod chaos;
 mod cli;
+mod console;
 mod describe;
 mod findings;
 mod gitlab;
