@@ -848,8 +848,10 @@ pub fn living_summary(report: &LivingSummary) -> String {
 
 /// Opens the hidden comment that carries the rounds table's history on the summary note.
 /// A comment of its own beside the summary marker rather than a field of it: older versions
-/// reject a marker with an unknown field, and would then post a second summary note.
-const ROUNDS_OPEN: &str = "<!-- reviewq:rounds ";
+/// reject a marker with an unknown field, and would then post a second summary note. Not
+/// `reviewq:` either, which is every identity marker's prefix (the one counted for
+/// duplicates).
+const ROUNDS_OPEN: &str = "<!-- reviewq-rounds ";
 /// Most rounds the hidden history keeps (newest first): about 250 characters each.
 const MAX_REMEMBERED_ROUNDS: usize = 100;
 
@@ -1514,7 +1516,7 @@ mod tests {
             "the summary marker is still read"
         );
         assert!(find_round_history("no history here").is_empty());
-        let forged = "<!-- reviewq:rounds [{\"head_sha\":\"x\"}] -->";
+        let forged = "<!-- reviewq-rounds [{\"head_sha\":\"x\"}] -->";
         assert!(
             find_round_history(forged).is_empty(),
             "a bad SHA rejects it"
