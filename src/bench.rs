@@ -52,6 +52,8 @@ pub enum Bench {
     Gigantic(crate::bench_gigantic::GiganticBenchArgs),
     /// Tokens per review round: a full review, then incremental reviews of two pushes.
     Rounds(crate::bench_rounds::RoundsBenchArgs),
+    /// Console page latency on 100,000 jobs and 1,000,000 ledger rows.
+    Ui(crate::bench_ui::UiBenchArgs),
 }
 
 /// Arguments of `bench e2e`.
@@ -199,6 +201,7 @@ pub async fn run(db: &DbArgs, args: BenchArgs) -> anyhow::Result<ExitCode> {
         Bench::Serve(args) => crate::bench_serve::run(db, args).await,
         Bench::Gigantic(args) => crate::bench_gigantic::run(db, args).await,
         Bench::Rounds(args) => crate::bench_rounds::run(db, args).await,
+        Bench::Ui(args) => crate::bench_ui::run(db, args).await,
         Bench::E2e(args) => {
             let pool = db.pool(args.concurrency / 2 + 8).await?;
             crate::migrate(&pool).await?;

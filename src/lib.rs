@@ -28,6 +28,7 @@ pub mod bench;
 pub mod bench_gigantic;
 pub mod bench_rounds;
 pub mod bench_serve;
+pub mod bench_ui;
 pub mod cli;
 pub mod codequality_report;
 pub mod config;
