@@ -206,6 +206,13 @@ pub struct WorkerArgs {
     #[arg(long, env = "REVIEWQ_RETENTION_DAYS", default_value_t = 14, value_parser = clap::value_parser!(u64).range(1..=3650))]
     pub retention_days: u64,
 
+    /// Seconds a job keeps retrying failures that are not throttling (5xx that outlast the
+    /// in-place retries, timeouts, killed workers), counted from its first failure: it
+    /// ends `failed` only after this long *and* its attempts are spent. Rate limits never
+    /// count.
+    #[arg(long, env = "REVIEWQ_FAILURE_BUDGET_SECS", default_value_t = 600, value_parser = clap::value_parser!(u64).range(0..=7 * 24 * 3600))]
+    pub failure_budget_secs: u64,
+
     #[command(flatten)]
     pub gitlab: GitLabArgs,
 
@@ -461,7 +468,10 @@ async fn worker(db: &DbArgs, args: WorkerArgs) -> anyhow::Result<ExitCode> {
         shutdown_grace: Duration::from_secs(args.shutdown_grace_secs),
         rescue_interval: (lease / 6).max(Duration::from_millis(500)),
         retention: Duration::from_secs(args.retention_days * 24 * 3600),
-        retry: RetryPolicy::default(),
+        retry: RetryPolicy {
+            budget: Duration::from_secs(args.failure_budget_secs),
+            ..RetryPolicy::default()
+        },
         exit_when_idle: args.exit_when_idle,
         limits: [(LLM_RESOURCE.to_owned(), args.llm.glm_concurrent_requests)]
             .into_iter()

@@ -228,6 +228,9 @@ pub struct ClaimedJob {
     pub failed_attempts: i32,
     /// The retry budget.
     pub max_attempts: i32,
+    /// When the current run of counted failures began (database clock); `None` before the
+    /// first failure.
+    pub first_failed_at: Option<DateTime<Utc>>,
     /// Set for subtasks.
     pub parent_id: Option<JobId>,
     /// When this attempt was claimed (database clock).

@@ -392,7 +392,7 @@ impl Queue {
                 waiting = null
             where j.id = any(array(select id from picked))
             returning j.id, j.kind, j.payload, j.attempt, j.failed_attempts, j.max_attempts,
-                j.parent_id, j.started_at as "started_at!"
+                j.first_failed_at, j.parent_id, j.started_at as "started_at!"
             "#,
             i64::try_from(limit).unwrap_or(i64::MAX),
             worker.get(),
@@ -413,6 +413,7 @@ impl Queue {
                 payload: r.payload,
                 failed_attempts: r.failed_attempts,
                 max_attempts: r.max_attempts,
+                first_failed_at: r.first_failed_at,
                 parent_id: r.parent_id.map(JobId::new),
                 started_at: r.started_at,
             })
@@ -567,18 +568,23 @@ impl Queue {
             return Ok(FailureRecorded::WillRetry { run_at });
         }
         let failed_attempts = job.failed_attempts + 1;
-        let retry_in = match error.disposition {
-            Disposition::Fatal => None,
-            Disposition::Retry => match policy.decide(failed_attempts, job.max_attempts) {
-                RetryDecision::RetryIn(d) => Some(d),
-                RetryDecision::GiveUp => None,
-            },
-            Disposition::RetryAfter(d) => (failed_attempts < job.max_attempts).then_some(d),
+        // The worker's clock against the database's: a few seconds of skew do not matter
+        // against a budget of minutes.
+        let failing_for = job
+            .first_failed_at
+            .and_then(|since| (Utc::now() - since).to_std().ok())
+            .unwrap_or_default();
+        let decision = policy.decide(failed_attempts, job.max_attempts, failing_for);
+        let retry_in = match (error.disposition, decision) {
+            (Disposition::Fatal, _) | (_, RetryDecision::GiveUp) => None,
+            (Disposition::Retry, RetryDecision::RetryIn(d)) => Some(d),
+            (Disposition::RetryAfter(d), RetryDecision::RetryIn(_)) => Some(d),
         };
         let message = match (retry_in, error.disposition) {
             (None, Disposition::Fatal) | (Some(_), _) => error.message.clone(),
             (None, _) => format!(
-                "gave up after {failed_attempts} failed attempts; last error: {}",
+                "gave up after {failed_attempts} failed attempts in {}s; last error: {}",
+                failing_for.as_secs(),
                 error.message
             ),
         };
@@ -614,6 +620,9 @@ impl Queue {
             with done as (
                 update jobs j set state = $3::job_state, run_at = now() + $4::interval,
                     failed_attempts = j.failed_attempts + $5::int4,
+                    first_failed_at = case when $5::int4 > 0
+                                           then coalesce(j.first_failed_at, now())
+                                           else j.first_failed_at end,
                     last_error = coalesce($6, j.last_error),
                     finished_at = case when $3::job_state in ('succeeded', 'failed', 'cancelled')
                                        then now() end,
@@ -675,13 +684,15 @@ impl Queue {
         Ok(u64::try_from(n).unwrap_or(0))
     }
 
-    /// Requeues (or fails, when out of attempts) running jobs whose lease lapsed: their
-    /// worker died or lost the database. One worker in the fleet does this at a time.
-    /// Returns how many jobs were rescued, or `None` if another worker holds the lock.
+    /// Requeues running jobs whose lease lapsed (their worker died or lost the database),
+    /// or fails them when out of attempts and failing for longer than `failure_budget`, as
+    /// [`RetryPolicy::decide`] does for a handler's failure. One worker in the fleet does
+    /// this at a time. Returns how many jobs were rescued, or `None` if another worker
+    /// holds the lock.
     ///
     /// # Errors
     /// Database errors.
-    pub async fn rescue_expired(&self) -> Result<Option<u64>> {
+    pub async fn rescue_expired(&self, failure_budget: Duration) -> Result<Option<u64>> {
         let mut tx = self.pool.begin().await?;
         let elected = sqlx::query_scalar!(
             r#"select pg_try_advisory_xact_lock($1) as "locked!""#,
@@ -703,9 +714,12 @@ impl Queue {
             ), done as (
                 update jobs j set
                     failed_attempts = j.failed_attempts + 1,
+                    first_failed_at = coalesce(j.first_failed_at, now()),
                     state = case when j.failed_attempts + 1 >= j.max_attempts
+                                  and coalesce(j.first_failed_at, now()) <= now() - $2::interval
                                  then 'failed'::job_state else 'queued'::job_state end,
                     finished_at = case when j.failed_attempts + 1 >= j.max_attempts
+                                        and coalesce(j.first_failed_at, now()) <= now() - $2::interval
                                        then now() end,
                     run_at = now(),
                     last_error = 'lease expired: worker ' || j.worker_id::text
@@ -728,6 +742,7 @@ impl Queue {
             select count(*) as "n!" from done
             "#,
             RESCUE_BATCH,
+            interval(failure_budget),
         )
         .fetch_one(&mut *tx)
         .await?;
@@ -856,7 +871,7 @@ impl Queue {
                     r#"
                     with again as (
                         update jobs set state = 'queued', run_at = now(), failed_attempts = 0,
-                            finished_at = null, updated_at = now()
+                            first_failed_at = null, finished_at = null, updated_at = now()
                         where id = $1
                         returning parent_id
                     )

@@ -302,6 +302,7 @@ impl<H: JobHandler> Worker<H> {
             self.queue.clone(),
             self.config.rescue_interval,
             self.config.retention,
+            self.config.retry.budget,
             background.clone(),
         ));
         let mut tasks: JoinSet<Option<Lease>> = JoinSet::new();
@@ -598,7 +599,13 @@ async fn heartbeat(
 }
 
 /// Rescues lapsed leases (when elected) and prunes old jobs.
-async fn maintain(queue: Queue, every: Duration, retention: Duration, stop: CancellationToken) {
+async fn maintain(
+    queue: Queue,
+    every: Duration,
+    retention: Duration,
+    failure_budget: Duration,
+    stop: CancellationToken,
+) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_prune: Option<Instant> = None;
@@ -607,7 +614,7 @@ async fn maintain(queue: Queue, every: Duration, retention: Duration, stop: Canc
             () = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
-        match queue.rescue_expired().await {
+        match queue.rescue_expired(failure_budget).await {
             Ok(Some(n)) => {
                 if n > 0 {
                     tracing::warn!(rescued = n, "requeued jobs whose lease lapsed");

@@ -200,6 +200,79 @@ struct Dead {
     cleared: bool,
 }
 
+/// The environment every chaos worker runs with: the simulators, tight limits and
+/// timeouts, and `extra` on top (replacing a default of the same name).
+fn worker_env(sims: &Sims, extra: &[(&str, &str)]) -> Vec<(String, String)> {
+    let mut env: Vec<(String, String)> = [
+        ("GITLAB_URL", sims.gitlab.base_url()),
+        ("GITLAB_TOKEN", TOKEN),
+        ("GLM_BASE_URL", sims.glm.base_url()),
+        ("GLM_API_KEY", KEY),
+        ("GLM_CONCURRENT_REQUESTS", "2"),
+        ("GITLAB_TIMEOUT", "10"),
+        ("GLM_TIMEOUT", "10"),
+        ("CHUNK_TIMEOUT", "60"),
+        ("REVIEWQ_CHUNK_TOKENS", "8000"),
+        ("NO_COLOR", "1"),
+    ]
+    .iter()
+    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+    .collect();
+    for (k, v) in extra {
+        env.retain(|(key, _)| key != k);
+        env.push(((*k).to_owned(), (*v).to_owned()));
+    }
+    env
+}
+
+/// Runs one `reviewq worker --exit-when-idle` process over the queued work, as a user's
+/// cron or CI job would, and asserts it exits 0 within `timeout`.
+async fn run_until_idle(
+    name: &str,
+    url: &str,
+    sims: &Sims,
+    extra: &[(&str, &str)],
+    timeout: Duration,
+) {
+    let log = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!(
+        "chaos-{name}-{}-{}.log",
+        std::process::id(),
+        chrono::Utc::now().timestamp_millis()
+    ));
+    let file = std::fs::File::create(&log).unwrap();
+    let mut child = crate::helpers::reviewq()
+        .args([
+            "worker",
+            "--exit-when-idle",
+            "--concurrency",
+            CONCURRENCY,
+            "--poll-ms",
+            "200",
+        ])
+        .env("DATABASE_URL", url)
+        .envs(worker_env(sims, extra))
+        .stdout(std::process::Stdio::null())
+        .stderr(file)
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start reviewq worker");
+    let status = tokio::time::timeout(timeout, child.wait()).await;
+    let text = || std::fs::read_to_string(&log).unwrap_or_default();
+    match status {
+        Ok(Ok(status)) if status.success() => {
+            let _ = std::fs::remove_file(&log);
+        }
+        Ok(status) => panic!(
+            "{name}: the worker ended with {status:?}; its log:\n{}",
+            text()
+        ),
+        Err(_) => panic!(
+            "{name}: the worker was not idle after {timeout:?}; its log:\n{}",
+            text()
+        ),
+    }
+}
+
 /// A fleet of worker processes and what the test did to it.
 struct Fleet {
     /// The scenario, for messages and log directories.
@@ -241,25 +314,7 @@ impl Fleet {
             chrono::Utc::now().timestamp_millis()
         ));
         std::fs::create_dir_all(&logs).unwrap();
-        let mut env: Vec<(String, String)> = [
-            ("GITLAB_URL", sims.gitlab.base_url()),
-            ("GITLAB_TOKEN", TOKEN),
-            ("GLM_BASE_URL", sims.glm.base_url()),
-            ("GLM_API_KEY", KEY),
-            ("GLM_CONCURRENT_REQUESTS", "2"),
-            ("GITLAB_TIMEOUT", "10"),
-            ("GLM_TIMEOUT", "10"),
-            ("CHUNK_TIMEOUT", "60"),
-            ("REVIEWQ_CHUNK_TOKENS", "8000"),
-            ("NO_COLOR", "1"),
-        ]
-        .iter()
-        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-        .collect();
-        for (k, v) in extra {
-            env.retain(|(key, _)| key != k);
-            env.push(((*k).to_owned(), (*v).to_owned()));
-        }
+        let env = worker_env(sims, extra);
         let mut fleet = Self {
             name,
             pool: pool.clone(),

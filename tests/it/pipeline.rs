@@ -103,6 +103,7 @@ impl Harness {
                 factor: 2.0,
                 cap: Duration::from_millis(200),
                 jitter: false,
+                budget: Duration::ZERO,
             },
             ..WorkerConfig::default()
         };

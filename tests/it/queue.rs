@@ -19,8 +19,21 @@ const LEASE: Duration = Duration::from_secs(30);
 fn exact_policy() -> RetryPolicy {
     RetryPolicy {
         jitter: false,
+        budget: Duration::ZERO,
         ..RetryPolicy::default()
     }
+}
+
+/// Moves a job's first failure `secs` into the past, as if it had been failing that long.
+async fn backdate_first_failure(pool: &PgPool, id: JobId, secs: f64) {
+    sqlx::query(
+        "update jobs set first_failed_at = now() - make_interval(secs => $2) where id = $1",
+    )
+    .bind(id.get())
+    .bind(secs)
+    .execute(pool)
+    .await
+    .unwrap();
 }
 
 async fn state_of(pool: &PgPool, id: JobId) -> JobState {
@@ -128,7 +141,7 @@ async fn retryable_failures_back_off_exponentially_then_fail_for_good(pool: PgPo
     assert!(
         row.last_error
             .unwrap()
-            .contains("gave up after 3 failed attempts; last error: boom 3")
+            .contains("gave up after 3 failed attempts in 0s; last error: boom 3")
     );
     let outcomes: Vec<String> = queue
         .attempts(id)
@@ -218,7 +231,7 @@ async fn a_late_write_from_an_expired_attempt_changes_nothing(pool: PgPool) {
         .execute(&pool)
         .await
         .unwrap();
-    assert_eq!(queue.rescue_expired().await.unwrap(), Some(1));
+    assert_eq!(queue.rescue_expired(Duration::ZERO).await.unwrap(), Some(1));
     let fresh = queue
         .claim(WorkerId::random(), 1, LEASE)
         .await
@@ -262,6 +275,85 @@ async fn a_late_write_from_an_expired_attempt_changes_nothing(pool: PgPool) {
 }
 
 #[sqlx::test]
+async fn a_job_out_of_attempts_keeps_retrying_until_its_failures_outlast_the_failure_budget(
+    pool: PgPool,
+) {
+    let queue = Queue::new(pool.clone());
+    let id = Queue::enqueue(&pool, &NoopArgs::default().job().max_attempts(2))
+        .await
+        .unwrap()
+        .id();
+    let policy = RetryPolicy {
+        budget: Duration::from_secs(60),
+        ..exact_policy()
+    };
+    let fail_once = async |n: i32| {
+        let job = queue
+            .claim(WorkerId::random(), 1, LEASE)
+            .await
+            .unwrap()
+            .pop()
+            .expect("the job is due");
+        let recorded = queue
+            .fail(&job, &JobError::retryable(format!("boom {n}")), &policy)
+            .await
+            .unwrap();
+        make_due(&pool, id).await;
+        recorded
+    };
+    // Twice the job's two attempts, all within the first minute of failing: still retried.
+    for n in 1..=4 {
+        assert!(
+            matches!(fail_once(n).await, FailureRecorded::WillRetry { .. }),
+            "failure {n} within the budget"
+        );
+    }
+    backdate_first_failure(&pool, id, 61.0).await;
+    assert_eq!(fail_once(5).await, FailureRecorded::Failed);
+    let row = queue.get(id).await.unwrap();
+    assert_eq!(row.state, JobState::Failed);
+    assert_eq!(row.failed_attempts, 5);
+    let last = row.last_error.unwrap();
+    assert!(
+        last.contains("gave up after 5 failed attempts in 61s") && last.ends_with("boom 5"),
+        "{last}"
+    );
+}
+
+#[sqlx::test]
+async fn the_rescuer_requeues_a_job_out_of_attempts_until_its_failures_outlast_the_budget(
+    pool: PgPool,
+) {
+    let queue = Queue::new(pool.clone());
+    let id = Queue::enqueue(&pool, &NoopArgs::default().job().max_attempts(1))
+        .await
+        .unwrap()
+        .id();
+    let budget = Duration::from_secs(60);
+    let lapse = async || {
+        queue.claim(WorkerId::random(), 1, LEASE).await.unwrap();
+        sqlx::query("update jobs set lease_expires_at = now() - interval '1 second' where id = $1")
+            .bind(id.get())
+            .execute(&pool)
+            .await
+            .unwrap();
+        queue.rescue_expired(budget).await.unwrap();
+    };
+    lapse().await;
+    assert_eq!(state_of(&pool, id).await, JobState::Queued, "first failure");
+    lapse().await;
+    assert_eq!(
+        state_of(&pool, id).await,
+        JobState::Queued,
+        "within the budget"
+    );
+    backdate_first_failure(&pool, id, 61.0).await;
+    lapse().await;
+    let row = queue.get(id).await.unwrap();
+    assert_eq!((row.state, row.failed_attempts), (JobState::Failed, 3));
+}
+
+#[sqlx::test]
 async fn the_rescuer_fails_a_job_whose_leases_lapsed_max_attempts_times(pool: PgPool) {
     let queue = Queue::new(pool.clone());
     let id = Queue::enqueue(&pool, &NoopArgs::default().job().max_attempts(2))
@@ -275,7 +367,7 @@ async fn the_rescuer_fails_a_job_whose_leases_lapsed_max_attempts_times(pool: Pg
             .execute(&pool)
             .await
             .unwrap();
-        queue.rescue_expired().await.unwrap();
+        queue.rescue_expired(Duration::ZERO).await.unwrap();
     }
     let row = queue.get(id).await.unwrap();
     assert_eq!(row.state, JobState::Failed);

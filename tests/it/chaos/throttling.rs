@@ -6,7 +6,10 @@ use std::time::{Duration, Instant};
 use reviewq::sim::{GitLabFault, GlmBehaviour, GlmFault, Route};
 use sqlx::PgPool;
 
-use super::{DRAIN_TIMEOUT, Expect, Fleet, KILL_MRS, Sims, assert_invariants, enqueue, job_table};
+use super::{
+    DRAIN_TIMEOUT, Expect, Fleet, KILL_MRS, Sims, assert_invariants, enqueue, job_table,
+    run_until_idle,
+};
 use crate::helpers::url_of;
 
 /// Longest wait for the chaos mix's dozen reviews (about a minute on a loaded runner).
@@ -38,16 +41,13 @@ async fn a_gitlab_throttling_one_request_in_five_and_failing_one_post_in_ten_aft
         .fail_share(&POSTS, 10, GitLabFault::ServerErrorAfterStore);
     sims.glm.set_fault_share(Some((30, GlmFault::RateLimited)));
     let url = url_of(&pool);
-    let mut fleet = Fleet::start("throttled", &pool, &url, &sims, &[]);
     for &iid in &iids {
         enqueue(&pool, iid).await;
     }
-    // Every 429 holds the whole fleet for its second: slower than each job on its own,
-    // and what GitLab asks for.
-    fleet
-        .wait_idle(THROTTLED_DRAIN, "the throttled reviews")
-        .await;
-    fleet.stop().await;
+    // One `worker --exit-when-idle` run, as a cron job or CI step would use it: it must
+    // not exit while a throttled job waits for its retry. Every 429 holds every job for its
+    // second: slower than each job on its own, and what GitLab asks for.
+    run_until_idle("throttled", &url, &sims, &[], THROTTLED_DRAIN).await;
     let tally = assert_invariants(&pool, &sims, &iids, &Expect::default()).await;
     let requests = sims.gitlab.requests();
     let count = |status: u16| requests.iter().filter(|r| r.status == status).count();
