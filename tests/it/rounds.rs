@@ -98,7 +98,12 @@ async fn a_push_is_reviewed_incrementally_and_one_summary_is_edited_through_thre
 
     let unwrap_thread = threads_1
         .iter()
-        .find(|d| d.notes[0].position.as_ref().unwrap().new_line == Some(2))
+        .find(|d| {
+            // By path as well as line: `src/db.rs:2` has a finding too, and chunks post in
+            // whichever order they finish.
+            let at = d.notes[0].position.as_ref().unwrap();
+            at.new_path == "src/cart.rs" && at.new_line == Some(2)
+        })
         .expect("round 1 commented on the unwrap() at src/cart.rs:2")
         .clone();
 
