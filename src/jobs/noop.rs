@@ -15,7 +15,7 @@ pub const KIND: &str = "noop";
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct NoopArgs {
-    /// Sleep this long before finishing.
+    /// Sleep this long before finishing (also before a requested retryable failure).
     pub sleep_ms: u64,
     /// Fail (retryably) while fewer than this many attempts have failed.
     pub fail_times: u32,
@@ -64,6 +64,9 @@ pub async fn run(ctx: &JobContext, http: &reqwest::Client, args: NoopArgs) -> Jo
     }
     let failed_so_far = u32::try_from(ctx.job.failed_attempts).unwrap_or(u32::MAX);
     if failed_so_far < args.fail_times {
+        // A failing attempt runs as long as a succeeding one: a test watching for the
+        // attempt to be running must not race a failure recorded within milliseconds.
+        tokio::time::sleep(Duration::from_millis(args.sleep_ms)).await;
         return Err(JobError::retryable(format!(
             "noop job asked to fail {} times (failure {})",
             args.fail_times,
