@@ -149,7 +149,11 @@ async fn seed(pool: &PgPool, args: &UiBenchArgs) -> Result<i64, sqlx::Error> {
     .execute(pool)
     .await?;
     // Review row number n (1-based) has id first + n - 1, project p(n % 50) and MR 1 + n % 500,
-    // so each call's review is computed rather than looked up.
+    // so each call's review is computed rather than looked up. A review's calls are
+    // consecutive (a round's chunks are called within minutes of each other) and a project
+    // uses one model, as a deployment does; spreading each review's calls over the year and
+    // over three models would make every call its own group of the spend rollup, which no
+    // real ledger does.
     let first = sqlx::query_scalar!(
         r#"select min(id) as "id!" from reviews where project like 'bench-ui/%'"#
     )
@@ -162,11 +166,11 @@ async fn seed(pool: &PgPool, args: &UiBenchArgs) -> Result<i64, sqlx::Error> {
                                review_type, model, status, prompt_tokens, completion_tokens,
                                total_tokens, started_at, finished_at)
         select g, 1, $2::int8 + n - 1, 'bench-ui/p' || n % 50, 1 + n % 500, 'h', 'general',
-               (array['glm-4.6', 'glm-5', 'glm-4.5-air'])[1 + g % 3],
+               (array['glm-4.6', 'glm-5', 'glm-4.5-air'])[1 + n % 50 % 3],
                case when g % 50 = 0 then 'error' else 'ok' end, 3000, 500, 3500,
                now() - make_interval(secs => (g::float8 * 31536000 / $1)::int),
                now() - make_interval(secs => (g::float8 * 31536000 / $1)::int) + interval '2 seconds'
-        from generate_series(1, $1) g, lateral (select 1 + g % $3 as n) r
+        from generate_series(1, $1) g, lateral (select (1 + (g - 1)::int8 * $3::int4 / $1)::int as n) r
         "#,
         args.ledger_rows,
         first,

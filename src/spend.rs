@@ -140,7 +140,7 @@ pub async fn admit(pool: &PgPool, policy: &SpendPolicy, project: &str) -> Result
         + chrono::Duration::from_std(policy.budget_recheck).unwrap_or(chrono::Duration::MAX);
     let until = recheck.min(next_day);
     if let Some(budget) = policy.daily_tokens {
-        let spent = tokens_since(pool, day_start, None).await?;
+        let spent = tokens_on(pool, day_start, None).await?;
         if spent >= i64::try_from(budget).unwrap_or(i64::MAX) {
             return Ok(Admission::Wait {
                 until,
@@ -155,7 +155,7 @@ pub async fn admit(pool: &PgPool, policy: &SpendPolicy, project: &str) -> Result
         }
     }
     if let Some(budget) = state.project_budget {
-        let spent = tokens_since(pool, day_start, Some(project)).await?;
+        let spent = tokens_on(pool, day_start, Some(project)).await?;
         if spent >= budget {
             return Ok(Admission::Wait {
                 until,
@@ -197,11 +197,14 @@ async fn take_probe(pool: &PgPool, policy: &SpendPolicy, pause: Pause) -> Result
     })
 }
 
-async fn tokens_since(pool: &PgPool, since: DateTime<Utc>, project: Option<&str>) -> Result<i64> {
+/// Tokens of the calls started on the UTC day `day_start` begins, of one project or all,
+/// from `llm_usage_daily`.
+async fn tokens_on(pool: &PgPool, day_start: DateTime<Utc>, project: Option<&str>) -> Result<i64> {
     Ok(sqlx::query_scalar!(
-        r#"select coalesce(sum(total_tokens), 0)::int8 as "n!" from llm_calls
-           where started_at >= $1 and ($2::text is null or project = $2)"#,
-        since,
+        r#"select coalesce(sum(total_tokens), 0)::int8 as "n!" from llm_usage_daily
+           where day = ($1::timestamptz at time zone 'UTC')::date
+             and ($2::text is null or project = $2)"#,
+        day_start,
         project
     )
     .fetch_one(pool)
@@ -328,13 +331,14 @@ pub async fn budgets(pool: &PgPool, policy: &SpendPolicy) -> Result<Vec<BudgetRo
         daily_tokens: policy
             .daily_tokens
             .map(|t| i64::try_from(t).unwrap_or(i64::MAX)),
-        used_today: tokens_since(pool, day_start, None).await?,
+        used_today: tokens_on(pool, day_start, None).await?,
     }];
     let projects = sqlx::query!(
         r#"
         select b.project, b.daily_tokens,
-            (select coalesce(sum(total_tokens), 0)::int8 from llm_calls c
-             where c.project = b.project and c.started_at >= $1) as "used!"
+            (select coalesce(sum(total_tokens), 0)::int8 from llm_usage_daily u
+             where u.project = b.project and u.day = ($1::timestamptz at time zone 'UTC')::date)
+            as "used!"
         from project_budgets b order by b.project
         "#,
         day_start

@@ -1,9 +1,12 @@
 //! `reviewq usage`: token spend and cost from the `llm_calls` ledger, grouped by day,
 //! project, merge request or model, as a table or JSON.
 //!
-//! Costs come from the `llm_call_costs` view (prices in `model_prices`). A call to a model
-//! without a price has no cost: it counts in calls and tokens, not in the cost column, and
-//! the report names such models.
+//! The report reads `llm_usage_daily`, the ledger's token sums per UTC day, merge request,
+//! model and purpose, which triggers on `llm_calls` keep in the transaction of each ledger
+//! write: a month of a busy fleet is a few thousand rows rather than every call. Prices
+//! (`model_prices`) are applied as it reads, as the `llm_call_costs` view applies them per
+//! call, so both give the same cost. A call to a model without a price has no cost: it
+//! counts in calls and tokens, not in the cost column, and the report names such models.
 
 use std::{io::Write, process::ExitCode};
 
@@ -17,8 +20,8 @@ use crate::{cli::UsageError, config::DbArgs};
 /// Arguments of `usage`.
 #[derive(Debug, Args)]
 pub struct UsageArgs {
-    /// Only calls started on or after this day (YYYY-MM-DD, in the database's time zone);
-    /// default: all time.
+    /// Only calls started on or after this day (YYYY-MM-DD, a UTC day like every day of
+    /// the report); default: all time.
     #[arg(long, value_name = "DATE")]
     pub since: Option<String>,
 
@@ -36,7 +39,7 @@ pub struct UsageArgs {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum GroupBy {
-    /// A calendar day (`started_at`'s date).
+    /// A UTC calendar day (`started_at`'s date in UTC).
     Day,
     /// A GitLab project.
     Project,
@@ -169,24 +172,30 @@ pub async fn rows(
     limit: Option<i64>,
 ) -> Result<Vec<UsageRow>, sqlx::Error> {
     // One statement for every grouping: the key columns not asked for are null, so they
-    // group nothing.
+    // group nothing. It reads `llm_usage_daily` (one row per day, merge request, model and
+    // purpose, kept by triggers on the ledger), not the calls themselves, and prices each
+    // of its rows by model: the cost is linear in the token sums, so this is the same sum
+    // as pricing every call.
     sqlx::query_as!(
         UsageRow,
         r#"
-        select case when $1 then date_trunc('day', started_at)::date end as "day?",
-               case when $2 or $3 then project end as "project?",
-               case when $3 then mr_iid end as "mr_iid?",
-               case when $4 then model end as "model?",
-               case when $5 then purpose end as "purpose?",
-               count(*) as "calls!",
-               count(*) filter (where status = 'error') as "failed_calls!",
-               coalesce(sum(prompt_tokens), 0)::int8 as "prompt_tokens!",
-               coalesce(sum(completion_tokens), 0)::int8 as "completion_tokens!",
-               coalesce(sum(total_tokens), 0)::int8 as "total_tokens!",
-               sum(cost_usd)::float8 as "cost_usd?",
-               count(*) filter (where cost_usd is null) as "unpriced_calls!"
-        from llm_call_costs
-        where started_at >= coalesce($6::date::timestamptz, '-infinity')
+        select case when $1 then u.day end as "day?",
+               case when $2 or $3 then u.project end as "project?",
+               case when $3 then u.mr_iid end as "mr_iid?",
+               case when $4 then u.model end as "model?",
+               case when $5 then u.purpose end as "purpose?",
+               sum(u.calls)::int8 as "calls!",
+               sum(u.failed_calls)::int8 as "failed_calls!",
+               sum(u.prompt_tokens)::int8 as "prompt_tokens!",
+               sum(u.completion_tokens)::int8 as "completion_tokens!",
+               sum(u.total_tokens)::int8 as "total_tokens!",
+               sum((u.prompt_tokens - u.cached_tokens) * p.input_usd_per_mtok / 1e6
+                   + u.cached_tokens * coalesce(p.cached_usd_per_mtok, p.input_usd_per_mtok) / 1e6
+                   + u.completion_tokens * p.output_usd_per_mtok / 1e6)::float8 as "cost_usd?",
+               coalesce(sum(u.calls) filter (where p.model is null), 0)::int8 as "unpriced_calls!"
+        from llm_usage_daily u
+        left join model_prices p on p.model = u.model
+        where u.day >= coalesce($6, '-infinity'::date) and u.calls > 0
         group by 1, 2, 3, 4, 5
         order by 1 desc nulls last, 11 desc nulls last, 10 desc, 2, 3, 4, 5
         limit $7
@@ -213,8 +222,9 @@ pub async fn unpriced_models(
 ) -> Result<Vec<String>, sqlx::Error> {
     sqlx::query_scalar!(
         r#"
-        select distinct model as "model!" from llm_call_costs
-        where cost_usd is null and started_at >= coalesce($1::date::timestamptz, '-infinity')
+        select distinct u.model as "model!" from llm_usage_daily u
+        where u.calls > 0 and u.day >= coalesce($1, '-infinity'::date)
+          and not exists (select from model_prices p where p.model = u.model)
         order by 1
         "#,
         since,
@@ -253,12 +263,12 @@ pub async fn prices(pool: &PgPool) -> Result<Vec<ModelPrice>, sqlx::Error> {
     .await
 }
 
-/// Today in the database's time zone, the calendar the report's days use.
+/// Today in UTC, the calendar the report's days use (and the daily token budget's).
 ///
 /// # Errors
 /// Database errors.
 pub async fn today(pool: &PgPool) -> Result<NaiveDate, sqlx::Error> {
-    sqlx::query_scalar!(r#"select current_date as "today!""#)
+    sqlx::query_scalar!(r#"select (now() at time zone 'UTC')::date as "today!""#)
         .fetch_one(pool)
         .await
 }

@@ -115,8 +115,8 @@ async fn sums(
                coalesce(sum(total_tokens), 0)::int8 as "total_tokens!",
                sum(cost_usd)::float8 as "cost_usd"
         from llm_call_costs
-        where ($1::date is null or started_at >= $1::date)
-          and ($2::date is null or date_trunc('day', started_at)::date = $2::date)
+        where ($1::date is null or started_at >= ($1::date::timestamp at time zone 'UTC'))
+          and ($2::date is null or (started_at at time zone 'UTC')::date = $2::date)
           and ($3::text is null or project = $3)
           and ($4::int8 is null or mr_iid = $4)
           and ($5::text is null or model = $5)
@@ -223,7 +223,7 @@ async fn usage_json_matches_sql_sums_over_the_ledger_for_every_grouping(pool: Pg
     // Arrange: the expected number of groups, straight from the ledger.
     let groups = sqlx::query!(
         r#"
-        select count(distinct date_trunc('day', started_at)::date) as "days!",
+        select count(distinct (started_at at time zone 'UTC')::date) as "days!",
                count(distinct project) as "projects!",
                count(distinct (project, mr_iid)) as "mrs!",
                count(distinct model) as "models!"
@@ -286,17 +286,100 @@ async fn usage_json_matches_sql_sums_over_the_ledger_for_every_grouping(pool: Pg
     assert_eq!(unpriced["failed_calls"], 1);
 }
 
+/// `llm_usage_daily` row by row, and the same sums grouped straight from the ledger.
+async fn rollup_and_ledger(pool: &PgPool) -> (Vec<String>, Vec<String>) {
+    let rollup = sqlx::query_scalar!(
+        r#"
+        select format('%s %s!%s %s %s: %s calls, %s failed, %s/%s/%s/%s tokens', day, project,
+                      mr_iid, model, purpose, calls, failed_calls, prompt_tokens,
+                      completion_tokens, total_tokens, cached_tokens) as "row!"
+        from llm_usage_daily where calls > 0 order by 1
+        "#
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    let ledger = sqlx::query_scalar!(
+        r#"
+        select format('%s %s!%s %s %s: %s calls, %s failed, %s/%s/%s/%s tokens',
+                      (started_at at time zone 'UTC')::date, project, mr_iid, model, purpose,
+                      count(*), count(*) filter (where status = 'error'),
+                      coalesce(sum(prompt_tokens), 0), coalesce(sum(completion_tokens), 0),
+                      coalesce(sum(total_tokens), 0), coalesce(sum(cached_tokens), 0)) as "row!"
+        from llm_calls
+        group by (started_at at time zone 'UTC')::date, project, mr_iid, model, purpose
+        order by 1
+        "#
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    (rollup, ledger)
+}
+
+#[sqlx::test]
+async fn the_daily_rollup_follows_the_ledger_through_inserts_updates_and_deletes(pool: PgPool) {
+    seed(&pool).await;
+    let (rollup, ledger) = rollup_and_ledger(&pool).await;
+    assert_eq!(
+        rollup.len(),
+        7,
+        "one row per day, MR, model and purpose: {rollup:#?}"
+    );
+    assert_eq!(rollup, ledger, "after one-row inserts");
+
+    // Act: what the pipeline and an operator do to the ledger. The call a crash cut off
+    // is finished; a successful one turns out to have failed; one statement inserts
+    // several calls of two merge requests, one of them just before midnight UTC; a
+    // describe call; a call is deleted; an update touches no counted column.
+    for statement in [
+        "update llm_calls set status = 'ok', prompt_tokens = 40, completion_tokens = 2,
+             total_tokens = 42 where status = 'started'",
+        "update llm_calls set status = 'error' where project = 'group/a' and mr_iid = 2",
+        "insert into llm_calls (job_id, job_attempt, project, mr_iid, head_sha, review_type,
+             model, status, prompt_tokens, completion_tokens, total_tokens, started_at)
+         select 2, 1, 'group/d', 1 + g % 2, 'h', 'general', 'glm-4.6', 'ok', 100 * g, g, 101 * g,
+                '2026-11-22T23:59:59Z'::timestamptz + make_interval(secs => g)
+         from generate_series(0, 5) g",
+        "insert into llm_calls (job_id, job_attempt, project, mr_iid, head_sha, review_type,
+             model, purpose, status, prompt_tokens, completion_tokens, total_tokens,
+             cached_tokens, started_at)
+         values (3, 1, 'group/a', 1, 'h', 'describe', 'glm-4.6', 'describe', 'ok', 900, 80,
+                 980, 300, '2026-11-22T08:00:00Z')",
+        "delete from llm_calls where project = 'group/c' and model = 'glm-5'",
+        "update llm_calls set finished_at = now()",
+    ] {
+        sqlx::query(statement).execute(&pool).await.unwrap();
+    }
+
+    let (rollup, ledger) = rollup_and_ledger(&pool).await;
+    assert_eq!(rollup, ledger);
+    assert!(
+        rollup.iter().any(|r| r.starts_with("2026-11-23 group/d!")),
+        "calls after midnight UTC count on the next day: {rollup:#?}"
+    );
+    assert!(
+        rollup.iter().any(|r| r.contains(" describe: ")),
+        "{rollup:#?}"
+    );
+    // The report over the rollup still matches the auditor's SQL over the calls.
+    let url = url_of(&pool);
+    for by in ["day", "mr", "model"] {
+        check_report(
+            &pool,
+            &json(&run(&url, &["--by", by, "--json"]).await),
+            None,
+        )
+        .await;
+    }
+}
+
 #[sqlx::test]
 async fn usage_since_counts_only_calls_from_that_day_on(pool: PgPool) {
     seed(&pool).await;
     let url = url_of(&pool);
-    // The second seeded day, as the database's time zone sees it.
-    let since: NaiveDate = sqlx::query_scalar!(
-        r#"select date_trunc('day', '2026-11-21T12:00:00Z'::timestamptz)::date as "d!""#
-    )
-    .fetch_one(&pool)
-    .await
-    .unwrap();
+    // The second seeded day (report days are UTC days).
+    let since = NaiveDate::from_ymd_opt(2026, 11, 21).unwrap();
 
     for by in ["day", "project", "mr", "model"] {
         let report = json(&run(&url, &["--since", &since.to_string(), "--by", by, "--json"]).await);
