@@ -22,8 +22,8 @@ use tokio_util::sync::CancellationToken;
 use secrecy::SecretString;
 
 use crate::{
-    cli::UsageError,
     config::DbArgs,
+    config::UsageError,
     gitlab::{GitLabClient, GitLabConfig},
     jobs::{Dispatcher, noop::NoopArgs, review::ReviewDeps},
     llm::{LlmClient, LlmConfig},
@@ -354,8 +354,8 @@ mod e2e {
 
     use super::{E2eBenchArgs, E2eReport, SIM_KEY as KEY, SIM_TOKEN as TOKEN};
     use crate::{
-        cli::LLM_RESOURCE,
         config::DbArgs,
+        jobs::LLM_RESOURCE,
         jobs::{
             Dispatcher,
             review::{ReviewArgs, ReviewOptions},

@@ -23,8 +23,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     bench::{SIM_KEY as KEY, SIM_TOKEN as TOKEN},
-    cli::LLM_RESOURCE,
     config::DbArgs,
+    jobs::LLM_RESOURCE,
     jobs::{
         Dispatcher,
         review::{ReviewArgs, ReviewOptions},

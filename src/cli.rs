@@ -9,19 +9,14 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     bench,
-    config::{DbArgs, GitLabArgs, LlmArgs},
-    jobs::{Dispatcher, gitlab_budget::GITLAB_RESOURCE, review},
+    config::{DbArgs, GitLabArgs, LlmArgs, UsageError},
+    jobs::{Dispatcher, LLM_RESOURCE, gitlab_budget::GITLAB_RESOURCE, review},
     mr_ref::parse_refs,
     queue::{
         AttemptRow, ChildCounts, JobId, JobRow, Queue, RateGate, RetryPolicy, Worker, WorkerConfig,
     },
     shutdown, telemetry,
 };
-
-/// Bad input from the user: exit code 2, and nothing was written.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct UsageError(pub String);
 
 /// reviewq: GitLab merge-request reviews with GLM, on a durable Postgres job queue.
 #[derive(Debug, Parser)]
@@ -264,9 +259,6 @@ pub enum BudgetAction {
         project: String,
     },
 }
-
-/// The LLM fleet limit's resource name.
-pub const LLM_RESOURCE: &str = "llm";
 
 /// Runs a parsed command line.
 ///

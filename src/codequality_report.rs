@@ -12,8 +12,8 @@ use clap::Args;
 use sqlx::PgPool;
 
 use crate::{
-    cli::UsageError,
     config::DbArgs,
+    config::UsageError,
     mr_ref::{MrRef, parse_refs},
     review::{
         Finding, Fingerprint, HeadSha, Position, ReviewType,

@@ -9,7 +9,11 @@ use sqlx::{
     postgres::{PgConnectOptions, PgPoolOptions},
 };
 
-use crate::cli::UsageError;
+/// Bad input from the user: exit code 2, and nothing was written. It lives here, below the
+/// commands, because settings parsing, the server and the benches raise it too.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
 
 /// Where the database is.
 #[derive(Debug, Clone, Args)]

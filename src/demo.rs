@@ -10,9 +10,9 @@ use secrecy::SecretString;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    cli::LLM_RESOURCE,
     config::DbArgs,
     gitlab::{GitLabClient, GitLabConfig},
+    jobs::LLM_RESOURCE,
     jobs::{
         Dispatcher,
         review::{ReviewArgs, ReviewDeps, ReviewOptions},

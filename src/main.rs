@@ -3,7 +3,10 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use reviewq::cli::{self, Cli, UsageError};
+use reviewq::{
+    cli::{self, Cli},
+    config::UsageError,
+};
 
 /// Async threads when `TOKIO_WORKER_THREADS` is unset. reviewq waits on Postgres, GitLab
 /// and the LLM; one thread keeps a worker's claim loop and its jobs on one core (no

@@ -14,12 +14,9 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    cli::{
-        LLM_RESOURCE, ReviewCommandArgs, enqueue_reviews, parse_checked_refs, review_deps,
-        set_gitlab_budget,
-    },
+    cli::{ReviewCommandArgs, enqueue_reviews, parse_checked_refs, review_deps, set_gitlab_budget},
     config::DbArgs,
-    jobs::{Dispatcher, describe::DescribeArgs},
+    jobs::{Dispatcher, LLM_RESOURCE, describe::DescribeArgs},
     mr_ref::MrRef,
     queue::{JobId, JobState, Queue, Worker, WorkerConfig},
     review::HeadSha,

@@ -15,7 +15,7 @@ use clap::{Args, ValueEnum};
 use serde::Serialize;
 use sqlx::PgPool;
 
-use crate::{cli::UsageError, config::DbArgs};
+use crate::{config::DbArgs, config::UsageError};
 
 /// Arguments of `usage`.
 #[derive(Debug, Args)]

@@ -25,9 +25,9 @@ use super::review::{
     to_review_diff, wait,
 };
 use crate::{
-    cli::LLM_RESOURCE,
     disposition::Disposition,
     gitlab::{DiffShas, ProjectRef},
+    jobs::LLM_RESOURCE,
     ledger::{self, CallContext, CallPurpose},
     llm::{self, ChatRequest, Message},
     mr_ref::{MrRef, Project},

@@ -15,6 +15,10 @@ use serde::de::DeserializeOwned;
 
 use crate::queue::{JobContext, JobError, JobHandler, JobResult};
 
+/// The fleet-wide limit every LLM call holds a slot of (`limits` row name). Jobs take it and
+/// the worker command sizes it, so it is named here rather than in either.
+pub const LLM_RESOURCE: &str = "llm";
+
 /// Every kind of job, with its arguments.
 #[derive(Debug, Clone)]
 pub enum JobKind {

@@ -20,9 +20,9 @@ use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 
 use crate::{
-    cli::LLM_RESOURCE,
     disposition::Disposition,
     gitlab::{self, DiffShas, GitLabClient, LineAnchor, ProjectRef},
+    jobs::LLM_RESOURCE,
     jobs::gitlab_budget::{self, GitLabBudget},
     ledger::{self, CallContext},
     llm::{self, ChatRequest, LlmClient, Message},

@@ -30,7 +30,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 pub use self::error::ApiError;
-use crate::{cli::UsageError, config::DbArgs, review::ReviewType};
+use crate::{config::DbArgs, config::UsageError, review::ReviewType};
 
 /// Longest time a request may wait for the database before answering 503. GitLab gives up
 /// after about 10 s; answering sooner lets it retry instead of counting a timeout.

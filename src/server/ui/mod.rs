@@ -33,7 +33,7 @@ use secrecy::{ExposeSecret, SecretString};
 
 pub use self::auth::{Role, UiCredentials};
 use super::AppState;
-use crate::{cli::UsageError, spend::SpendPolicy};
+use crate::{config::UsageError, spend::SpendPolicy};
 
 /// Settings of the console (part of `serve`'s).
 #[derive(Debug, Clone, Args)]
