@@ -19,10 +19,13 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::review::{
-    LLM_TRIES_PER_ATTEMPT, MAX_INLINE_WAIT, ReviewDeps, UNUSABLE_ANSWERS_TOLERATED, backoff, db,
-    describe_llm_error, gitlab_error, job_priority, keep_recording, load_settings, pause_llm,
-    to_review_diff, wait,
+use super::{
+    fenced,
+    llm_call::{
+        LLM_TRIES_PER_ATTEMPT, MAX_INLINE_WAIT, UNUSABLE_ANSWERS_TOLERATED, backoff,
+        describe_llm_error, keep_recording, pause_llm, wait,
+    },
+    review::{ReviewDeps, db, gitlab_error, job_priority, load_settings, to_review_diff},
 };
 use crate::{
     disposition::Disposition,
@@ -389,7 +392,7 @@ async fn answer(
     .await
     .map_err(db)?
     .rows_affected();
-    super::review::fenced(rows, ctx)?;
+    fenced(rows, ctx)?;
     Ok(Called::Answered(block))
 }
 
@@ -645,7 +648,7 @@ async fn set_seen(ctx: &JobContext, id: i64, seen: Option<DateTime<Utc>>) -> Res
     .await
     .map_err(db)?
     .rows_affected();
-    super::review::fenced(rows, ctx)
+    fenced(rows, ctx)
 }
 
 /// Records that a `PUT` is about to go out (its outcome is unknown until recorded).
@@ -662,7 +665,7 @@ async fn mark_attempted(ctx: &JobContext, id: i64) -> Result<(), JobError> {
     .await
     .map_err(db)?
     .rows_affected();
-    super::review::fenced(rows, ctx)
+    fenced(rows, ctx)
 }
 
 /// How a description ended.

@@ -6,6 +6,7 @@
 
 pub mod describe;
 pub mod gitlab_budget;
+mod llm_call;
 pub mod noop;
 pub mod review;
 
@@ -18,6 +19,15 @@ use crate::queue::{JobContext, JobError, JobHandler, JobResult};
 /// The fleet-wide limit every LLM call holds a slot of (`limits` row name). Jobs take it and
 /// the worker command sizes it, so it is named here rather than in either.
 pub const LLM_RESOURCE: &str = "llm";
+
+/// A single-statement write fenced by the job's lease: it matches no row once another
+/// attempt owns the job.
+pub(crate) fn fenced(rows: u64, ctx: &JobContext) -> Result<(), JobError> {
+    if rows == 0 {
+        return Err(crate::queue::Error::LeaseLost(ctx.lease()).into());
+    }
+    Ok(())
+}
 
 /// Every kind of job, with its arguments.
 #[derive(Debug, Clone)]

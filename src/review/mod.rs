@@ -53,6 +53,7 @@ pub mod finding;
 pub mod incremental;
 pub mod language;
 mod markdown;
+pub mod placement;
 pub mod prompt;
 pub mod render;
 pub mod review_type;

@@ -5,7 +5,7 @@
 
 use futures_util::{StreamExt, stream};
 
-use super::{Marker, Target};
+use super::{Marker, post::Target};
 use crate::{
     gitlab::{self, DraftNote, Note, Position, PostedDiscussion},
     review,

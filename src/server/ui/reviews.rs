@@ -16,22 +16,24 @@ use super::{
     Ui,
     layout::{self, Nav},
 };
-use crate::{queue::JobId, server::ApiError};
+use crate::{queue::JobId, review::placement::CommentState, server::ApiError};
 
 /// Rounds on the list page.
 const LIST_SIZE: i64 = 50;
 
-/// The outbox states a finding can be in, in the order the table shows them.
-const FINDING_STATES: [&str; 9] = [
-    "posted",
-    "open",
-    "dismissed",
-    "downgraded",
-    "pending",
-    "drafted",
-    "below_threshold",
-    "over_limit",
-    "dry_run",
+/// The outbox states a finding can be in, in the order the table shows them (every state,
+/// so a finding in a state added later is never left out of the counts).
+const FINDING_STATES: [CommentState; 10] = [
+    CommentState::Posted,
+    CommentState::Open,
+    CommentState::Dismissed,
+    CommentState::Downgraded,
+    CommentState::Pending,
+    CommentState::Drafted,
+    CommentState::BelowThreshold,
+    CommentState::OverLimit,
+    CommentState::CodeQuality,
+    CommentState::DryRun,
 ];
 
 /// Severities, most severe first.
@@ -259,6 +261,7 @@ fn round(n: usize, r: &Round, counts: &[FindingCount], spent: Option<&RoundSpend
     let mine: Vec<&FindingCount> = counts.iter().filter(|c| c.review_id == r.id).collect();
     let states: Vec<&str> = FINDING_STATES
         .into_iter()
+        .map(CommentState::as_str)
         .filter(|s| mine.iter().any(|c| c.state == *s))
         .collect();
     let cell = |sev: &str, state: &str| {
@@ -285,6 +288,18 @@ fn round(n: usize, r: &Round, counts: &[FindingCount], spent: Option<&RoundSpend
                     } }
                 }
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_round_table_has_a_column_for_every_outbox_state() {
+        for state in CommentState::ALL {
+            assert!(FINDING_STATES.contains(&state), "{state} has no column");
         }
     }
 }

@@ -1,0 +1,278 @@
+//! Every SQL statement on the review tables (`reviews`, `review_chunks`, `outbox`,
+//! `mr_summaries`) that the review job and its chunks run. Writes after a claim are fenced by the
+//! job's lease.
+
+use sqlx::PgPool;
+
+use crate::{
+    queue::{JobContext, JobError},
+    review::{
+        Chunk, Finding,
+        placement::{CommentKind, CommentState},
+        render::FailedChunk,
+    },
+};
+
+use super::{db, post::Posted};
+use crate::jobs::fenced;
+
+/// Stores chunks with their job ids in one statement (one round trip whatever their
+/// number; large statements also pay TCP's small-packet delay once, not per chunk).
+pub(super) async fn insert_chunks<'c>(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    review_id: i64,
+    chunks: impl Iterator<Item = (&'c Chunk, crate::queue::JobId)>,
+) -> Result<(), JobError> {
+    let (mut indexes, mut job_ids, mut bodies) = (Vec::new(), Vec::new(), Vec::new());
+    for (chunk, job_id) in chunks {
+        indexes.push(i32::try_from(chunk.index).map_err(JobError::fatal)?);
+        job_ids.push(job_id.get());
+        bodies.push(serde_json::to_string(chunk).map_err(JobError::fatal)?);
+    }
+    sqlx::query!(
+        r#"
+        insert into review_chunks (review_id, chunk_index, job_id, chunk)
+        select $1, i, j, c::json from unnest($2::int4[], $3::int8[], $4::text[]) as t(i, j, c)
+        "#,
+        review_id,
+        &indexes,
+        &job_ids,
+        &bodies,
+    )
+    .execute(&mut **tx)
+    .await
+    .map_err(db)?;
+    Ok(())
+}
+
+/// One stored chunk with the findings of its answer (none if it has no answer).
+pub(super) struct ChunkResult {
+    pub(super) chunk: Chunk,
+    pub(super) findings: Option<Vec<Finding>>,
+}
+
+pub(super) async fn chunk_results(
+    pool: &PgPool,
+    review_id: i64,
+) -> Result<Vec<ChunkResult>, JobError> {
+    let rows = sqlx::query!(
+        r#"
+        select chunk, findings from review_chunks
+        where review_id = $1 and not superseded
+        order by chunk_index
+        "#,
+        review_id
+    )
+    .fetch_all(pool)
+    .await
+    .map_err(db)?;
+    rows.into_iter()
+        .map(|r| {
+            Ok(ChunkResult {
+                chunk: serde_json::from_value(r.chunk).map_err(JobError::fatal)?,
+                findings: r
+                    .findings
+                    .map(serde_json::from_value)
+                    .transpose()
+                    .map_err(JobError::fatal)?,
+            })
+        })
+        .collect()
+}
+
+/// What the summary needs of a chunk: its answer's summary, the findings its answer lost,
+/// and, if its job did not succeed, which files it held and why it failed.
+pub(super) struct ChunkOutcome {
+    pub(super) summary: Option<String>,
+    pub(super) dropped: i32,
+    /// Findings past the per-answer hard limit.
+    pub(super) beyond_limit: i32,
+    pub(super) failed: Option<FailedChunk>,
+}
+
+/// Every live chunk's [`ChunkOutcome`]. A chunk's content (most of a review's stored bytes:
+/// about 1 MB for 60 chunks) is read only for the chunks that failed.
+pub(super) async fn chunk_outcomes(
+    pool: &PgPool,
+    review_id: i64,
+) -> Result<Vec<ChunkOutcome>, JobError> {
+    let rows = sqlx::query!(
+        r#"
+        select c.summary, coalesce(c.dropped_findings, 0) as "dropped!",
+               c.findings_beyond_limit as beyond_limit,
+               coalesce(j.state::text, 'failed') as "job_state!", j.last_error,
+               case when j.state is distinct from 'succeeded' then c.chunk end as failed_chunk
+        from review_chunks c left join jobs j on j.id = c.job_id
+        where c.review_id = $1 and not c.superseded
+        order by c.chunk_index
+        "#,
+        review_id
+    )
+    .fetch_all(pool)
+    .await
+    .map_err(db)?;
+    rows.into_iter()
+        .map(|r| {
+            let failed = match r.failed_chunk {
+                Some(chunk) => {
+                    let chunk: Chunk = serde_json::from_value(chunk).map_err(JobError::fatal)?;
+                    Some(FailedChunk {
+                        index: chunk.index,
+                        total: chunk.total,
+                        paths: chunk.files.into_iter().map(|f| f.new_path).collect(),
+                        reason: r
+                            .last_error
+                            .unwrap_or_else(|| format!("the chunk job ended {}", r.job_state)),
+                    })
+                }
+                None => None,
+            };
+            Ok(ChunkOutcome {
+                summary: r.summary,
+                dropped: r.dropped,
+                beyond_limit: r.beyond_limit,
+                failed,
+            })
+        })
+        .collect()
+}
+
+/// New outbox rows, column by column, for one `unnest` insert.
+#[derive(Default)]
+pub(super) struct OutboxColumns {
+    pub(super) key: Vec<String>,
+    pub(super) kind: Vec<String>,
+    pub(super) severity: Vec<String>,
+    pub(super) finding: Vec<serde_json::Value>,
+    pub(super) position: Vec<Option<serde_json::Value>>,
+    pub(super) body: Vec<String>,
+    pub(super) state: Vec<String>,
+    pub(super) fingerprint: Vec<String>,
+}
+
+pub(super) struct OutboxRow {
+    pub(super) key: String,
+    pub(super) kind: CommentKind,
+    pub(super) severity: Option<String>,
+    pub(super) finding: Option<serde_json::Value>,
+    pub(super) position: Option<serde_json::Value>,
+    pub(super) body: String,
+    pub(super) state: CommentState,
+    pub(super) error: Option<String>,
+    pub(super) fingerprint: Option<String>,
+}
+
+pub(super) async fn outbox(pool: &PgPool, review_id: i64) -> Result<Vec<OutboxRow>, JobError> {
+    let rows = sqlx::query!(
+        r#"select key, kind, severity, finding, position, body, state, error, fingerprint
+           from outbox where review_id = $1 and key <> 'summary'
+           order by position->>'new_path', (position->>'new_line')::int, key"#,
+        review_id
+    )
+    .fetch_all(pool)
+    .await
+    .map_err(db)?;
+    // The CHECK constraints hold the same lists, so a value that does not parse is a
+    // schema the code does not know: fatal, not retried.
+    rows.into_iter()
+        .map(|r| {
+            Ok(OutboxRow {
+                key: r.key,
+                kind: r.kind.parse().map_err(JobError::fatal)?,
+                severity: r.severity,
+                finding: r.finding,
+                position: r.position,
+                body: r.body,
+                state: r.state.parse().map_err(JobError::fatal)?,
+                error: r.error,
+                fingerprint: r.fingerprint,
+            })
+        })
+        .collect()
+}
+
+/// Records that POSTs are about to go out for every pending comment, so a crash leaves a
+/// trace of the unknown outcome (the markers on GitLab are checked before any re-post).
+pub(super) async fn mark_attempted(ctx: &JobContext, review_id: i64) -> Result<(), JobError> {
+    let lease = ctx.lease();
+    let held = sqlx::query_scalar!(
+        r#"
+        with held as (select 1 from jobs where id = $2 and attempt = $3 and state = 'running'),
+        marked as (
+            update outbox set attempted_at = now()
+            where review_id = $1 and state = 'pending' and exists (select 1 from held)
+        )
+        select exists (select 1 from held) as "held!"
+        "#,
+        review_id,
+        lease.job_id.get(),
+        lease.attempt,
+    )
+    .fetch_one(ctx.queue().pool())
+    .await
+    .map_err(db)?;
+    fenced(u64::from(held), ctx)
+}
+
+pub(super) async fn record_posted(
+    ctx: &JobContext,
+    review_id: i64,
+    posted: &[Posted],
+) -> Result<(), JobError> {
+    if posted.is_empty() {
+        return Ok(());
+    }
+    let lease = ctx.lease();
+    let keys: Vec<String> = posted.iter().map(|p| p.key.clone()).collect();
+    let notes: Vec<i64> = posted
+        .iter()
+        .map(|p| i64::try_from(p.note_id).unwrap_or(i64::MAX))
+        .collect();
+    let discussions: Vec<Option<String>> = posted.iter().map(|p| p.discussion_id.clone()).collect();
+    let rows = sqlx::query!(
+        r#"
+        update outbox o set state = 'posted', gitlab_note_id = p.note_id,
+            gitlab_discussion_id = p.discussion_id, posted_at = now(), error = null
+        from unnest($2::text[], $3::int8[], $4::text[]) as p(key, note_id, discussion_id)
+        where o.review_id = $1 and o.key = p.key
+          and exists (select 1 from jobs where id = $5 and attempt = $6 and state = 'running')
+        "#,
+        review_id,
+        &keys,
+        &notes,
+        &discussions as &[Option<String>],
+        lease.job_id.get(),
+        lease.attempt,
+    )
+    .execute(ctx.queue().pool())
+    .await
+    .map_err(db)?
+    .rows_affected();
+    fenced(rows, ctx)
+}
+
+pub(super) async fn set_state(
+    ctx: &JobContext,
+    review_id: i64,
+    key: &str,
+    state: CommentState,
+    error: Option<&str>,
+) -> Result<(), JobError> {
+    let lease = ctx.lease();
+    let rows = sqlx::query!(
+        r#"update outbox set state = $3, error = $4
+           where review_id = $1 and key = $2
+             and exists (select 1 from jobs where id = $5 and attempt = $6 and state = 'running')"#,
+        review_id,
+        key,
+        state.as_str(),
+        error,
+        lease.job_id.get(),
+        lease.attempt,
+    )
+    .execute(ctx.queue().pool())
+    .await
+    .map_err(db)?
+    .rows_affected();
+    fenced(rows, ctx)
+}
