@@ -19,16 +19,12 @@
 //! - [`codequality_report`]: `codequality` and `review --codequality`, GitLab's Code Quality
 //!   report of a head from the database.
 //! - [`server`]: `reviewq serve`, the GitLab webhook receiver, `/healthz` and `/metrics`.
-//! - [`bench`]: the built-in benchmarks.
+//! - [`bench`]: the built-in benchmarks, one file each, and their shared harness.
 //! - [`sim`]: simulated GitLab and GLM servers on loopback, for `demo`, `bench e2e` and tests.
 
 #![forbid(unsafe_code)]
 
 pub mod bench;
-pub mod bench_gigantic;
-pub mod bench_rounds;
-pub mod bench_serve;
-pub mod bench_ui;
 pub mod cli;
 pub mod codequality_report;
 pub mod config;

@@ -22,7 +22,7 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    bench::{SIM_KEY as KEY, SIM_TOKEN as TOKEN},
+    bench::harness::{SIM_KEY as KEY, SIM_TOKEN as TOKEN},
     config::DbArgs,
     jobs::LLM_RESOURCE,
     jobs::{
@@ -89,8 +89,8 @@ pub async fn run(db: &DbArgs, args: RoundsBenchArgs) -> anyhow::Result<ExitCode>
     let pool = db.pool(8).await?;
     crate::migrate(&pool).await?;
     let queue = Queue::new(pool.clone());
-    crate::bench::ensure_idle(&queue).await?;
-    let sim_runtime = crate::bench::simulator_runtime()?;
+    super::harness::ensure_idle(&queue).await?;
+    let sim_runtime = super::harness::simulator_runtime()?;
     let gitlab = sim_runtime.spawn(FakeGitLab::start(TOKEN)).await??;
     let glm = sim_runtime
         .spawn(FakeGlm::start(KEY, GlmBehaviour::default()))
@@ -107,7 +107,7 @@ pub async fn run(db: &DbArgs, args: RoundsBenchArgs) -> anyhow::Result<ExitCode>
         ..MrSpec::default()
     })?;
 
-    let deps = crate::bench::sim_deps(&gitlab, &glm, ChunkBudget::default(), 1000)?;
+    let deps = super::harness::sim_deps(&gitlab, &glm, ChunkBudget::default(), 1000)?;
     let config = WorkerConfig {
         concurrency: 8,
         limits: vec![(LLM_RESOURCE.to_owned(), 6)],

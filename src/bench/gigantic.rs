@@ -19,7 +19,7 @@ use clap::Args;
 use serde::Serialize;
 
 use crate::{
-    bench::{SIM_KEY as KEY, SIM_TOKEN as TOKEN},
+    bench::harness::{SIM_KEY as KEY, SIM_TOKEN as TOKEN},
     config::DbArgs,
     jobs::review::{ReviewArgs, ReviewOptions},
     queue::Queue,
@@ -76,8 +76,8 @@ pub async fn run(db: &DbArgs, args: GiganticBenchArgs) -> anyhow::Result<ExitCod
     let pool = db.pool(4).await?;
     crate::migrate(&pool).await?;
     let queue = Queue::new(pool.clone());
-    crate::bench::ensure_idle(&queue).await?;
-    let sim_runtime = crate::bench::simulator_runtime()?;
+    super::harness::ensure_idle(&queue).await?;
+    let sim_runtime = super::harness::simulator_runtime()?;
     let gitlab = sim_runtime.spawn(FakeGitLab::start(TOKEN)).await??;
     let behaviour = GlmBehaviour {
         max_prompt_tokens: Some(args.context_tokens),
@@ -94,7 +94,7 @@ pub async fn run(db: &DbArgs, args: GiganticBenchArgs) -> anyhow::Result<ExitCod
         big_bytes,
     ))?;
 
-    let mut worker = crate::bench::worker_process(&db.url()?, &gitlab, &glm, 8, 6)?
+    let mut worker = super::harness::worker_process(&db.url()?, &gitlab, &glm, 8, 6)?
         .spawn()
         .context("could not start a worker process")?;
     let pid = worker.id().context("the worker exited at once")?;
@@ -131,7 +131,7 @@ pub async fn run(db: &DbArgs, args: GiganticBenchArgs) -> anyhow::Result<ExitCod
     if let Some(kib) = peak_rss_kib(pid) {
         peak_kib = peak_kib.max(kib);
     }
-    crate::bench::stop_worker(worker).await;
+    super::harness::stop_worker(worker).await;
 
     let review = sqlx::query!(
         r#"select chunk_count, jsonb_array_length(skipped) as "skipped!" from reviews where job_id = $1"#,

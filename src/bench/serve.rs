@@ -21,7 +21,7 @@ use tokio::{net::TcpListener, task::JoinSet};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    bench::Percentiles,
+    bench::harness::Percentiles,
     config::DbArgs,
     server::{AppState, WebhookConfig, serve},
 };

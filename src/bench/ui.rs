@@ -22,7 +22,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    bench::Percentiles,
+    bench::harness::Percentiles,
     config::DbArgs,
     server::{AppState, WebhookConfig, serve, ui::UiConfig},
 };
