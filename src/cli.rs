@@ -52,7 +52,7 @@ pub enum Command {
     /// Job states, attempts, errors and per-chunk progress.
     Status(StatusArgs),
     /// Token spend and cost from the LLM ledger, by day, project, merge request or model.
-    Usage(crate::usage::UsageArgs),
+    Usage(crate::spend::report::UsageArgs),
     /// Daily token budgets: list them with today's use, or set or clear a project's.
     Budget(BudgetArgs),
     /// Run a failed or cancelled job again (or a waiting one now).
@@ -278,7 +278,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Describe(args) => enqueue_descriptions(&cli.db, args).await,
         Command::Codequality(args) => crate::codequality_report::run(&cli.db, args).await,
         Command::Status(args) => status(&cli.db, args).await,
-        Command::Usage(args) => crate::usage::run(&cli.db, args).await,
+        Command::Usage(args) => crate::spend::report::run(&cli.db, args).await,
         Command::Budget(args) => budget(&cli.db, args).await,
         Command::Retry { id } => {
             let queue = Queue::new(cli.db.pool(2).await?);

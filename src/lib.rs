@@ -15,7 +15,8 @@
 //! - [`disposition`]: how a failure should be handled, decided where it happens.
 //! - [`localdb`]: a private PostgreSQL cluster from the local binaries.
 //! - [`cli`], [`config`], [`telemetry`], [`shutdown`]: the edges.
-//! - [`usage`]: the `usage` report (token spend and cost from the LLM ledger).
+//! - [`spend`]: budgets and the fleet-wide LLM pause, the `llm_calls` ledger, and the `usage`
+//!   report read from it.
 //! - [`codequality_report`]: `codequality` and `review --codequality`, GitLab's Code Quality
 //!   report of a head from the database.
 //! - [`server`]: `reviewq serve`, the GitLab webhook receiver, `/healthz` and `/metrics`.
@@ -32,7 +33,6 @@ pub mod demo;
 pub mod disposition;
 pub mod gitlab;
 pub mod jobs;
-pub mod ledger;
 pub mod llm;
 pub mod localdb;
 pub mod mr_ref;
@@ -44,7 +44,6 @@ pub mod shutdown;
 pub mod sim;
 pub mod spend;
 pub mod telemetry;
-pub mod usage;
 
 /// The schema migrations, embedded in the binary.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!();

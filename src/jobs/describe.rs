@@ -31,7 +31,6 @@ use crate::{
     disposition::Disposition,
     gitlab::{DiffShas, ProjectRef},
     jobs::LLM_RESOURCE,
-    ledger::{self, CallContext, CallPurpose},
     llm::{self, ChatRequest, Message},
     mr_ref::{MrRef, Project},
     queue::{JobContext, JobError, JobResult, NewJob, Outcome, Permit, Queue},
@@ -40,7 +39,10 @@ use crate::{
         describe::{self, ChangedFile, Description, Splice},
         skip::SkippedFile,
     },
-    spend::{self, Admission},
+    spend::{
+        self, Admission,
+        ledger::{self, CallContext, CallPurpose},
+    },
 };
 
 /// The stable kind name of a description job.

@@ -6,9 +6,9 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 use crate::{
-    ledger, llm,
+    llm,
     queue::{Error as QueueError, JobContext, JobError, JobResult, Outcome, Queue, Waiting},
-    spend,
+    spend::{self, ledger},
 };
 
 /// LLM requests one chunk attempt makes for transient errors (rate limit, overload, 5xx)

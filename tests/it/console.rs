@@ -410,11 +410,12 @@ async fn the_spend_page_shows_the_numbers_of_reviewq_usage(pool: PgPool) {
     // Arrange
     let seeded = seed(&pool).await;
     let console = Console::with_passwords(&pool).await;
-    let today = reviewq::usage::today(&pool).await.unwrap();
+    let today = reviewq::spend::report::today(&pool).await.unwrap();
     let since = today - chrono::Days::new(29);
-    let report = reviewq::usage::report(&pool, reviewq::usage::GroupBy::Day, Some(since))
-        .await
-        .unwrap();
+    let report =
+        reviewq::spend::report::report(&pool, reviewq::spend::report::GroupBy::Day, Some(since))
+            .await
+            .unwrap();
 
     // Act
     let spend = console.page("/ui/spend").await;

@@ -4,14 +4,16 @@
 use crate::{
     disposition::Disposition,
     jobs::LLM_RESOURCE,
-    ledger::{self, CallContext},
     llm::{self, ChatRequest, Message},
     queue::{JobContext, JobError, JobResult, NewJob, Outcome, Queue},
     review::{
         self, Chunk, ReviewType,
         chunk::{split_for_findings, split_in_two},
     },
-    spend::{self, Admission},
+    spend::{
+        self, Admission,
+        ledger::{self, CallContext},
+    },
 };
 
 use super::{

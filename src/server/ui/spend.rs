@@ -1,6 +1,6 @@
 //! `GET /ui/spend`: tokens and cost per day over the last 30 days, by model and by
 //! project, the most expensive merge requests, and the price table. Every number comes
-//! from [`crate::usage`], the query layer of `reviewq usage`, so the two always agree.
+//! from [`crate::spend::report`], the query layer of `reviewq usage`, so the two always agree.
 
 use axum::extract::State;
 use chrono::{Days, NaiveDate};
@@ -13,7 +13,7 @@ use super::{
 };
 use crate::{
     server::ApiError,
-    usage::{self, Dimensions, UsageRow},
+    spend::report::{self as usage, Dimensions, UsageRow},
 };
 
 /// Days in the charts, today included.

@@ -6,6 +6,12 @@
 //! the database. A call that may not start does not fail its job: the job waits
 //! ([`crate::queue::Queue::wait`]) with a reason that `status` shows, and is woken when the
 //! condition ends. Knows nothing of GitLab or HTTP.
+//!
+//! [`ledger`] writes the `llm_calls` audit rows; [`report`] reads them back (the `usage`
+//! command and the console's spend page).
+
+pub mod ledger;
+pub mod report;
 
 use std::time::Duration;
 
