@@ -14,7 +14,8 @@
 //! - [`mr_ref`]: merge-request references as users type them.
 //! - [`disposition`]: how a failure should be handled, decided where it happens.
 //! - [`localdb`]: a private PostgreSQL cluster from the local binaries.
-//! - [`cli`], [`config`], [`telemetry`], [`shutdown`]: the edges.
+//! - [`cli`]: one file per command (the one-shot `review` and `demo` among them); with
+//!   [`config`], [`telemetry`] and [`shutdown`], the edges.
 //! - [`spend`]: budgets and the fleet-wide LLM pause, the `llm_calls` ledger, and the `usage`
 //!   report read from it.
 //! - [`codequality_report`]: `codequality` and `review --codequality`, GitLab's Code Quality
@@ -29,14 +30,12 @@ pub mod bench;
 pub mod cli;
 pub mod codequality_report;
 pub mod config;
-pub mod demo;
 pub mod disposition;
 pub mod gitlab;
 pub mod jobs;
 pub mod llm;
 pub mod localdb;
 pub mod mr_ref;
-pub mod oneshot;
 pub mod queue;
 pub mod review;
 pub mod server;

@@ -19,7 +19,6 @@ use crate::{
     },
     llm::{LlmClient, LlmConfig},
     mr_ref::MrRef,
-    oneshot::{OnWaiting, Watched, wait_for},
     queue::{Limiter, Queue, Worker, WorkerConfig},
     review::{ChunkBudget, ReviewType, chunk::DEFAULT_MAX_PROMPT_TOKENS},
     sim::{
@@ -27,6 +26,8 @@ use crate::{
         fixtures::{DEMO_PROJECT, demo_merge_requests},
     },
 };
+
+use super::watch::{OnWaiting, Watched, wait_for};
 
 const TOKEN: &str = "demo-gitlab-token";
 const KEY: &str = "demo-glm-key";
