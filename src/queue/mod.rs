@@ -420,22 +420,34 @@ impl Queue {
             .collect())
     }
 
-    /// Extends the lease of every job `worker` holds, and of the fleet-limit slots it holds.
-    /// Returns the leases it still holds, so the worker can stop work it lost (to a
-    /// rescuer after a stall, or to an operator's cancel).
+    /// Extends the lease of every job `worker` holds but the `abandoned` ones, and of the
+    /// fleet-limit slots those jobs hold. Returns the leases it still holds, so the worker
+    /// can stop work it lost (to a rescuer after a stall, or to an operator's cancel).
+    ///
+    /// An abandoned job is one whose attempt the worker stopped by its own clock, because
+    /// its lease might have lapsed before a heartbeat got through: extending it now would
+    /// keep a job nobody runs `running` forever. Its lease lapses and the rescuer requeues
+    /// it.
     ///
     /// # Errors
     /// Database errors.
-    pub async fn heartbeat(&self, worker: WorkerId, lease: Duration) -> Result<Vec<Lease>> {
+    pub async fn heartbeat(
+        &self,
+        worker: WorkerId,
+        lease: Duration,
+        abandoned: &[JobId],
+    ) -> Result<Vec<Lease>> {
+        let abandoned: Vec<i64> = abandoned.iter().map(|id| id.get()).collect();
         let mut tx = self.pool.begin().await?;
         let held = sqlx::query!(
             r#"
             update jobs set lease_expires_at = now() + $2::interval
-            where worker_id = $1 and state = 'running'
+            where worker_id = $1 and state = 'running' and id <> all($3::int8[])
             returning id, attempt
             "#,
             worker.get(),
             interval(lease),
+            &abandoned,
         )
         .fetch_all(&mut *tx)
         .await?;
@@ -443,6 +455,7 @@ impl Queue {
             r#"
             update limit_slots s set lease_expires_at = now() + $2::interval
             where s.holder_worker_id = $1 and s.holder_job_id is not null
+              and s.holder_job_id <> all($3::int8[])
               -- Only for attempts still running: a slot whose release never happened
               -- (a leaked permit) frees itself one lease after its job ended.
               and exists (select 1 from jobs j where j.id = s.holder_job_id
@@ -450,6 +463,7 @@ impl Queue {
             "#,
             worker.get(),
             interval(lease),
+            &abandoned,
         )
         .execute(&mut *tx)
         .await?;

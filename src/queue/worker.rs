@@ -14,7 +14,10 @@ use std::{
 
 use futures_util::FutureExt;
 use sqlx::postgres::PgListener;
-use tokio::{sync::Notify, task::JoinSet};
+use tokio::{
+    sync::{Notify, watch},
+    task::JoinSet,
+};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -172,12 +175,24 @@ pub enum Processed {
 /// Jobs this process is running, for the heartbeat to cancel lost ones.
 type InFlight = Arc<Mutex<HashMap<JobId, Running>>>;
 
+/// Jobs whose attempt this process stopped because their lease might have lapsed, with when
+/// it stopped them: the heartbeat no longer extends them, so the rescuer requeues them.
+type Abandoned = Arc<Mutex<HashMap<JobId, Instant>>>;
+
 #[derive(Debug)]
 struct Running {
     attempt: i32,
     claimed: Instant,
     cancel: CancellationToken,
+    /// The lease's expiry by this process's clock, never later than the database's: set
+    /// from the instant before the claim (or the last heartbeat that extended it) was sent.
+    valid_until: watch::Sender<Instant>,
 }
+
+/// The part of a lease an attempt does not use: it stops this long before its lease's
+/// expiry by its own clock, so that its requests are gone before another worker can take
+/// the job or its limit slots.
+const LEASE_MARGIN_DIVISOR: u32 = 10;
 
 /// A worker process's runtime.
 pub struct Worker<H> {
@@ -188,6 +203,7 @@ pub struct Worker<H> {
     slots: SlotWaiters,
     jobs_ready: Arc<Notify>,
     in_flight: InFlight,
+    abandoned: Abandoned,
     processed: Arc<AtomicU64>,
 }
 
@@ -202,6 +218,7 @@ impl<H: JobHandler> Worker<H> {
             slots: SlotWaiters::default(),
             jobs_ready: Arc::new(Notify::new()),
             in_flight: Arc::default(),
+            abandoned: Arc::default(),
             processed: Arc::default(),
         }
     }
@@ -223,12 +240,13 @@ impl<H: JobHandler> Worker<H> {
     /// # Errors
     /// Database errors from the claim or the final write.
     pub async fn process_next(&self) -> Result<Processed> {
+        let asked = Instant::now();
         let Some(job) = self.queue.claim(self.id, 1, self.config.lease).await?.pop() else {
             return Ok(Processed::QueueEmpty);
         };
         let id = job.id();
         let lease = job.lease;
-        let result = self.run_one(job).await;
+        let result = self.run_one(job, asked).await;
         let result = match result {
             Some(Ok(Outcome::Succeeded)) => {
                 Queue::complete_many(self.queue.pool(), &[lease]).await?;
@@ -257,18 +275,26 @@ impl<H: JobHandler> Worker<H> {
 
     /// Runs one job's handler under cancellation, records failures, and returns the
     /// handler's result (`None` if the attempt was cancelled).
-    async fn run_one(&self, job: ClaimedJob) -> Option<std::result::Result<Outcome, String>> {
-        run_job(
-            job,
-            self.queue.clone(),
-            self.handler.clone(),
-            self.id,
-            self.config.lease,
-            self.config.retry,
-            self.slots.clone(),
-            self.in_flight.clone(),
-        )
-        .await
+    async fn run_one(
+        &self,
+        job: ClaimedJob,
+        asked: Instant,
+    ) -> Option<std::result::Result<Outcome, String>> {
+        run_job(job, asked, self.runtime()).await
+    }
+
+    /// What every job task of this worker shares.
+    fn runtime(&self) -> JobRuntime<H> {
+        JobRuntime {
+            queue: self.queue.clone(),
+            handler: self.handler.clone(),
+            worker: self.id,
+            lease_duration: self.config.lease,
+            retry: self.config.retry,
+            slots: self.slots.clone(),
+            in_flight: self.in_flight.clone(),
+            abandoned: self.abandoned.clone(),
+        }
     }
 
     /// Claims and runs jobs until `shutdown` fires (or, with `exit_when_idle`, until the
@@ -296,6 +322,7 @@ impl<H: JobHandler> Worker<H> {
             self.id,
             self.config.lease,
             self.in_flight.clone(),
+            self.abandoned.clone(),
             background.clone(),
         ));
         let maintenance = tokio::spawn(maintain(
@@ -333,6 +360,9 @@ impl<H: JobHandler> Worker<H> {
             let mut claimed = 0;
             if free > 0 || !succeeded.is_empty() {
                 let batch = &succeeded[..succeeded.len().min(COMPLETE_BATCH)];
+                // The claimed leases run from the database's clock during the statement,
+                // so never before this instant.
+                let asked = Instant::now();
                 match self
                     .queue
                     .complete_and_claim(batch, self.id, free, self.config.lease)
@@ -344,7 +374,7 @@ impl<H: JobHandler> Worker<H> {
                         succeeded.drain(..written);
                         claimed = jobs.len();
                         for job in jobs {
-                            tasks.spawn(self.spawnable(job));
+                            tasks.spawn(self.spawnable(job, asked));
                         }
                     }
                     Err(err) => {
@@ -450,20 +480,15 @@ impl<H: JobHandler> Worker<H> {
     }
 
     /// The task that runs one claimed job; yields the lease to complete if it succeeded.
-    fn spawnable(&self, job: ClaimedJob) -> impl Future<Output = Option<Lease>> + Send + 'static {
-        let (queue, handler, id, lease, retry, slots, in_flight, processed) = (
-            self.queue.clone(),
-            self.handler.clone(),
-            self.id,
-            self.config.lease,
-            self.config.retry,
-            self.slots.clone(),
-            self.in_flight.clone(),
-            self.processed.clone(),
-        );
+    fn spawnable(
+        &self,
+        job: ClaimedJob,
+        asked: Instant,
+    ) -> impl Future<Output = Option<Lease>> + Send + 'static {
+        let (runtime, processed) = (self.runtime(), self.processed.clone());
         async move {
             let job_lease = job.lease;
-            let result = run_job(job, queue, handler, id, lease, retry, slots, in_flight).await;
+            let result = run_job(job, asked, runtime).await;
             if result.is_some() {
                 processed.fetch_add(1, Ordering::Relaxed);
             }
@@ -472,11 +497,8 @@ impl<H: JobHandler> Worker<H> {
     }
 }
 
-/// Runs a handler in its own task (so a panic is caught and recorded), stops it if the
-/// attempt is cancelled, and records failures with the retry policy.
-#[allow(clippy::too_many_arguments)]
-async fn run_job<H: JobHandler>(
-    job: ClaimedJob,
+/// What a job task needs of its worker.
+struct JobRuntime<H> {
     queue: Queue,
     handler: Arc<H>,
     worker: WorkerId,
@@ -484,15 +506,38 @@ async fn run_job<H: JobHandler>(
     retry: RetryPolicy,
     slots: SlotWaiters,
     in_flight: InFlight,
+    abandoned: Abandoned,
+}
+
+/// Runs a handler in its own task (so a panic is caught and recorded), stops it if the
+/// attempt is cancelled or its lease may have lapsed, and records failures with the retry
+/// policy. `asked` is the instant before the claim was sent: the lease runs from no
+/// earlier than that.
+async fn run_job<H: JobHandler>(
+    job: ClaimedJob,
+    asked: Instant,
+    rt: JobRuntime<H>,
 ) -> Option<std::result::Result<Outcome, String>> {
+    let JobRuntime {
+        queue,
+        handler,
+        worker,
+        lease_duration,
+        retry,
+        slots,
+        in_flight,
+        abandoned,
+    } = rt;
     let cancel = CancellationToken::new();
     let id = job.id();
+    let (valid_until, expiry) = watch::channel(asked + lease_duration);
     in_flight.lock().expect("in-flight map").insert(
         id,
         Running {
             attempt: job.lease.attempt,
             claimed: Instant::now(),
             cancel: cancel.clone(),
+            valid_until,
         },
     );
     let span = tracing::info_span!("job", job.id = %id, job.kind = %job.kind, job.attempt = job.lease.attempt);
@@ -516,6 +561,14 @@ async fn run_job<H: JobHandler>(
             Err(JobError::retryable("the job handler panicked; see the worker's log"))
         })),
         () = cancel.cancelled() => None,
+        () = lease_may_lapse(expiry, lease_duration / LEASE_MARGIN_DIVISOR) => {
+            // No heartbeat got through in time (the database is unreachable or too slow):
+            // past this point another worker may take the job and its limit slots, so the
+            // attempt stops by itself rather than waiting to be told.
+            tracing::warn!(job.id = %id, "lease could not be extended in time: stopping the attempt");
+            abandoned.lock().expect("abandoned map").insert(id, Instant::now());
+            None
+        }
     };
     in_flight.lock().expect("in-flight map").remove(&id);
     // Instrumented, not entered: a guard held across the await would put every other
@@ -536,6 +589,27 @@ async fn run_job<H: JobHandler>(
     }
     .instrument(span)
     .await
+}
+
+/// Resolves once the lease's expiry by this process's clock, less `margin`, has passed
+/// without a heartbeat moving it later.
+async fn lease_may_lapse(mut valid_until: watch::Receiver<Instant>, margin: Duration) {
+    loop {
+        let deadline = *valid_until.borrow_and_update() - margin;
+        tokio::select! {
+            () = tokio::time::sleep_until(deadline.into()) => {
+                if *valid_until.borrow() - margin <= deadline {
+                    return;
+                }
+            }
+            changed = valid_until.changed() => {
+                if changed.is_err() {
+                    // The job ended: nothing left to stop.
+                    std::future::pending::<()>().await;
+                }
+            }
+        }
+    }
 }
 
 async fn record_failure(queue: &Queue, job: &ClaimedJob, err: &JobError, retry: &RetryPolicy) {
@@ -571,6 +645,7 @@ async fn heartbeat(
     worker: WorkerId,
     lease: Duration,
     in_flight: InFlight,
+    abandoned: Abandoned,
     stop: CancellationToken,
 ) {
     let mut tick = tokio::time::interval(lease / 3);
@@ -581,15 +656,32 @@ async fn heartbeat(
             _ = tick.tick() => {}
         }
         let started = Instant::now();
-        match queue.heartbeat(worker, lease).await {
+        let skip: Vec<JobId> = {
+            let mut abandoned = abandoned.lock().expect("abandoned map");
+            // Two leases after it stopped, an abandoned job's lease has surely lapsed.
+            abandoned.retain(|_, at| started.duration_since(*at) < lease * 2);
+            abandoned.keys().copied().collect()
+        };
+        match queue.heartbeat(worker, lease, &skip).await {
             Ok(held) => {
                 let held: HashMap<JobId, i32> =
                     held.into_iter().map(|l| (l.job_id, l.attempt)).collect();
+                // The database's new expiry is its clock at the statement plus the lease:
+                // never before `started + lease` by this process's clock.
+                let extended = started + lease;
                 for (id, running) in in_flight.lock().expect("in-flight map").iter() {
                     let lost = held.get(id) != Some(&running.attempt);
                     if lost && running.claimed < started {
                         tracing::warn!(job.id = %id, "lease no longer held (cancelled or rescued): stopping the attempt");
                         running.cancel.cancel();
+                    } else if !lost {
+                        running.valid_until.send_if_modified(|until| {
+                            let later = extended > *until;
+                            if later {
+                                *until = extended;
+                            }
+                            later
+                        });
                     }
                 }
             }

@@ -10,6 +10,7 @@ mod findings;
 mod gitlab;
 mod helpers;
 mod hostile;
+mod leases;
 mod llm;
 mod pipeline;
 mod postgres;

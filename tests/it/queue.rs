@@ -394,7 +394,11 @@ async fn cancel_stops_a_queued_job_and_fences_out_a_running_one(pool: PgPool) {
     assert_eq!(state_of(&pool, queued).await, JobState::Cancelled);
     assert_eq!(state_of(&pool, running).await, JobState::Cancelled);
     assert!(
-        queue.heartbeat(worker, LEASE).await.unwrap().is_empty(),
+        queue
+            .heartbeat(worker, LEASE, &[])
+            .await
+            .unwrap()
+            .is_empty(),
         "the worker sees it lost the job"
     );
     assert_eq!(Queue::complete_many(&pool, &[job.lease]).await.unwrap(), 0);
@@ -625,7 +629,7 @@ async fn a_slot_never_released_stops_being_renewed_once_its_job_ended(pool: PgPo
         .execute(&pool)
         .await
         .unwrap();
-    queue.heartbeat(worker, LEASE).await.unwrap();
+    queue.heartbeat(worker, LEASE, &[]).await.unwrap();
     let renewed: bool = sqlx::query_scalar(
         "select lease_expires_at > now() + interval '2 seconds' from limit_slots where resource = 'llm'",
     )

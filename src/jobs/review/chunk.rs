@@ -17,8 +17,9 @@ use crate::{
 };
 
 use super::{
-    ChunkArgs, MAX_ANSWER_TOKENS, ReviewDeps, db, job_priority, round::RoundSettings,
-    store::insert_chunks,
+    ChunkArgs, MAX_ANSWER_TOKENS, ReviewDeps, db, job_priority,
+    round::RoundSettings,
+    store::{insert_chunks, store_chunk_answer, supersede_chunk},
 };
 use crate::jobs::llm_call::{
     LLM_TRIES_PER_ATTEMPT, MAX_INLINE_WAIT, UNUSABLE_ANSWERS_TOLERATED, backoff,
@@ -258,34 +259,11 @@ pub(super) async fn store_answer_tx(
 ) -> Result<(), JobError> {
     let mut tx = ctx.queue().pool().begin().await.map_err(db)?;
     ledger::succeeded(&mut *tx, call_id, done).await?;
-    store_chunk_answer(&mut tx, args, answer).await?;
+    store_chunk_answer(&mut tx, args.review_id, args.chunk_index, answer).await?;
     // The completion is the fence: if another attempt owns the job, nothing of this
     // transaction is kept (the caller then records the usage on its own).
     Queue::complete(&mut tx, ctx.lease()).await?;
     tx.commit().await.map_err(db)?;
-    Ok(())
-}
-
-/// Writes a chunk's answer to its row.
-pub(super) async fn store_chunk_answer(
-    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
-    args: ChunkArgs,
-    answer: &review::Answer,
-) -> Result<(), JobError> {
-    sqlx::query!(
-        r#"update review_chunks set summary = $3, findings = $4, dropped_findings = $5,
-               findings_beyond_limit = $6, finished_at = now()
-           where review_id = $1 and chunk_index = $2"#,
-        args.review_id,
-        args.chunk_index,
-        answer.summary,
-        serde_json::to_value(&answer.findings).map_err(JobError::fatal)?,
-        i32::try_from(answer.dropped_findings).unwrap_or(i32::MAX),
-        i32::try_from(answer.beyond_limit).unwrap_or(i32::MAX),
-    )
-    .execute(&mut **tx)
-    .await
-    .map_err(db)?;
     Ok(())
 }
 
@@ -310,7 +288,7 @@ pub(super) async fn split_overflowing(
     let result: Result<(), JobError> = async {
         let mut tx = pool.begin().await.map_err(db)?;
         ledger::succeeded(&mut *tx, call_id, done).await?;
-        store_chunk_answer(&mut tx, args, answer).await?;
+        store_chunk_answer(&mut tx, args.review_id, args.chunk_index, answer).await?;
         replace_by_halves(&mut tx, ctx, args, halves).await?;
         tx.commit().await.map_err(db)
     }
@@ -392,14 +370,7 @@ pub(super) async fn replace_by_halves(
         })
         .collect();
     insert_chunks(tx, args.review_id, halves.iter().zip(ids)).await?;
-    sqlx::query!(
-        "update review_chunks set superseded = true, finished_at = now() where review_id = $1 and chunk_index = $2",
-        args.review_id,
-        args.chunk_index
-    )
-    .execute(&mut **tx)
-    .await
-    .map_err(db)?;
+    supersede_chunk(tx, args.review_id, args.chunk_index).await?;
     Queue::complete(tx, ctx.lease()).await?;
     Ok(())
 }

@@ -2,7 +2,7 @@
 //! decides whether it is posted.
 
 use crate::{
-    queue::{JobContext, JobError, Queue},
+    queue::{JobContext, JobError},
     review::{
         self, Anchor, Finding, FindingKey, Fingerprint, Marker, Severity,
         placement::{CommentKind, CommentState, InlineFacts, inline_state, reviewed_files},
@@ -10,9 +10,9 @@ use crate::{
 };
 
 use super::{
-    ReviewArgs, ReviewRow, db, head_sha,
+    ReviewArgs, ReviewRow, head_sha,
     round::RoundSettings,
-    store::{OutboxColumns, chunk_results},
+    store::{OutboxColumns, chunk_results, write_outbox},
     threads::{BotThread, MrThreads},
 };
 
@@ -125,36 +125,5 @@ pub(super) async fn build_outbox(
         rows.fingerprint.push(p.fingerprint.as_str().to_owned());
     }
 
-    let mut tx = pool.begin().await.map_err(db)?;
-    Queue::fence(&mut tx, ctx.lease()).await?;
-    sqlx::query!(
-        r#"
-        insert into outbox (review_id, key, kind, severity, finding, position, body, state,
-            fingerprint)
-        select $1, * from unnest($2::text[], $3::text[], $4::text[], $5::jsonb[], $6::jsonb[],
-            $7::text[], $8::text[], $9::text[])
-        on conflict (review_id, key) do nothing
-        "#,
-        review.id,
-        &rows.key,
-        &rows.kind,
-        &rows.severity,
-        &rows.finding,
-        &rows.position as &[Option<serde_json::Value>],
-        &rows.body,
-        &rows.state,
-        &rows.fingerprint,
-    )
-    .execute(&mut *tx)
-    .await
-    .map_err(db)?;
-    sqlx::query!(
-        "update reviews set state = 'posting' where id = $1",
-        review.id
-    )
-    .execute(&mut *tx)
-    .await
-    .map_err(db)?;
-    tx.commit().await.map_err(db)?;
-    Ok(())
+    write_outbox(ctx, review.id, &rows).await
 }

@@ -16,7 +16,8 @@ use crate::{
 
 use super::{
     ChunkArgs, ReviewArgs, ReviewDeps, ReviewRow, db, gitlab_error, job_priority,
-    round::RoundSettings, store::insert_chunks,
+    round::RoundSettings,
+    store::{NewReview, insert_chunks, insert_review},
 };
 
 pub(super) enum Planned {
@@ -160,35 +161,27 @@ pub(super) async fn plan(
     let round_json = serde_json::to_value(&round).map_err(JobError::fatal)?;
     let mut tx = pool.begin().await.map_err(db)?;
     Queue::fence(&mut tx, ctx.lease()).await?;
-    let review_id = sqlx::query_scalar!(
-        r#"
-        insert into reviews (job_id, project, mr_iid, review_type, dry_run, head_sha, base_sha,
-            start_sha, mr_title, mr_description, skipped, chunk_count, file_count, scope,
-            since_sha, settings_problem, settings)
-        values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)
-        returning id
-        "#,
-        ctx.job.id().get(),
-        project_text,
-        iid,
-        review_type,
-        args.dry_run,
-        shas.head_sha,
-        shas.base_sha,
-        shas.start_sha,
-        mr.title,
-        description,
-        skipped,
-        chunk_count,
-        file_count,
-        scope,
-        since_sha,
-        settings_problem,
-        round_json,
+    let review_id = insert_review(
+        &mut tx,
+        &NewReview {
+            job_id: ctx.job.id().get(),
+            project: &project_text,
+            mr_iid: iid,
+            review_type,
+            dry_run: args.dry_run,
+            shas: &shas,
+            mr_title: &mr.title,
+            mr_description: &description,
+            skipped: &skipped,
+            chunk_count,
+            file_count,
+            scope,
+            since_sha: since_sha.as_deref(),
+            settings_problem: settings_problem.as_deref(),
+            settings: &round_json,
+        },
     )
-    .fetch_one(&mut *tx)
-    .await
-    .map_err(db)?;
+    .await?;
     tracing::info!(mr = %args.mr, review.id = review_id, chunks = chunk_count, skipped = plan.skipped.len(), scope, "review planned");
 
     let priority = job_priority(pool, ctx).await?;

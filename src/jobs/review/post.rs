@@ -15,11 +15,12 @@ use crate::{
 use super::{
     ReviewArgs, ReviewDeps, ReviewRow, db, gitlab_error, head_sha, job_priority, marker, posting,
     round::RoundSettings,
-    store::{OutboxRow, mark_attempted, outbox, record_posted, set_state},
+    store::{
+        OutboxRow, mark_attempted, mark_done, outbox, record_drafted, record_posted, set_state,
+    },
     summary::{living_summary_body, post_summary},
     threads::{MrThreads, mr_threads, resolve_outdated},
 };
-use crate::jobs::fenced;
 
 pub(super) fn line_anchor(position: &review::Position) -> Option<LineAnchor> {
     match (position.old_line, position.new_line) {
@@ -258,22 +259,7 @@ pub(super) async fn post_drafts(
         };
         match posting::create_draft_once(t, &row.body, &position, &m).await {
             Ok(draft) => {
-                let rows = sqlx::query!(
-                    r#"update outbox set state = 'drafted', gitlab_draft_id = $3
-                       where review_id = $1 and key = $2
-                         and exists (select 1 from jobs where id = $4 and attempt = $5
-                                     and state = 'running')"#,
-                    review.id,
-                    row.key,
-                    i64::try_from(draft.id).unwrap_or(i64::MAX),
-                    ctx.lease().job_id.get(),
-                    ctx.lease().attempt,
-                )
-                .execute(pool)
-                .await
-                .map_err(db)?
-                .rows_affected();
-                fenced(rows, ctx)?;
+                record_drafted(ctx, review.id, &row.key, draft.id).await?;
                 staged.push((row.key, m));
             }
             Err(err @ gitlab::Error::PositionRejected { .. }) => {
@@ -354,13 +340,7 @@ pub(super) async fn finish(
     .map_err(db)?;
     let mut tx = pool.begin().await.map_err(db)?;
     Queue::fence(&mut tx, ctx.lease()).await?;
-    sqlx::query!(
-        "update reviews set state = 'done', finished_at = now() where id = $1",
-        review.id
-    )
-    .execute(&mut *tx)
-    .await
-    .map_err(db)?;
+    mark_done(&mut tx, review.id).await?;
     if let Some(reason) = all_failed {
         tx.commit().await.map_err(db)?;
         return Err(JobError::fatal(format!(

@@ -2,18 +2,19 @@
 //! `mr_summaries`) that the review job and its chunks run. Writes after a claim are fenced by the
 //! job's lease.
 
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 
 use crate::{
-    queue::{JobContext, JobError},
+    gitlab::DiffShas,
+    queue::{JobContext, JobError, Queue},
     review::{
-        Chunk, Finding,
+        self, Chunk, Finding,
         placement::{CommentKind, CommentState},
         render::FailedChunk,
     },
 };
 
-use super::{db, post::Posted};
+use super::{ReviewArgs, db, post::Posted};
 use crate::jobs::fenced;
 
 /// Stores chunks with their job ids in one statement (one round trip whatever their
@@ -275,4 +276,252 @@ pub(super) async fn set_state(
     .map_err(db)?
     .rows_affected();
     fenced(rows, ctx)
+}
+
+/// Writes a round's outbox rows and moves the review to posting, in one fenced transaction
+/// (rows already there, from an attempt that crashed after this, are kept as they are).
+pub(super) async fn write_outbox(
+    ctx: &JobContext,
+    review_id: i64,
+    rows: &OutboxColumns,
+) -> Result<(), JobError> {
+    let pool = ctx.queue().pool();
+    let mut tx = pool.begin().await.map_err(db)?;
+    Queue::fence(&mut tx, ctx.lease()).await?;
+    sqlx::query!(
+        r#"
+        insert into outbox (review_id, key, kind, severity, finding, position, body, state,
+            fingerprint)
+        select $1, * from unnest($2::text[], $3::text[], $4::text[], $5::jsonb[], $6::jsonb[],
+            $7::text[], $8::text[], $9::text[])
+        on conflict (review_id, key) do nothing
+        "#,
+        review_id,
+        &rows.key,
+        &rows.kind,
+        &rows.severity,
+        &rows.finding,
+        &rows.position as &[Option<serde_json::Value>],
+        &rows.body,
+        &rows.state,
+        &rows.fingerprint,
+    )
+    .execute(&mut *tx)
+    .await
+    .map_err(db)?;
+    sqlx::query!(
+        "update reviews set state = 'posting' where id = $1",
+        review_id
+    )
+    .execute(&mut *tx)
+    .await
+    .map_err(db)?;
+    tx.commit().await.map_err(db)?;
+    Ok(())
+}
+
+/// Records the draft note staged for an outbox row, to be published with the others.
+pub(super) async fn record_drafted(
+    ctx: &JobContext,
+    review_id: i64,
+    key: &str,
+    draft_id: u64,
+) -> Result<(), JobError> {
+    let rows = sqlx::query!(
+        r#"update outbox set state = 'drafted', gitlab_draft_id = $3
+           where review_id = $1 and key = $2
+             and exists (select 1 from jobs where id = $4 and attempt = $5
+                         and state = 'running')"#,
+        review_id,
+        key,
+        gitlab_id(draft_id)?,
+        ctx.lease().job_id.get(),
+        ctx.lease().attempt,
+    )
+    .execute(ctx.queue().pool())
+    .await
+    .map_err(db)?
+    .rows_affected();
+    fenced(rows, ctx)
+}
+
+/// Marks a review done, in the caller's transaction (with its job's completion).
+pub(super) async fn mark_done(tx: &mut PgConnection, review_id: i64) -> Result<(), JobError> {
+    sqlx::query!(
+        "update reviews set state = 'done', finished_at = now() where id = $1",
+        review_id
+    )
+    .execute(tx)
+    .await
+    .map_err(db)?;
+    Ok(())
+}
+
+/// Writes a chunk's answer to its row.
+pub(super) async fn store_chunk_answer(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    review_id: i64,
+    chunk_index: i32,
+    answer: &review::Answer,
+) -> Result<(), JobError> {
+    sqlx::query!(
+        r#"update review_chunks set summary = $3, findings = $4, dropped_findings = $5,
+               findings_beyond_limit = $6, finished_at = now()
+           where review_id = $1 and chunk_index = $2"#,
+        review_id,
+        chunk_index,
+        answer.summary,
+        serde_json::to_value(&answer.findings).map_err(JobError::fatal)?,
+        count(answer.dropped_findings)?,
+        count(answer.beyond_limit)?,
+    )
+    .execute(&mut **tx)
+    .await
+    .map_err(db)?;
+    Ok(())
+}
+
+/// Marks a chunk replaced by its halves, in the caller's transaction (with the halves).
+pub(super) async fn supersede_chunk(
+    tx: &mut PgConnection,
+    review_id: i64,
+    chunk_index: i32,
+) -> Result<(), JobError> {
+    sqlx::query!(
+        "update review_chunks set superseded = true, finished_at = now() where review_id = $1 and chunk_index = $2",
+        review_id,
+        chunk_index
+    )
+    .execute(tx)
+    .await
+    .map_err(db)?;
+    Ok(())
+}
+
+/// Stores this round's summary body in the outbox (its row is the record that the summary
+/// is due), in a fenced transaction.
+pub(super) async fn stage_summary(
+    ctx: &JobContext,
+    review_id: i64,
+    body: &str,
+) -> Result<(), JobError> {
+    let mut tx = ctx.queue().pool().begin().await.map_err(db)?;
+    Queue::fence(&mut tx, ctx.lease()).await?;
+    sqlx::query!(
+        r#"insert into outbox (review_id, key, kind, body) values ($1, 'summary', 'summary', $2)
+           on conflict (review_id, key) do update set body = excluded.body"#,
+        review_id,
+        body
+    )
+    .execute(&mut *tx)
+    .await
+    .map_err(db)?;
+    tx.commit().await.map_err(db)
+}
+
+/// Records the living summary's note: the MR's one note of this type, and this round's
+/// summary row posted, in one fenced transaction.
+pub(super) async fn record_summary(
+    ctx: &JobContext,
+    review_id: i64,
+    args: &ReviewArgs,
+    note_id: u64,
+) -> Result<(), JobError> {
+    let project_text = args.project.to_string();
+    let iid = i64::try_from(args.iid).map_err(JobError::fatal)?;
+    let note_id = gitlab_id(note_id)?;
+    let mut tx = ctx.queue().pool().begin().await.map_err(db)?;
+    Queue::fence(&mut tx, ctx.lease()).await?;
+    sqlx::query!(
+        r#"insert into mr_summaries (project, mr_iid, review_type, gitlab_note_id)
+           values ($1, $2, $3, $4)
+           on conflict (project, mr_iid, review_type) do update
+               set gitlab_note_id = excluded.gitlab_note_id, updated_at = now()"#,
+        project_text,
+        iid,
+        args.review_type.as_str(),
+        note_id,
+    )
+    .execute(&mut *tx)
+    .await
+    .map_err(db)?;
+    sqlx::query!(
+        r#"update outbox set state = 'posted', gitlab_note_id = $2, posted_at = now(), error = null
+           where review_id = $1 and key = 'summary'"#,
+        review_id,
+        note_id,
+    )
+    .execute(&mut *tx)
+    .await
+    .map_err(db)?;
+    tx.commit().await.map_err(db)?;
+    Ok(())
+}
+
+/// A new round's `reviews` row.
+pub(super) struct NewReview<'a> {
+    pub(super) job_id: i64,
+    pub(super) project: &'a str,
+    pub(super) mr_iid: i64,
+    pub(super) review_type: &'a str,
+    pub(super) dry_run: bool,
+    pub(super) shas: &'a DiffShas,
+    pub(super) mr_title: &'a str,
+    pub(super) mr_description: &'a str,
+    /// The skipped files (`review::SkippedFile` JSON).
+    pub(super) skipped: &'a serde_json::Value,
+    pub(super) chunk_count: i32,
+    pub(super) file_count: i32,
+    pub(super) scope: &'a str,
+    pub(super) since_sha: Option<&'a str>,
+    pub(super) settings_problem: Option<&'a str>,
+    /// The round's resolved settings (`RoundSettings` JSON).
+    pub(super) settings: &'a serde_json::Value,
+}
+
+/// Inserts a round's `reviews` row in the caller's (fenced) transaction; returns its id.
+pub(super) async fn insert_review(
+    tx: &mut PgConnection,
+    r: &NewReview<'_>,
+) -> Result<i64, JobError> {
+    sqlx::query_scalar!(
+        r#"
+        insert into reviews (job_id, project, mr_iid, review_type, dry_run, head_sha, base_sha,
+            start_sha, mr_title, mr_description, skipped, chunk_count, file_count, scope,
+            since_sha, settings_problem, settings)
+        values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)
+        returning id
+        "#,
+        r.job_id,
+        r.project,
+        r.mr_iid,
+        r.review_type,
+        r.dry_run,
+        r.shas.head_sha,
+        r.shas.base_sha,
+        r.shas.start_sha,
+        r.mr_title,
+        r.mr_description,
+        r.skipped,
+        r.chunk_count,
+        r.file_count,
+        r.scope,
+        r.since_sha,
+        r.settings_problem,
+        r.settings,
+    )
+    .fetch_one(tx)
+    .await
+    .map_err(db)
+}
+
+/// A GitLab id as the database stores it (`bigint`). GitLab's ids are far below `i64::MAX`;
+/// one that is not is a corrupt answer, never to be saturated into another id.
+fn gitlab_id(id: u64) -> Result<i64, JobError> {
+    i64::try_from(id).map_err(|_| JobError::fatal(format!("GitLab id {id} does not fit a bigint")))
+}
+
+/// A count as the database stores it (`integer`).
+fn count(n: usize) -> Result<i32, JobError> {
+    i32::try_from(n).map_err(|_| JobError::fatal(format!("count {n} does not fit an integer")))
 }

@@ -7,7 +7,7 @@ use sqlx::PgPool;
 
 use crate::{
     gitlab,
-    queue::{JobContext, JobError, Queue},
+    queue::{JobContext, JobError},
     review::{
         self, Finding, HeadSha, ListedBecause, ListedFinding, LivingSummary, Marker, MarkerKind,
         Round, RoundKind, Severity, SkippedFile, UnanchoredReason,
@@ -20,7 +20,7 @@ use super::{
     post::Target,
     posting,
     round::RoundSettings,
-    store::{chunk_outcomes, mark_attempted, outbox, set_state},
+    store::{chunk_outcomes, mark_attempted, outbox, record_summary, set_state, stage_summary},
     threads::MrThreads,
 };
 
@@ -247,20 +247,7 @@ pub(super) async fn post_summary(
     if state.is_some_and(CommentState::is_final) {
         return Ok(());
     }
-    {
-        let mut tx = pool.begin().await.map_err(db)?;
-        Queue::fence(&mut tx, ctx.lease()).await?;
-        sqlx::query!(
-            r#"insert into outbox (review_id, key, kind, body) values ($1, 'summary', 'summary', $2)
-               on conflict (review_id, key) do update set body = excluded.body"#,
-            review.id,
-            body
-        )
-        .execute(&mut *tx)
-        .await
-        .map_err(db)?;
-        tx.commit().await.map_err(db)?;
-    }
+    stage_summary(ctx, review.id, body).await?;
     if args.dry_run {
         return set_state(ctx, review.id, "summary", CommentState::DryRun, None).await;
     }
@@ -312,30 +299,5 @@ pub(super) async fn post_summary(
                 .id
         }
     };
-    let mut tx = pool.begin().await.map_err(db)?;
-    Queue::fence(&mut tx, ctx.lease()).await?;
-    sqlx::query!(
-        r#"insert into mr_summaries (project, mr_iid, review_type, gitlab_note_id)
-           values ($1, $2, $3, $4)
-           on conflict (project, mr_iid, review_type) do update
-               set gitlab_note_id = excluded.gitlab_note_id, updated_at = now()"#,
-        project_text,
-        iid,
-        args.review_type.as_str(),
-        i64::try_from(note_id).unwrap_or(i64::MAX),
-    )
-    .execute(&mut *tx)
-    .await
-    .map_err(db)?;
-    sqlx::query!(
-        r#"update outbox set state = 'posted', gitlab_note_id = $2, posted_at = now(), error = null
-           where review_id = $1 and key = 'summary'"#,
-        review.id,
-        i64::try_from(note_id).unwrap_or(i64::MAX),
-    )
-    .execute(&mut *tx)
-    .await
-    .map_err(db)?;
-    tx.commit().await.map_err(db)?;
-    Ok(())
+    record_summary(ctx, review.id, args, note_id).await
 }
