@@ -2,7 +2,7 @@
 //! in batches, heartbeat, rescue, and shut down gracefully.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     future::Future,
     panic::AssertUnwindSafe,
     sync::{
@@ -24,6 +24,7 @@ use tracing::Instrument;
 use super::{
     Backlog, ClaimedJob, Error, FailureRecorded, JOBS_CHANNEL, JobError, JobId, Lease, Limiter,
     Permit, Queue, Result, RetryPolicy, SLOTS_CHANNEL, SlotWaiters, Waiting, WorkerId,
+    heartbeat::{LEASE_MARGIN_DIVISOR, heartbeat, lease_may_lapse},
 };
 
 /// Most completions written by one statement. Larger batches stop paying off and hold
@@ -173,26 +174,22 @@ pub enum Processed {
 }
 
 /// Jobs this process is running, for the heartbeat to cancel lost ones.
-type InFlight = Arc<Mutex<HashMap<JobId, Running>>>;
+pub(super) type InFlight = Arc<Mutex<HashMap<JobId, Running>>>;
 
-/// Jobs whose attempt this process stopped because their lease might have lapsed, with when
-/// it stopped them: the heartbeat no longer extends them, so the rescuer requeues them.
-type Abandoned = Arc<Mutex<HashMap<JobId, Instant>>>;
+/// Attempts this process stopped because their lease might have lapsed, until their failure
+/// is recorded: the heartbeat does not extend them, so if the record cannot be written the
+/// lease lapses and the rescuer requeues the job.
+pub(super) type Abandoned = Arc<Mutex<HashSet<Lease>>>;
 
 #[derive(Debug)]
-struct Running {
-    attempt: i32,
-    claimed: Instant,
-    cancel: CancellationToken,
+pub(super) struct Running {
+    pub(super) attempt: i32,
+    pub(super) claimed: Instant,
+    pub(super) cancel: CancellationToken,
     /// The lease's expiry by this process's clock, never later than the database's: set
     /// from the instant before the claim (or the last heartbeat that extended it) was sent.
-    valid_until: watch::Sender<Instant>,
+    pub(super) valid_until: watch::Sender<Instant>,
 }
-
-/// The part of a lease an attempt does not use: it stops this long before its lease's
-/// expiry by its own clock, so that its requests are gone before another worker can take
-/// the job or its limit slots.
-const LEASE_MARGIN_DIVISOR: u32 = 10;
 
 /// A worker process's runtime.
 pub struct Worker<H> {
@@ -556,6 +553,7 @@ async fn run_job<H: JobHandler>(
         span.clone(),
     ))
     .catch_unwind();
+    let mut lapsed = false;
     let result = tokio::select! {
         handled = handled => Some(handled.unwrap_or_else(|_| {
             Err(JobError::retryable("the job handler panicked; see the worker's log"))
@@ -566,8 +564,11 @@ async fn run_job<H: JobHandler>(
             // past this point another worker may take the job and its limit slots, so the
             // attempt stops by itself rather than waiting to be told.
             tracing::warn!(job.id = %id, "lease could not be extended in time: stopping the attempt");
-            abandoned.lock().expect("abandoned map").insert(id, Instant::now());
-            None
+            abandoned.lock().expect("abandoned map").insert(job.lease);
+            lapsed = true;
+            Some(Err(JobError::retryable(
+                "the worker could not extend the lease in time (database unreachable or too slow): the attempt stopped itself",
+            )))
         }
     };
     in_flight.lock().expect("in-flight map").remove(&id);
@@ -582,7 +583,10 @@ async fn run_job<H: JobHandler>(
             Some(Ok(outcome)) => Some(Ok(outcome)),
             Some(Err(err)) => {
                 let message = err.message.clone();
-                record_failure(&queue, &job, &err, &retry).await;
+                let settled = record_failure(&queue, &job, &err, &retry).await;
+                if lapsed && settled {
+                    abandoned.lock().expect("abandoned map").remove(&job.lease);
+                }
                 Some(Err(message))
             }
         }
@@ -591,43 +595,29 @@ async fn run_job<H: JobHandler>(
     .await
 }
 
-/// Resolves once the lease's expiry by this process's clock, less `margin`, has passed
-/// without a heartbeat moving it later.
-async fn lease_may_lapse(mut valid_until: watch::Receiver<Instant>, margin: Duration) {
-    loop {
-        let deadline = *valid_until.borrow_and_update() - margin;
-        tokio::select! {
-            () = tokio::time::sleep_until(deadline.into()) => {
-                if *valid_until.borrow() - margin <= deadline {
-                    return;
-                }
-            }
-            changed = valid_until.changed() => {
-                if changed.is_err() {
-                    // The job ended: nothing left to stop.
-                    std::future::pending::<()>().await;
-                }
-            }
-        }
-    }
-}
-
-async fn record_failure(queue: &Queue, job: &ClaimedJob, err: &JobError, retry: &RetryPolicy) {
+/// Records a failed attempt, retrying database errors for about one lease. Returns whether
+/// the attempt is settled (recorded, or found to belong to another attempt already).
+async fn record_failure(
+    queue: &Queue,
+    job: &ClaimedJob,
+    err: &JobError,
+    retry: &RetryPolicy,
+) -> bool {
     let mut pause = DB_RETRY_MIN;
     // Keep trying for about one lease; after that the rescuer owns the job anyway.
     for _ in 0..8 {
         match queue.fail(job, err, retry).await {
             Ok(FailureRecorded::WillRetry { run_at }) => {
                 tracing::warn!(error = %err, %run_at, "job failed; will retry");
-                return;
+                return true;
             }
             Ok(FailureRecorded::Failed) => {
                 tracing::error!(error = %err, "job failed for good");
-                return;
+                return true;
             }
             Err(Error::LeaseLost(_)) => {
                 tracing::warn!(error = %err, "job failed after its lease was lost; nothing recorded");
-                return;
+                return true;
             }
             Err(db) => {
                 tracing::warn!(error = %db, "could not record a job failure; retrying");
@@ -636,58 +626,7 @@ async fn record_failure(queue: &Queue, job: &ClaimedJob, err: &JobError, retry: 
             }
         }
     }
-}
-
-/// Extends this worker's leases every lease/3, whatever its jobs are doing, and cancels
-/// local attempts whose lease is no longer held.
-async fn heartbeat(
-    queue: Queue,
-    worker: WorkerId,
-    lease: Duration,
-    in_flight: InFlight,
-    abandoned: Abandoned,
-    stop: CancellationToken,
-) {
-    let mut tick = tokio::time::interval(lease / 3);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            () = stop.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        let started = Instant::now();
-        let skip: Vec<JobId> = {
-            let mut abandoned = abandoned.lock().expect("abandoned map");
-            // Two leases after it stopped, an abandoned job's lease has surely lapsed.
-            abandoned.retain(|_, at| started.duration_since(*at) < lease * 2);
-            abandoned.keys().copied().collect()
-        };
-        match queue.heartbeat(worker, lease, &skip).await {
-            Ok(held) => {
-                let held: HashMap<JobId, i32> =
-                    held.into_iter().map(|l| (l.job_id, l.attempt)).collect();
-                // The database's new expiry is its clock at the statement plus the lease:
-                // never before `started + lease` by this process's clock.
-                let extended = started + lease;
-                for (id, running) in in_flight.lock().expect("in-flight map").iter() {
-                    let lost = held.get(id) != Some(&running.attempt);
-                    if lost && running.claimed < started {
-                        tracing::warn!(job.id = %id, "lease no longer held (cancelled or rescued): stopping the attempt");
-                        running.cancel.cancel();
-                    } else if !lost {
-                        running.valid_until.send_if_modified(|until| {
-                            let later = extended > *until;
-                            if later {
-                                *until = extended;
-                            }
-                            later
-                        });
-                    }
-                }
-            }
-            Err(err) => tracing::warn!(error = %err, "heartbeat failed; retrying"),
-        }
-    }
+    false
 }
 
 /// Rescues lapsed leases (when elected) and prunes old jobs.

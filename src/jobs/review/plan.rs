@@ -9,8 +9,8 @@ use crate::{
     gitlab::{self, DiffShas, ProjectRef},
     queue::{JobContext, JobError, NewJob, Queue},
     review::{
-        self, ChunkConfig, FileDiff, MarkerKind, ParsedFile, ReviewType, Screening,
-        settings::ProjectSettings,
+        self, ChunkConfig, FileDiff, MarkerKind, ParsedFile, PromptOptions, ReviewType, Screening,
+        chunk::ChunkPlan, settings::ProjectSettings,
     },
 };
 
@@ -125,30 +125,7 @@ pub(super) async fn plan(
         max_chunks: deps.max_chunks,
     };
     let since_sha = since.as_ref().map(|(sha, _)| sha.clone());
-    // Parsing and packing a giant MR is CPU work: keep it off the async thread.
-    let plan = tokio::task::spawn_blocking(move || match since {
-        None => review::chunk::plan_with(&diffs, &config, &options),
-        Some((_, delta)) => {
-            let (mut skipped, mut files) = (Vec::new(), Vec::new());
-            for screening in diffs.iter().map(|d| config.skip.screen(d)) {
-                match screening {
-                    Screening::Review(file) => files.push(file),
-                    Screening::Skip(file) => skipped.push(Screening::Skip(file)),
-                }
-            }
-            let delta: Vec<ParsedFile> = delta.iter().map(review::diff::parse).collect();
-            let restricted = review::restrict(&files, &delta);
-            review::chunk::pack(
-                skipped
-                    .into_iter()
-                    .chain(restricted.files.into_iter().map(Screening::Review)),
-                &config,
-                &options,
-            )
-        }
-    })
-    .await
-    .map_err(|e| JobError::retryable(format!("planning the chunks failed: {e}")))?;
+    let plan = pack_round(diffs, config, options, since).await?;
     let skipped = serde_json::to_value(&plan.skipped).map_err(JobError::fatal)?;
     let chunk_count = i32::try_from(plan.chunks.len()).unwrap_or(i32::MAX);
     let file_count = i32::try_from(plan.reviewed.len()).unwrap_or(i32::MAX);
@@ -185,28 +162,7 @@ pub(super) async fn plan(
     tracing::info!(mr = %args.mr, review.id = review_id, chunks = chunk_count, skipped = plan.skipped.len(), scope, "review planned");
 
     let priority = job_priority(pool, ctx).await?;
-    // The other review types the project asks for run as reviews of their own.
-    if args.review_type == ReviewType::General && !args.dry_run {
-        for &other in settings.review_types() {
-            if other != args.review_type {
-                let sibling = ReviewArgs {
-                    review_type: other,
-                    ..args.clone()
-                };
-                Queue::enqueue(&mut *tx, &sibling.job(priority)).await?;
-            }
-        }
-        // The description is a job of its own, asked for by the settings or by markers the
-        // author put in the description.
-        if settings.describe() || review::describe::has_markers(&description) {
-            let describe = crate::jobs::describe::DescribeArgs {
-                mr: args.mr.clone(),
-                project: args.project.clone(),
-                iid: args.iid,
-            };
-            Queue::enqueue(&mut *tx, &describe.job(priority)).await?;
-        }
-    }
+    enqueue_companions(&mut tx, args, &settings, &description, priority).await?;
 
     if plan.chunks.is_empty() {
         tx.commit().await.map_err(db)?;
@@ -235,6 +191,74 @@ pub(super) async fn plan(
     insert_chunks(&mut tx, review_id, plan.chunks.iter().zip(ids)).await?;
     tx.commit().await.map_err(db)?;
     Ok(Planned::Waiting)
+}
+
+/// Screens, parses and packs the round's files into chunks: the whole diff, or with an
+/// earlier round's head (`since`) only the hunks its pushes touched. Parsing and packing a
+/// giant MR is CPU work, so it runs off the async thread.
+async fn pack_round(
+    diffs: Vec<FileDiff>,
+    config: ChunkConfig,
+    options: PromptOptions,
+    since: Option<(String, Vec<FileDiff>)>,
+) -> Result<ChunkPlan, JobError> {
+    tokio::task::spawn_blocking(move || match since {
+        None => review::chunk::plan_with(&diffs, &config, &options),
+        Some((_, delta)) => {
+            let (mut skipped, mut files) = (Vec::new(), Vec::new());
+            for screening in diffs.iter().map(|d| config.skip.screen(d)) {
+                match screening {
+                    Screening::Review(file) => files.push(file),
+                    Screening::Skip(file) => skipped.push(Screening::Skip(file)),
+                }
+            }
+            let delta: Vec<ParsedFile> = delta.iter().map(review::diff::parse).collect();
+            let restricted = review::restrict(&files, &delta);
+            review::chunk::pack(
+                skipped
+                    .into_iter()
+                    .chain(restricted.files.into_iter().map(Screening::Review)),
+                &config,
+                &options,
+            )
+        }
+    })
+    .await
+    .map_err(|e| JobError::retryable(format!("planning the chunks failed: {e}")))
+}
+
+/// The jobs a general round starts beside itself: a review of each other type the project
+/// asks for, and the description job when the settings or the description's markers ask for
+/// one. Written in the round's transaction.
+async fn enqueue_companions(
+    tx: &mut sqlx::PgConnection,
+    args: &ReviewArgs,
+    settings: &ProjectSettings,
+    description: &str,
+    priority: i16,
+) -> Result<(), JobError> {
+    if args.review_type == ReviewType::General && !args.dry_run {
+        for &other in settings.review_types() {
+            if other != args.review_type {
+                let sibling = ReviewArgs {
+                    review_type: other,
+                    ..args.clone()
+                };
+                Queue::enqueue(&mut *tx, &sibling.job(priority)).await?;
+            }
+        }
+        // The description is a job of its own, asked for by the settings or by markers the
+        // author put in the description.
+        if settings.describe() || review::describe::has_markers(description) {
+            let describe = crate::jobs::describe::DescribeArgs {
+                mr: args.mr.clone(),
+                project: args.project.clone(),
+                iid: args.iid,
+            };
+            Queue::enqueue(&mut *tx, &describe.job(priority)).await?;
+        }
+    }
+    Ok(())
 }
 
 /// The project's settings: its `.reviewq.toml` at `git_ref`, then the operator's override
