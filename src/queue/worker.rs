@@ -418,24 +418,7 @@ impl<H: JobHandler> Worker<H> {
             }
         }
 
-        // Drain: let in-flight jobs finish within the grace period, then cancel them.
-        if !tasks.is_empty() {
-            tracing::info!(in_flight = tasks.len(), grace = ?self.config.shutdown_grace, "stopping: waiting for in-flight jobs");
-            let drained = tokio::time::timeout(self.config.shutdown_grace, async {
-                while let Some(joined) = tasks.join_next().await {
-                    succeeded.extend(joined.ok().flatten());
-                }
-            })
-            .await;
-            if drained.is_err() {
-                for running in self.in_flight.lock().expect("in-flight map").values() {
-                    running.cancel.cancel();
-                }
-                while let Some(joined) = tasks.join_next().await {
-                    succeeded.extend(joined.ok().flatten());
-                }
-            }
-        }
+        self.drain_in_flight(&mut tasks, &mut succeeded).await;
         self.flush_completions(&succeeded).await;
         let handed_back = match self.queue.hand_back(self.id).await {
             Ok(n) => n,
@@ -456,6 +439,33 @@ impl<H: JobHandler> Worker<H> {
         };
         tracing::info!(processed = summary.processed, "worker stopped");
         Ok(summary)
+    }
+
+    /// At shutdown: lets in-flight jobs finish within the grace period, then cancels them,
+    /// collecting the leases of those that succeeded.
+    async fn drain_in_flight(
+        &self,
+        tasks: &mut JoinSet<Option<Lease>>,
+        succeeded: &mut Vec<Lease>,
+    ) {
+        if tasks.is_empty() {
+            return;
+        }
+        tracing::info!(in_flight = tasks.len(), grace = ?self.config.shutdown_grace, "stopping: waiting for in-flight jobs");
+        let drained = tokio::time::timeout(self.config.shutdown_grace, async {
+            while let Some(joined) = tasks.join_next().await {
+                succeeded.extend(joined.ok().flatten());
+            }
+        })
+        .await;
+        if drained.is_err() {
+            for running in self.in_flight.lock().expect("in-flight map").values() {
+                running.cancel.cancel();
+            }
+            while let Some(joined) = tasks.join_next().await {
+                succeeded.extend(joined.ok().flatten());
+            }
+        }
     }
 
     /// Writes the last completions at shutdown, retrying through a short outage; what
