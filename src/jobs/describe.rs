@@ -384,7 +384,7 @@ async fn answer(
     let lease = ctx.lease();
     let rows = sqlx::query!(
         r#"update mr_descriptions set block = $2 where id = $1
-             and exists (select 1 from jobs where id = $3 and attempt = $4 and state = 'running')"#,
+             and lease_held($3, $4)"#,
         row.id,
         block,
         lease.job_id.get(),
@@ -640,7 +640,7 @@ async fn set_seen(ctx: &JobContext, id: i64, seen: Option<DateTime<Utc>>) -> Res
     let lease = ctx.lease();
     let rows = sqlx::query!(
         r#"update mr_descriptions set seen_updated_at = $2 where id = $1
-             and exists (select 1 from jobs where id = $3 and attempt = $4 and state = 'running')"#,
+             and lease_held($3, $4)"#,
         id,
         seen,
         lease.job_id.get(),
@@ -658,7 +658,7 @@ async fn mark_attempted(ctx: &JobContext, id: i64) -> Result<(), JobError> {
     let lease = ctx.lease();
     let rows = sqlx::query!(
         r#"update mr_descriptions set attempted_at = now() where id = $1
-             and exists (select 1 from jobs where id = $2 and attempt = $3 and state = 'running')"#,
+             and lease_held($2, $3)"#,
         id,
         lease.job_id.get(),
         lease.attempt,

@@ -75,7 +75,7 @@ pub async fn start(pool: &PgPool, call: &CallContext) -> Result<CallId> {
         insert into llm_calls (job_id, job_attempt, review_id, chunk_index, project, mr_iid,
             head_sha, review_type, model, purpose)
         select $1, $2, $3, $4, $5, $6, $7, $8, $9, $10
-        where exists (select 1 from jobs where id = $1 and attempt = $2 and state = 'running')
+        where lease_held($1, $2)
         returning id
         "#,
         call.lease.job_id.get(),
@@ -113,7 +113,7 @@ pub async fn start_within_limits(
         insert into llm_calls (job_id, job_attempt, review_id, chunk_index, project, mr_iid,
             head_sha, review_type, model, purpose)
         select $1, $2, $3, $4, $5, $6, $7, $8, $9, $11
-        where exists (select 1 from jobs where id = $1 and attempt = $2 and state = 'running')
+        where lease_held($1, $2)
           and not exists (select 1 from llm_pause)
           and ($10::int8 is null or (select coalesce(sum(total_tokens), 0) from llm_usage_daily
                                      where day = (now() at time zone 'UTC')::date) < $10)

@@ -174,6 +174,15 @@ pub async fn count_in_state(pool: &PgPool, state: &str) -> i64 {
         .expect("count jobs")
 }
 
+/// Makes a running job's lease lapse now, as if its worker had stopped heartbeating.
+pub async fn lapse_lease(pool: &PgPool, id: reviewq::queue::JobId) {
+    sqlx::query("update jobs set lease_expires_at = now() - interval '1 second' where id = $1")
+        .bind(id.get())
+        .execute(pool)
+        .await
+        .expect("lapse the lease");
+}
+
 /// A finished process's standard output and error, one after the other, for messages.
 pub fn output_text(o: &std::process::Output) -> String {
     format!(

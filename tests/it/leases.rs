@@ -18,7 +18,7 @@ use sqlx::PgPool;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
-use crate::helpers::wait_until;
+use crate::helpers::{lapse_lease, wait_until};
 
 /// An HTTP server that answers after a minute, counting the requests in flight; a request
 /// stops counting as soon as its client hangs up, as a real server's would.
@@ -136,4 +136,54 @@ async fn an_attempt_whose_heartbeat_cannot_get_through_stops_before_its_lease_la
     );
     stop.cancel();
     run.await.unwrap().unwrap();
+}
+
+/// `lease_held(job, attempt)` as the job kinds' statements see it.
+async fn lease_held(pool: &PgPool, lease: reviewq::queue::Lease) -> bool {
+    sqlx::query_scalar("select lease_held($1, $2)")
+        .bind(lease.job_id.get())
+        .bind(lease.attempt)
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+#[sqlx::test]
+async fn the_sql_lease_fence_holds_only_for_the_running_attempt_that_owns_the_job(pool: PgPool) {
+    let queue = Queue::new(pool.clone());
+    let lease_time = Duration::from_secs(30);
+    let id = Queue::enqueue(&pool, &NoopArgs::default().job())
+        .await
+        .unwrap()
+        .id();
+    let claim = || async {
+        queue
+            .claim(reviewq::queue::WorkerId::random(), 1, lease_time)
+            .await
+            .unwrap()
+            .pop()
+            .unwrap()
+            .lease
+    };
+    let first = claim().await;
+    assert!(
+        lease_held(&pool, first).await,
+        "the claiming attempt holds it"
+    );
+
+    // Its lease lapses and the rescuer requeues it: a second claim owns the job now.
+    lapse_lease(&pool, id).await;
+    assert_eq!(queue.rescue_expired(Duration::ZERO).await.unwrap(), Some(1));
+    let second = claim().await;
+    assert!(
+        !lease_held(&pool, first).await,
+        "the rescued attempt no longer holds it"
+    );
+    assert!(lease_held(&pool, second).await);
+
+    Queue::complete_many(&pool, &[second]).await.unwrap();
+    assert!(
+        !lease_held(&pool, second).await,
+        "a finished job is held by nobody"
+    );
 }

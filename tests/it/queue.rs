@@ -12,7 +12,7 @@ use reviewq::{
 };
 use sqlx::PgPool;
 
-use crate::helpers::wait_until;
+use crate::helpers::{lapse_lease, wait_until};
 
 const LEASE: Duration = Duration::from_secs(30);
 
@@ -226,11 +226,7 @@ async fn a_late_write_from_an_expired_attempt_changes_nothing(pool: PgPool) {
         .unwrap()
         .pop()
         .unwrap();
-    sqlx::query("update jobs set lease_expires_at = now() - interval '1 second' where id = $1")
-        .bind(id.get())
-        .execute(&pool)
-        .await
-        .unwrap();
+    lapse_lease(&pool, id).await;
     assert_eq!(queue.rescue_expired(Duration::ZERO).await.unwrap(), Some(1));
     let fresh = queue
         .claim(WorkerId::random(), 1, LEASE)
@@ -332,11 +328,7 @@ async fn the_rescuer_requeues_a_job_out_of_attempts_until_its_failures_outlast_t
     let budget = Duration::from_secs(60);
     let lapse = async || {
         queue.claim(WorkerId::random(), 1, LEASE).await.unwrap();
-        sqlx::query("update jobs set lease_expires_at = now() - interval '1 second' where id = $1")
-            .bind(id.get())
-            .execute(&pool)
-            .await
-            .unwrap();
+        lapse_lease(&pool, id).await;
         queue.rescue_expired(budget).await.unwrap();
     };
     lapse().await;
@@ -362,11 +354,7 @@ async fn the_rescuer_fails_a_job_whose_leases_lapsed_max_attempts_times(pool: Pg
         .id();
     for _ in 0..2 {
         queue.claim(WorkerId::random(), 1, LEASE).await.unwrap();
-        sqlx::query("update jobs set lease_expires_at = now() - interval '1 second' where id = $1")
-            .bind(id.get())
-            .execute(&pool)
-            .await
-            .unwrap();
+        lapse_lease(&pool, id).await;
         queue.rescue_expired(Duration::ZERO).await.unwrap();
     }
     let row = queue.get(id).await.unwrap();

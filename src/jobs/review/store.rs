@@ -198,7 +198,7 @@ pub(super) async fn mark_attempted(ctx: &JobContext, review_id: i64) -> Result<(
     let lease = ctx.lease();
     let held = sqlx::query_scalar!(
         r#"
-        with held as (select 1 from jobs where id = $2 and attempt = $3 and state = 'running'),
+        with held as (select 1 where lease_held($2, $3)),
         marked as (
             update outbox set attempted_at = now()
             where review_id = $1 and state = 'pending' and exists (select 1 from held)
@@ -236,7 +236,7 @@ pub(super) async fn record_posted(
             gitlab_discussion_id = p.discussion_id, posted_at = now(), error = null
         from unnest($2::text[], $3::int8[], $4::text[]) as p(key, note_id, discussion_id)
         where o.review_id = $1 and o.key = p.key
-          and exists (select 1 from jobs where id = $5 and attempt = $6 and state = 'running')
+          and lease_held($5, $6)
         "#,
         review_id,
         &keys,
@@ -263,7 +263,7 @@ pub(super) async fn set_state(
     let rows = sqlx::query!(
         r#"update outbox set state = $3, error = $4
            where review_id = $1 and key = $2
-             and exists (select 1 from jobs where id = $5 and attempt = $6 and state = 'running')"#,
+             and lease_held($5, $6)"#,
         review_id,
         key,
         state.as_str(),
@@ -330,8 +330,7 @@ pub(super) async fn record_drafted(
     let rows = sqlx::query!(
         r#"update outbox set state = 'drafted', gitlab_draft_id = $3
            where review_id = $1 and key = $2
-             and exists (select 1 from jobs where id = $4 and attempt = $5
-                         and state = 'running')"#,
+             and lease_held($4, $5)"#,
         review_id,
         key,
         gitlab_id(draft_id)?,
