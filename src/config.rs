@@ -245,6 +245,35 @@ impl GitLabArgs {
 /// The default LLM endpoint (Zhipu's BigModel, OpenAI-compatible).
 pub const DEFAULT_GLM_BASE_URL: &str = "https://open.bigmodel.cn/api/paas/v4";
 
+/// Who may talk to the bot in merge request comments, and how often.
+#[derive(Debug, Clone, Args)]
+pub struct ConversationArgs {
+    /// The lowest project role whose commands and questions the bot takes; others get one
+    /// polite refusal per merge request.
+    #[arg(
+        long,
+        env = "REVIEWQ_CONVERSATION_MIN_ROLE",
+        value_enum,
+        default_value = "developer"
+    )]
+    pub conversation_min_role: crate::jobs::conversation::MinRole,
+
+    /// Questions (and requested rounds) answered per hour, per author and per merge request;
+    /// 0: no limit.
+    #[arg(long, env = "REVIEWQ_QUESTIONS_PER_HOUR", default_value_t = 10, value_parser = clap::value_parser!(u32).range(0..=10_000))]
+    pub questions_per_hour: u32,
+}
+
+impl ConversationArgs {
+    /// The policy these settings describe.
+    pub fn policy(&self) -> crate::jobs::conversation::ConversationPolicy {
+        crate::jobs::conversation::ConversationPolicy::new(
+            self.conversation_min_role,
+            self.questions_per_hour,
+        )
+    }
+}
+
 /// Which LLM endpoint and model to use.
 #[derive(Debug, Clone, Args)]
 pub struct LlmArgs {

@@ -55,6 +55,7 @@ pub(crate) fn sim_deps(
         max_chunks,
         spend: crate::spend::SpendPolicy::default(),
         gitlab_budget: crate::jobs::gitlab_budget::GitLabBudget::default(),
+        conversation: Default::default(),
     })
 }
 

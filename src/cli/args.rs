@@ -7,7 +7,7 @@ use anyhow::Context;
 use clap::Args;
 
 use crate::{
-    config::{GitLabArgs, LlmArgs, UsageError},
+    config::{ConversationArgs, GitLabArgs, LlmArgs, UsageError},
     jobs::{gitlab_budget::GITLAB_RESOURCE, review},
     mr_ref::parse_refs,
     queue::RateGate,
@@ -59,7 +59,11 @@ pub fn parse_checked_refs(
 ///
 /// # Errors
 /// A usage error naming a missing or invalid setting.
-pub fn review_deps(gitlab: &GitLabArgs, llm: &LlmArgs) -> Result<review::ReviewDeps, UsageError> {
+pub fn review_deps(
+    gitlab: &GitLabArgs,
+    llm: &LlmArgs,
+    conversation: &ConversationArgs,
+) -> Result<review::ReviewDeps, UsageError> {
     Ok(review::ReviewDeps {
         gitlab: gitlab.client()?,
         llm: llm.client()?,
@@ -68,6 +72,7 @@ pub fn review_deps(gitlab: &GitLabArgs, llm: &LlmArgs) -> Result<review::ReviewD
         max_chunks: llm.max_chunks.max(1),
         spend: llm.spend(),
         gitlab_budget: gitlab.budget(),
+        conversation: conversation.policy(),
     })
 }
 

@@ -80,6 +80,7 @@ pub async fn run(db: &DbArgs) -> anyhow::Result<ExitCode> {
         max_chunks: 50,
         spend: crate::spend::SpendPolicy::default(),
         gitlab_budget: crate::jobs::gitlab_budget::GitLabBudget::default(),
+        conversation: Default::default(),
     };
     let queue = Queue::new(pool.clone());
     Limiter::set_capacity(&pool, LLM_RESOURCE, 3).await?;

@@ -9,7 +9,7 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    config::{DbArgs, GitLabArgs, LlmArgs},
+    config::{ConversationArgs, DbArgs, GitLabArgs, LlmArgs},
     jobs::{Dispatcher, LLM_RESOURCE, describe::DescribeArgs},
     mr_ref::MrRef,
     queue::{JobId, JobState, Queue, Worker, WorkerConfig},
@@ -44,6 +44,9 @@ pub struct ReviewCommandArgs {
 
     #[command(flatten)]
     pub llm: LlmArgs,
+
+    #[command(flatten)]
+    pub conversation: ConversationArgs,
 }
 
 /// Runs `reviewq review`.
@@ -52,7 +55,7 @@ pub struct ReviewCommandArgs {
 /// Usage errors for bad input or settings (nothing written); runtime failures.
 pub async fn run(db: &DbArgs, mut args: ReviewCommandArgs) -> anyhow::Result<ExitCode> {
     let refs = parse_checked_refs(&args.request.refs, &args.gitlab)?;
-    let deps = review_deps(&args.gitlab, &args.llm)?;
+    let deps = review_deps(&args.gitlab, &args.llm, &args.conversation)?;
     if let Some(file) = &args.codequality {
         crate::codequality_report::check_target(file)?;
         // The report lists every finding of the head, so the whole MR is reviewed.
@@ -62,6 +65,12 @@ pub async fn run(db: &DbArgs, mut args: ReviewCommandArgs) -> anyhow::Result<Exi
     crate::migrate(&pool)
         .await
         .context("could not apply migrations")?;
+    // A dry run answers nobody: it posts nothing at all.
+    let chats = if args.request.review.dry_run {
+        Vec::new()
+    } else {
+        enqueue_conversations(&pool, &deps, &refs).await?
+    };
     let ids = enqueue_reviews(&pool, refs.clone(), &args.request).await?;
     let queue = Queue::new(pool.clone());
     let config = WorkerConfig {
@@ -81,6 +90,13 @@ pub async fn run(db: &DbArgs, mut args: ReviewCommandArgs) -> anyhow::Result<Exi
         watched = watch_with_descriptions(&queue, &ids, &refs) => watched?,
         () = stop.cancelled() => Watched::Ended(false),
     };
+    // The conversations ran first (higher priority); wait for any still going.
+    let watched = match watched {
+        Watched::Ended(true) if !chats.is_empty() => {
+            wait_for(&queue, &chats, OnWaiting::Stop).await?
+        }
+        other => other,
+    };
     stop.cancel();
     running.await.context("the worker task panicked")??;
     report(&pool, &ids).await?;
@@ -97,6 +113,25 @@ pub async fn run(db: &DbArgs, mut args: ReviewCommandArgs) -> anyhow::Result<Exi
             ExitCode::from(1)
         }
     })
+}
+
+/// Enqueues the conversations of the notes written since each MR's last round (the CI
+/// mode's stand-in for the webhook's Note Hook).
+async fn enqueue_conversations(
+    pool: &PgPool,
+    deps: &crate::jobs::review::ReviewDeps,
+    refs: &[MrRef],
+) -> anyhow::Result<Vec<JobId>> {
+    let mut ids = Vec::new();
+    for mr in refs {
+        let jobs = crate::jobs::conversation::catch_up(deps, mr)
+            .await
+            .map_err(|e| anyhow::anyhow!("could not read the comments of {mr}: {e}"))?;
+        for job in jobs {
+            ids.push(Queue::enqueue(pool, &job).await?.id());
+        }
+    }
+    Ok(ids)
 }
 
 /// Watches the review jobs, then the description jobs their rounds enqueued, so that a

@@ -6,7 +6,7 @@ use clap::Args;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    config::{DbArgs, GitLabArgs, LlmArgs},
+    config::{ConversationArgs, DbArgs, GitLabArgs, LlmArgs},
     jobs::{Dispatcher, LLM_RESOURCE},
     queue::{Queue, RetryPolicy, Worker, WorkerConfig},
     shutdown,
@@ -55,10 +55,13 @@ pub struct WorkerArgs {
 
     #[command(flatten)]
     pub llm: LlmArgs,
+
+    #[command(flatten)]
+    pub conversation: ConversationArgs,
 }
 
 pub(super) async fn worker(db: &DbArgs, args: WorkerArgs) -> anyhow::Result<ExitCode> {
-    let deps = review_deps(&args.gitlab, &args.llm)?;
+    let deps = review_deps(&args.gitlab, &args.llm, &args.conversation)?;
     let pool = db.pool(args.concurrency / 2 + 5).await?;
     let lease = Duration::from_secs(args.lease_secs);
     let config = WorkerConfig {

@@ -8,6 +8,7 @@
 mod admission;
 mod error;
 mod http;
+mod replies;
 mod retry;
 mod types;
 
@@ -21,6 +22,7 @@ use url::Url;
 pub use self::{
     admission::{Admission, Admit, HookFuture, Report, Ticket},
     error::Error,
+    replies::{AccessLevel, AwardEmoji},
     types::{
         Author, Commit, Compare, DiffFile, DiffRefs, DiffShas, Discussion, DraftNote, LineAnchor,
         MergeRequest, MrVersion, Note, NotePosition, ParseProjectRefError, Position,

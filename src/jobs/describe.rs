@@ -18,31 +18,24 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use sqlx::PgConnection;
 
 use super::{
     fenced,
-    llm_call::{
-        LLM_TRIES_PER_ATTEMPT, MAX_INLINE_WAIT, UNUSABLE_ANSWERS_TOLERATED, backoff,
-        describe_llm_error, keep_recording, pause_llm, wait,
-    },
+    llm_call::{self, Answering, Called},
     review::{ReviewDeps, db, gitlab_error, job_priority, load_settings, to_review_diff},
 };
 use crate::{
-    disposition::Disposition,
     gitlab::{DiffShas, ProjectRef},
-    jobs::LLM_RESOURCE,
-    llm::{self, ChatRequest, Message},
+    llm::{ChatRequest, Message},
     mr_ref::{MrRef, Project},
-    queue::{JobContext, JobError, JobResult, NewJob, Outcome, Permit, Queue},
+    queue::{JobContext, JobError, JobResult, NewJob, Outcome, Queue},
     review::{
         Chunk, ChunkConfig, FileDiff, HeadSha, Language, Prompt, PromptOptions,
         describe::{self, ChangedFile, Description, Splice},
         skip::SkippedFile,
     },
-    spend::{
-        self, Admission,
-        ledger::{self, CallContext, CallPurpose},
-    },
+    spend::ledger::{CallContext, CallPurpose},
 };
 
 /// The stable kind name of a description job.
@@ -311,14 +304,6 @@ fn review_plan(
     crate::review::chunk::plan_with(diffs, config, options)
 }
 
-/// How getting an answer ended.
-enum Called<T> {
-    /// The answer (stored with its usage).
-    Answered(T),
-    /// The job settled otherwise (it waits for a budget or the pause, or lost its lease).
-    Settled(JobResult),
-}
-
 /// Asks for every missing answer, then renders and stores the block.
 async fn answer(
     ctx: &JobContext,
@@ -398,9 +383,37 @@ async fn answer(
     Ok(Called::Answered(block))
 }
 
-/// One answer from the model, under the fleet-wide limit and the spend limits, with every
-/// request in the ledger (purpose `describe`). Transient errors are retried inside the
-/// attempt, an unusable answer once.
+/// Where a description part's answer goes: parsed as a description, stored on its part.
+#[derive(Debug, Clone)]
+struct DescriptionPart {
+    description_id: i64,
+    part_index: i32,
+}
+
+impl Answering for DescriptionPart {
+    type Answer = Description;
+    const WHAT: &'static str = "description";
+
+    fn parse(&self, content: &str) -> Result<Description, String> {
+        describe::parse_answer(content).map_err(|e| e.to_string())
+    }
+
+    async fn store(&self, tx: &mut PgConnection, answer: &Description) -> Result<(), JobError> {
+        sqlx::query!(
+            r#"update mr_description_parts set answer = $3, answered_at = now()
+               where description_id = $1 and part_index = $2"#,
+            self.description_id,
+            self.part_index,
+            serde_json::to_value(answer).map_err(JobError::fatal)?,
+        )
+        .execute(tx)
+        .await
+        .map_err(db)?;
+        Ok(())
+    }
+}
+
+/// One answer from the model (purpose `describe`), see [`llm_call::ask`].
 async fn ask(
     ctx: &JobContext,
     deps: &ReviewDeps,
@@ -408,7 +421,6 @@ async fn ask(
     part_index: i32,
     prompt: Prompt,
 ) -> Result<Called<Description>, JobError> {
-    let pool = ctx.queue().pool().clone();
     let mut request = ChatRequest::new(vec![
         Message::system(prompt.system),
         Message::user(prompt.user),
@@ -427,159 +439,11 @@ async fn ask(
         model: deps.llm.model().to_owned(),
         purpose: CallPurpose::Describe,
     };
-    let (mut transient_tries, mut unusable) = (0, 0);
-    loop {
-        let permit = ctx.acquire(LLM_RESOURCE).await?;
-        let (call_id, probe) =
-            match ledger::start_within_limits(&pool, &call, deps.spend.daily_tokens).await? {
-                Some(call_id) => (call_id, false),
-                None => match spend::admit(&pool, &deps.spend, &call.project).await? {
-                    Admission::Go => (ledger::start(&pool, &call).await?, false),
-                    Admission::Probe => (ledger::start(&pool, &call).await?, true),
-                    Admission::Wait { until, waiting } => {
-                        drop(permit);
-                        return Ok(Called::Settled(wait(ctx, until, &waiting).await));
-                    }
-                },
-            };
-        // The call and its bookkeeping run as a task of their own, so a stopped attempt still
-        // records what the answer cost.
-        let sent = tokio::spawn(send(
-            ctx.clone(),
-            deps.clone(),
-            request.clone(),
-            Sending {
-                call_id,
-                permit: Some(permit),
-                probe,
-                description_id: row.id,
-                part_index,
-            },
-        ))
-        .await
-        .map_err(|e| JobError::retryable(format!("the LLM call's task failed: {e}")))?;
-        match sent {
-            Sent::Answered(answer) => return Ok(Called::Answered(answer)),
-            Sent::Settled(result) => return Ok(Called::Settled(result)),
-            Sent::Unusable(reason) => {
-                unusable += 1;
-                if unusable > UNUSABLE_ANSWERS_TOLERATED {
-                    return Err(JobError::fatal(format!(
-                        "the model's description was not the JSON object asked for, twice: {reason}"
-                    )));
-                }
-            }
-            Sent::Transient(err) => {
-                transient_tries += 1;
-                match err.disposition() {
-                    _ if transient_tries >= LLM_TRIES_PER_ATTEMPT => {
-                        return Err(JobError::new(err.disposition(), describe_llm_error(&err)));
-                    }
-                    Disposition::RetryAfter(pause) if pause > MAX_INLINE_WAIT => {
-                        return Err(JobError::retry_after(pause, describe_llm_error(&err)));
-                    }
-                    Disposition::RetryAfter(pause) => tokio::time::sleep(pause).await,
-                    Disposition::Retry | Disposition::Fatal => {
-                        tokio::time::sleep(backoff(transient_tries)).await;
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// One call in flight.
-struct Sending {
-    call_id: ledger::CallId,
-    permit: Option<Permit>,
-    probe: bool,
-    description_id: i64,
-    part_index: i32,
-}
-
-/// How one call ended, with everything about it recorded.
-enum Sent {
-    Answered(Description),
-    Settled(JobResult),
-    Unusable(String),
-    Transient(llm::Error),
-}
-
-async fn send(ctx: JobContext, deps: ReviewDeps, request: ChatRequest, mut call: Sending) -> Sent {
-    let pool = ctx.queue().pool().clone();
-    let result = deps.llm.complete(&request).await;
-    // Free the slot before the bookkeeping: another call may start now.
-    if let Some(permit) = call.permit.take()
-        && let Err(err) = permit.release().await
-    {
-        tracing::warn!(error = %err, "could not release the LLM slot; it frees itself when the lease lapses");
-    }
-    if call.probe
-        && result.is_ok()
-        && let Err(err) = spend::resume(&pool).await
-    {
-        tracing::warn!(error = %err, "could not end the LLM pause; the next probe will");
-    }
-    let call_id = call.call_id;
-    match result {
-        Ok(done) => match describe::parse_answer(&done.content) {
-            Ok(answer) => match store_answer(&ctx, &call, &done, &answer).await {
-                Ok(()) => Sent::Answered(answer),
-                Err(err) => Sent::Settled(Err(err)),
-            },
-            Err(err) => {
-                let reason = err.to_string();
-                match keep_recording(|| ledger::unusable(&pool, call_id, &done, &reason)).await {
-                    Ok(()) => Sent::Unusable(reason),
-                    Err(err) => Sent::Settled(Err(err)),
-                }
-            }
-        },
-        Err(err) if err.kind == llm::ErrorKind::QuotaExhausted => {
-            Sent::Settled(pause_llm(&ctx, &deps, call_id, &err).await)
-        }
-        Err(err) => {
-            if let Err(db_err) = keep_recording(|| ledger::failed(&pool, call_id, &err)).await {
-                return Sent::Settled(Err(db_err));
-            }
-            match err.disposition() {
-                Disposition::Fatal => Sent::Settled(Err(JobError::fatal(describe_llm_error(&err)))),
-                _ => Sent::Transient(err),
-            }
-        }
-    }
-}
-
-/// Stores an answer with its usage in one transaction, fenced by the lease; if that fails, the
-/// usage is still recorded on its own (the tokens were spent).
-async fn store_answer(
-    ctx: &JobContext,
-    call: &Sending,
-    done: &llm::Completion,
-    answer: &Description,
-) -> Result<(), JobError> {
-    let pool = ctx.queue().pool();
-    let stored = async {
-        let mut tx = pool.begin().await.map_err(db)?;
-        Queue::fence(&mut tx, ctx.lease()).await?;
-        ledger::succeeded(&mut *tx, call.call_id, done).await?;
-        sqlx::query!(
-            r#"update mr_description_parts set answer = $3, answered_at = now()
-               where description_id = $1 and part_index = $2"#,
-            call.description_id,
-            call.part_index,
-            serde_json::to_value(answer).map_err(JobError::fatal)?,
-        )
-        .execute(&mut *tx)
-        .await
-        .map_err(db)?;
-        tx.commit().await.map_err(db)
-    }
-    .await;
-    if stored.is_err() {
-        keep_recording(|| ledger::succeeded(pool, call.call_id, done)).await?;
-    }
-    stored
+    let part = DescriptionPart {
+        description_id: row.id,
+        part_index,
+    };
+    llm_call::ask(ctx, deps, call, request, part).await
 }
 
 /// Writes the block into the description (see the module docs) and finishes the job.

@@ -4,6 +4,7 @@
 //! payload. An unknown kind or a payload that does not parse fails the job for good: it
 //! would fail the same way on every attempt.
 
+pub mod conversation;
 pub mod describe;
 pub mod gitlab_budget;
 mod llm_call;
@@ -41,6 +42,8 @@ pub enum JobKind {
     ReviewChunk(review::ChunkArgs),
     /// Write the type, summary and walkthrough into a merge request's description.
     Describe(describe::DescribeArgs),
+    /// Answer one comment people wrote on a merge request.
+    Conversation(conversation::ConversationArgs),
 }
 
 impl JobKind {
@@ -54,6 +57,7 @@ impl JobKind {
             review::KIND => args(kind, payload).map(Self::Review),
             review::CHUNK_KIND => args(kind, payload).map(Self::ReviewChunk),
             describe::KIND => args(kind, payload).map(Self::Describe),
+            conversation::KIND => args(kind, payload).map(Self::Conversation),
             other => Err(JobError::fatal(format!(
                 "unknown job kind {other:?}: this worker version cannot run it"
             ))),
@@ -103,6 +107,9 @@ impl JobHandler for Dispatcher {
             JobKind::ReviewChunk(args) => review::run_chunk(&ctx, self.review_deps()?, args).await,
             JobKind::Describe(args) => {
                 describe::run_describe(&ctx, self.review_deps()?, args).await
+            }
+            JobKind::Conversation(args) => {
+                conversation::run_conversation(&ctx, self.review_deps()?, args).await
             }
         }
     }

@@ -33,7 +33,8 @@
 //!   description ([`Language::detect`]).
 //! - [`incremental`]: narrowing the MR's diff to what a push changed ([`restrict`]) and telling
 //!   which old threads a push made outdated ([`line_changed`]).
-//! - [`dismissal`]: recognising a human reply that rejects a finding ([`dismisses`]).
+//! - [`dismissal`]: recognising a human reply that rejects a finding ([`dismisses`]);
+//!   [`conversation`]: what a comment asks of the bot, the question prompt, the replies.
 //! - [`describe`]: the MR description block (type, summary, walkthrough) and the splice that
 //!   never changes the author's text; [`codequality`]: GitLab's Code Quality report.
 //!
@@ -46,6 +47,7 @@
 pub mod anchor;
 pub mod chunk;
 pub mod codequality;
+pub mod conversation;
 pub mod describe;
 pub mod diff;
 pub mod dismissal;
@@ -53,6 +55,7 @@ pub mod finding;
 pub mod incremental;
 pub mod language;
 mod markdown;
+pub mod marker;
 pub mod placement;
 pub mod prompt;
 pub mod render;

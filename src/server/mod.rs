@@ -11,6 +11,7 @@
 
 pub mod error;
 pub mod metrics;
+mod note_hook;
 pub mod ui;
 pub mod webhook;
 
@@ -79,6 +80,11 @@ pub struct ServeArgs {
     #[arg(long, env = "REVIEWQ_WEBHOOK_MAX_BODY_BYTES", default_value_t = DEFAULT_MAX_BODY_BYTES)]
     pub max_body_bytes: usize,
 
+    /// The bot's GitLab user id (`GET /user` with its token), so its own comments are
+    /// ignored by the webhook itself; without it the conversation job ignores them.
+    #[arg(long, env = "REVIEWQ_BOT_USER_ID")]
+    pub bot_user_id: Option<u64>,
+
     /// The web console's settings.
     #[command(flatten)]
     pub ui: ui::UiArgs,
@@ -99,6 +105,9 @@ pub struct WebhookConfig {
     pub review_type: ReviewType,
     /// Largest body accepted.
     pub max_body_bytes: usize,
+    /// The bot's GitLab user id: its own notes are ignored at once. Unset, they are
+    /// enqueued and the conversation job ignores them (it asks `GET /user`).
+    pub bot_user_id: Option<u64>,
 }
 
 impl WebhookConfig {
@@ -112,6 +121,7 @@ impl WebhookConfig {
             skip_labels: Vec::new(),
             review_type: ReviewType::General,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            bot_user_id: None,
         }
     }
 }
@@ -146,6 +156,7 @@ impl ServeArgs {
             skip_labels: labels(&self.skip_labels),
             review_type: self.review_type,
             max_body_bytes: self.max_body_bytes,
+            bot_user_id: self.bot_user_id,
         })
     }
 }

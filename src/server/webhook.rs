@@ -1,4 +1,5 @@
-//! `POST /webhooks/gitlab`: merge request events to review jobs.
+//! `POST /webhooks/gitlab`: merge request events to review jobs (comments, `object_kind:
+//! "note"`, go to `note_hook.rs`; a paused merge request's events enqueue nothing).
 //!
 //! 1. `X-Gitlab-Token` must equal the configured secret (constant time), else 401 and
 //!    nothing is read further.
@@ -27,9 +28,12 @@ use sha2::{Digest, Sha256};
 use sqlx::PgPool;
 use subtle::ConstantTimeEq;
 
-use super::{AppState, DB_TIMEOUT, WebhookConfig, error::ApiError};
+use super::{AppState, DB_TIMEOUT, WebhookConfig, error::ApiError, note_hook};
 use crate::{
-    jobs::review::{ReviewArgs, ReviewOptions},
+    jobs::{
+        conversation::store,
+        review::{ReviewArgs, ReviewOptions},
+    },
     mr_ref::{MrRef, Project},
     queue::{Enqueued, NewJob, Queue},
 };
@@ -216,16 +220,7 @@ pub fn decide(event: &Event, config: &WebhookConfig) -> Result<Decision, ApiErro
     if let Some(reason) = now_skipped {
         return Ok(Decision::Ignore(reason));
     }
-    let project = event.project.as_ref();
-    let project = match (
-        project.and_then(|p| p.path_with_namespace.as_deref()),
-        project.and_then(|p| p.id).or(attrs.target_project_id),
-    ) {
-        (Some(path), id) => Project::parse(path).or_else(|e| id.map(Project::Id).ok_or(e)),
-        (None, Some(id)) => Ok(Project::Id(id)),
-        (None, None) => Err("no project.path_with_namespace or project.id".into()),
-    }
-    .map_err(|e| ApiError::BadRequest(format!("invalid project: {e}")))?;
+    let project = event_project(event.project.as_ref(), attrs.target_project_id)?;
     if attrs.iid == 0 {
         return Err(ApiError::BadRequest(
             "object_attributes.iid must be positive".into(),
@@ -236,6 +231,22 @@ pub fn decide(event: &Event, config: &WebhookConfig) -> Result<Decision, ApiErro
         iid: attrs.iid,
         host: None,
     }))
+}
+
+/// The event's project: its path, else its id (or `fallback_id`).
+pub(super) fn event_project(
+    project: Option<&EventProject>,
+    fallback_id: Option<u64>,
+) -> Result<Project, ApiError> {
+    match (
+        project.and_then(|p| p.path_with_namespace.as_deref()),
+        project.and_then(|p| p.id).or(fallback_id),
+    ) {
+        (Some(path), id) => Project::parse(path).or_else(|e| id.map(Project::Id).ok_or(e)),
+        (None, Some(id)) => Ok(Project::Id(id)),
+        (None, None) => Err("no project.path_with_namespace or project.id".into()),
+    }
+    .map_err(|e| ApiError::BadRequest(format!("invalid project: {e}")))
 }
 
 /// Whether `given` is the expected token, in time independent of where they differ and
@@ -293,17 +304,24 @@ pub async fn gitlab(
         return Err(ApiError::Unauthorized);
     }
     let key = delivery_key(&headers)?;
+    let kind: Kind = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::BadRequest(format!("not a GitLab webhook payload: {e}")))?;
+    if kind.object_kind == "note" {
+        return note_hook::handle(&state, key.as_deref(), &body).await;
+    }
     let event: Event = serde_json::from_slice(&body)
         .map_err(|e| ApiError::BadRequest(format!("not a GitLab webhook payload: {e}")))?;
-    let mr = match decide(&event, &state.webhook)? {
+    let mut decision = decide(&event, &state.webhook)?;
+    if let Decision::Review(mr) = &decision
+        && let Some(by) = tokio::time::timeout(DB_TIMEOUT, paused_by(&state.pool, mr))
+            .await
+            .map_err(|_| ApiError::Unavailable)??
+    {
+        decision = Decision::Ignore(format!("reviews of this merge request were paused by {by}"));
+    }
+    let mr = match decision {
         Decision::Review(mr) => mr,
-        Decision::Ignore(reason) => {
-            tracing::debug!(kind = %event.object_kind, %reason, "webhook ignored");
-            return Ok((
-                StatusCode::OK,
-                Json(json!({"status": "ignored", "reason": reason})),
-            ));
-        }
+        Decision::Ignore(reason) => return Ok(ignored(&event.object_kind, reason)),
     };
     let head = event
         .object_attributes
@@ -349,8 +367,28 @@ pub async fn gitlab(
     })
 }
 
+/// The kind of event, read before the rest.
+#[derive(Debug, Deserialize)]
+struct Kind {
+    object_kind: String,
+}
+
+/// The 200 answer to an event that asks for nothing.
+pub(super) fn ignored(kind: &str, reason: String) -> (StatusCode, Json<Value>) {
+    tracing::debug!(%kind, %reason, "webhook ignored");
+    (
+        StatusCode::OK,
+        Json(json!({"status": "ignored", "reason": reason})),
+    )
+}
+
+/// Who paused reviews of the merge request on push (`@bot pause`), if anyone.
+async fn paused_by(pool: &PgPool, mr: &MrRef) -> Result<Option<String>, ApiError> {
+    Ok(store::paused_by(pool, &mr.project.to_string(), mr.iid).await?)
+}
+
 /// What [`record`] did.
-enum Recorded {
+pub(super) enum Recorded {
     /// The delivery was seen before; the job it caused, if known.
     Redelivery(Option<i64>),
     /// The job enqueued (or the identical unfinished one).
@@ -360,7 +398,11 @@ enum Recorded {
 /// In one transaction: remembers the delivery `key` (if any) and enqueues `job`, unless
 /// the key was seen before. A concurrent redelivery waits on the key's row lock and then
 /// finds it.
-async fn record(pool: &PgPool, key: Option<&str>, job: &NewJob) -> Result<Recorded, ApiError> {
+pub(super) async fn record(
+    pool: &PgPool,
+    key: Option<&str>,
+    job: &NewJob,
+) -> Result<Recorded, ApiError> {
     let mut tx = pool.begin().await?;
     if let Some(key) = key {
         let fresh = sqlx::query_scalar!(

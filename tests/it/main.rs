@@ -5,6 +5,7 @@ mod browser;
 mod chaos;
 mod cli;
 mod console;
+mod conversations;
 mod describe;
 mod findings;
 mod gitlab;

@@ -94,6 +94,7 @@ impl Harness {
             max_chunks: 50,
             spend,
             gitlab_budget: GitLabBudget::default(),
+            conversation: Default::default(),
         };
         let queue = Queue::new(pool.clone());
         Limiter::set_capacity(&pool, "llm", 3).await.unwrap();

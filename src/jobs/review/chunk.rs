@@ -22,8 +22,7 @@ use super::{
     store::{insert_chunks, store_chunk_answer, supersede_chunk},
 };
 use crate::jobs::llm_call::{
-    LLM_TRIES_PER_ATTEMPT, MAX_INLINE_WAIT, UNUSABLE_ANSWERS_TOLERATED, backoff,
-    describe_llm_error, keep_recording, pause_llm, wait,
+    UNUSABLE_ANSWERS_TOLERATED, describe_llm_error, keep_recording, pause_after, pause_llm, wait,
 };
 
 pub(super) struct ChunkRow {
@@ -142,18 +141,7 @@ pub(super) async fn review_chunk(
             }
             CallEnd::Transient(err) => {
                 transient_tries += 1;
-                match err.disposition() {
-                    _ if transient_tries >= LLM_TRIES_PER_ATTEMPT => {
-                        return Err(JobError::new(err.disposition(), describe_llm_error(&err)));
-                    }
-                    Disposition::RetryAfter(wait) if wait > MAX_INLINE_WAIT => {
-                        return Err(JobError::retry_after(wait, describe_llm_error(&err)));
-                    }
-                    Disposition::RetryAfter(wait) => tokio::time::sleep(wait).await,
-                    Disposition::Retry | Disposition::Fatal => {
-                        tokio::time::sleep(backoff(transient_tries)).await;
-                    }
-                }
+                pause_after(&err, transient_tries).await?;
                 tracing::info!(error = %err, try_number = transient_tries, "transient LLM error; retrying");
             }
         }

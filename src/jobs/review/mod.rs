@@ -193,6 +193,8 @@ pub struct ReviewDeps {
     pub spend: SpendPolicy,
     /// The fleet's GitLab request budget.
     pub gitlab_budget: GitLabBudget,
+    /// Who may talk to the bot, and how often.
+    pub conversation: crate::jobs::conversation::ConversationPolicy,
 }
 
 /// A GitLab failure as a job error. A throttle that outlasted the request's retries is a

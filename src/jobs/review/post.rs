@@ -349,7 +349,14 @@ pub(super) async fn finish(
         )));
     }
     Queue::complete(&mut tx, ctx.lease()).await?;
-    if moved {
+    let paused =
+        crate::jobs::conversation::store::paused_by(pool, &args.project.to_string(), args.iid)
+            .await
+            .map_err(db)?;
+    if let Some(by) = &paused {
+        tracing::info!(mr = %args.mr, %by, "reviews on push are paused: the new head waits for `resume`");
+    }
+    if moved && paused.is_none() {
         let next = ReviewArgs {
             force: false,
             ..args.clone()

@@ -148,6 +148,13 @@ pub(super) async fn living_summary_body(
         skipped,
         failed_chunks,
         settings_problem: review.settings_problem.clone(),
+        paused_by: crate::jobs::conversation::store::paused_by(
+            pool,
+            &args.project.to_string(),
+            args.iid,
+        )
+        .await
+        .map_err(db)?,
     };
     Ok(review::render::living_summary(&report))
 }

@@ -83,6 +83,7 @@ pub(super) async fn mr_threads(
         let dismissed = discussion.notes[1..].iter().any(|reply| {
             !reply.system
                 && review::find_marker(&reply.body).is_none()
+                && review::conversation::find_reply_marker(&reply.body).is_none()
                 && review::dismisses(&reply.body)
         });
         bot.push(BotThread {

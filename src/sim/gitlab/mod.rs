@@ -22,6 +22,7 @@
 //! comparison the fake cannot derive from that is refused with a 422 that says so.
 
 mod diff;
+mod people;
 mod routes;
 mod state;
 
@@ -34,6 +35,7 @@ use std::{
 use chrono::{DateTime, Utc};
 
 use self::state::{Inner, State};
+pub use self::{people::access, state::StoredAward};
 use super::{Error, server};
 
 /// Username of the account the configured token belongs to: the author of every comment the
@@ -222,6 +224,14 @@ pub enum Route {
     DeleteDraftNote,
     /// `POST .../merge_requests/:iid/draft_notes/bulk_publish`
     BulkPublishDraftNotes,
+    /// `GET /user`
+    CurrentUser,
+    /// `GET /projects/:id/members/all/:user_id`
+    Member,
+    /// `GET .../notes/:id/award_emoji`
+    ListAwardEmoji,
+    /// `POST .../notes/:id/award_emoji`
+    CreateAwardEmoji,
 }
 
 /// A failure the server injects instead of (or after) doing its work.

@@ -26,6 +26,9 @@ use super::{
     state::{ApiError, Inner, State},
 };
 
+mod people;
+mod repository;
+
 type Shared = Arc<Inner>;
 type Query2 = Query<Vec<(String, String)>>;
 
@@ -77,14 +80,8 @@ pub(super) fn router(inner: Shared, max_body: usize) -> Router {
             &format!("{MR}/notes/{{note}}"),
             get(get_note).put(update_note),
         )
-        .route(
-            "/api/v4/projects/{project}/repository/files/{file}/raw",
-            get(raw_file),
-        )
-        .route(
-            "/api/v4/projects/{project}/repository/compare",
-            get(compare),
-        )
+        .merge(people::router())
+        .merge(repository::router())
         .fallback(|| async { error_response(&ApiError::grape_status(404, "404 Not Found")) })
         .layer(DefaultBodyLimit::max(max_body))
         .layer(middleware::from_fn_with_state(Arc::clone(&inner), record))
@@ -659,27 +656,6 @@ async fn update_note(
     .await
 }
 
-async fn raw_file(
-    AxumState(inner): AxumState<Shared>,
-    Path((project, file)): Path<(String, String)>,
-    Query(query): Query2,
-    headers: HeaderMap,
-) -> Response {
-    handle(&inner, Route::RawFile, &headers, |state, _, _| {
-        let git_ref = query_value(&query, "ref")
-            .filter(|r| !r.is_empty())
-            .ok_or_else(|| ApiError::grape("ref is missing"))?;
-        let content = state.raw_file(&project, &file, git_ref)?;
-        Ok((
-            StatusCode::OK,
-            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-            content,
-        )
-            .into_response())
-    })
-    .await
-}
-
 async fn mr_commits(
     AxumState(inner): AxumState<Shared>,
     Path((project, iid)): Path<(String, String)>,
@@ -690,24 +666,6 @@ async fn mr_commits(
     handle(&inner, Route::MrCommits, &headers, |state, base, _| {
         let key = state.api_mr(&project, &iid)?;
         paginate(state.mr_commits(key, base)?, &query, &uri, base)
-    })
-    .await
-}
-
-async fn compare(
-    AxumState(inner): AxumState<Shared>,
-    Path(project): Path<String>,
-    Query(query): Query2,
-    headers: HeaderMap,
-) -> Response {
-    handle(&inner, Route::Compare, &headers, |state, base, _| {
-        let required = |name: &str| {
-            query_value(&query, name)
-                .filter(|r| !r.is_empty())
-                .ok_or_else(|| ApiError::grape(&format!("{name} is missing")))
-        };
-        let value = state.compare(&project, required("from")?, required("to")?, base)?;
-        Ok(json_response(StatusCode::OK, &value))
     })
     .await
 }

@@ -19,6 +19,9 @@ use super::{
 use crate::sim::{Error, server::Stopper};
 
 mod description;
+mod people;
+
+pub use people::StoredAward;
 
 /// GitLab's answer to a position it cannot turn into a line code: the wrong side of a line,
 /// a line outside every hunk, an unknown path or SHAs of another version.
@@ -226,6 +229,8 @@ pub(super) struct State {
     pub(super) published_draft_notes: u64,
     /// Per MR: description edits accepted through the API, and quick actions they ran.
     pub(super) description_log: BTreeMap<(u64, u64), description::DescriptionLog>,
+    /// Members and award emoji.
+    pub(super) people: people::People,
     /// Id sequences (GitLab ids are instance-wide).
     last_note_id: u64,
     last_discussion: u64,
@@ -492,78 +497,6 @@ impl State {
         Ok(())
     }
 
-    pub(super) fn seed_reply(
-        &mut self,
-        project: &str,
-        iid: u64,
-        discussion_id: &str,
-        author: &str,
-        body: &str,
-    ) -> Result<StoredNote, Error> {
-        let unknown = || Error::UnknownDiscussion {
-            project: project.to_owned(),
-            iid,
-            discussion_id: discussion_id.to_owned(),
-        };
-        let (position, resolved) = {
-            let discussion = self
-                .mr(project, iid)?
-                .discussions
-                .iter()
-                .find(|d| d.id == discussion_id)
-                .ok_or_else(unknown)?;
-            let first = discussion.notes.first();
-            (
-                first.and_then(|n| n.position.clone()),
-                first.is_some_and(|n| n.resolved),
-            )
-        };
-        let mut note = self.new_note(None, body, author, false, position, true);
-        note.resolved = resolved;
-        let discussion = self
-            .mr_mut(project, iid)?
-            .discussions
-            .iter_mut()
-            .find(|d| d.id == discussion_id)
-            .ok_or_else(unknown)?;
-        if discussion.individual_note {
-            // Replying to an overview comment turns it into a resolvable thread.
-            discussion.individual_note = false;
-            for first in &mut discussion.notes {
-                first.note_type = Some("DiscussionNote".to_owned());
-                first.resolvable = true;
-            }
-        }
-        note.note_type = discussion.notes.first().and_then(|n| n.note_type.clone());
-        discussion.notes.push(note.clone());
-        Ok(note)
-    }
-
-    pub(super) fn set_resolved(
-        &mut self,
-        project: &str,
-        iid: u64,
-        discussion_id: &str,
-        resolved: bool,
-    ) -> Result<(), Error> {
-        let discussion = self
-            .mr_mut(project, iid)?
-            .discussions
-            .iter_mut()
-            .find(|d| d.id == discussion_id && d.notes.iter().any(|n| n.resolvable))
-            .ok_or_else(|| Error::UnknownDiscussion {
-                project: project.to_owned(),
-                iid,
-                discussion_id: discussion_id.to_owned(),
-            })?;
-        let now = Utc::now();
-        for note in discussion.notes.iter_mut().filter(|n| n.resolvable) {
-            note.resolved = resolved;
-            note.updated_at = now;
-        }
-        Ok(())
-    }
-
     pub(super) fn add_file(&mut self, project: &str, git_ref: &str, path: &str, content: Vec<u8>) {
         let id = match self.project_id(project) {
             Some(id) => id,
@@ -581,27 +514,6 @@ impl State {
         };
         self.files
             .insert((id, git_ref.to_owned(), path.to_owned()), content);
-    }
-
-    pub(super) fn seed_note(
-        &mut self,
-        project: &str,
-        iid: u64,
-        author: &str,
-        body: &str,
-        system: bool,
-    ) -> Result<StoredNote, Error> {
-        self.mr(project, iid)?;
-        let note = self.new_note(None, body, author, system, None, false);
-        let id = self.next_discussion_id();
-        self.mr_mut(project, iid)?
-            .discussions
-            .push(StoredDiscussion {
-                id,
-                individual_note: true,
-                notes: vec![note.clone()],
-            });
-        Ok(note)
     }
 
     fn new_note(

@@ -1,16 +1,16 @@
 //! A simulated Zhipu GLM chat-completions endpoint (`POST {base}/chat/completions`, base
 //! `http://127.0.0.1:PORT/api/paas/v4`, as on `open.bigmodel.cn`).
 //!
-//! Answers are deterministic: the findings come from [`rules`] applied to the diff in the
-//! user message (a describe request gets a description of its files instead), and `usage` is `ceil(chars / 4)` of all message contents (prompt) and of the
-//! answer (completion), so tests can recompute every number. The server counts requests in
-//! flight (and the peak), bills the usage of every answer that carries one, logs each call,
-//! and injects GLM's failures ([`GlmFault`]) from a script.
-//!
+//! Answers are deterministic: findings from [`rules`] applied to the diff in the user message
+//! (a describe request gets a description, a question an answer); `usage` is `ceil(chars / 4)`
+//! of all message contents (prompt) and of the answer (completion), so tests can recompute
+//! every number. The server counts requests in flight (and the peak), bills the usage of every
+//! answer that carries one, logs each call, and injects GLM's failures ([`GlmFault`]).
 //! Wire formats follow `reference/gitlab-glm-api.md` section B: error bodies
 //! `{"error":{"code":"1302","message":"..."}}` with the code as a string; 429 for rate limit,
 //! overload and arrears; 400 for parameter errors, 1261 and 1301; 401 for auth.
 
+mod conversation;
 mod describe;
 pub mod rules;
 
@@ -754,12 +754,10 @@ fn respond(
     {
         return error(StatusCode::BAD_REQUEST, "1261", "Prompt exceeds max length");
     }
-
-    let json_answer = describe::answer(&request.text_of("system"), &request.user_text())
-        .unwrap_or_else(|| {
-            let review = rules::review(&request.user_text(), behaviour.max_findings);
-            serde_json::to_string(&review).unwrap_or_default()
-        });
+    let (system, user) = (request.text_of("system"), request.user_text());
+    let json_answer = describe::answer(&system, &user)
+        .or_else(|| conversation::answer(&system, &user))
+        .unwrap_or_else(|| rules::review_json(&user, behaviour.max_findings));
     let (mut content, mut finish_reason) = match fault {
         Some(GlmFault::SensitiveOutput) => (String::new(), "sensitive"),
         Some(GlmFault::Truncated) => {

@@ -176,6 +176,11 @@ fn parse_diff_line(line: &str) -> Option<PromptLine> {
     })
 }
 
+/// [`review`] as the JSON text the model answers.
+pub fn review_json(user_text: &str, max_findings: usize) -> String {
+    serde_json::to_string(&review(user_text, max_findings)).unwrap_or_default()
+}
+
 /// The review of one prompt: at most `max_findings` findings, most severe first.
 pub fn review(user_text: &str, max_findings: usize) -> Review {
     let files = parse_prompt(user_text);
