@@ -25,6 +25,31 @@ pub struct Percentiles {
     pub max: f64,
 }
 
+impl Percentiles {
+    /// Nearest-rank percentiles of `values` (all zero when there are none).
+    pub fn of(mut values: Vec<f64>) -> Self {
+        values.sort_by(f64::total_cmp);
+        let rank = |q: f64| {
+            if values.is_empty() {
+                return 0.0;
+            }
+            #[allow(
+                clippy::cast_possible_truncation,
+                clippy::cast_sign_loss,
+                clippy::cast_precision_loss
+            )]
+            let index = ((q * values.len() as f64).ceil() as usize).clamp(1, values.len()) - 1;
+            values[index]
+        };
+        Self {
+            p50: rank(0.50),
+            p95: rank(0.95),
+            p99: rank(0.99),
+            max: values.last().copied().unwrap_or(0.0),
+        }
+    }
+}
+
 /// The GitLab token the benchmarks' simulated GitLab accepts.
 pub(crate) const SIM_TOKEN: &str = "bench-gitlab-token";
 /// The key the benchmarks' simulated GLM accepts.

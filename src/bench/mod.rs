@@ -7,6 +7,7 @@ use clap::{Args, Subcommand};
 
 use crate::config::DbArgs;
 
+pub mod chat;
 pub mod e2e;
 pub mod gigantic;
 pub(crate) mod harness;
@@ -29,6 +30,8 @@ pub enum Bench {
     Queue(queue::QueueBenchArgs),
     /// One review end to end against simulated GitLab and GLM on loopback.
     E2e(e2e::E2eBenchArgs),
+    /// Questions in the bot's threads answered end to end: Note Hook to reply.
+    Chat(chat::ChatBenchArgs),
     /// Webhook answer latency of `serve` under a steady delivery rate.
     Serve(serve::ServeBenchArgs),
     /// Worker memory and prompt sizes while reviewing a hostile, gigantic merge request.
@@ -47,6 +50,7 @@ pub async fn run(db: &DbArgs, args: BenchArgs) -> anyhow::Result<ExitCode> {
     match args.which {
         Bench::Queue(args) => queue::run(db, args).await,
         Bench::E2e(args) => e2e::run(db, args).await,
+        Bench::Chat(args) => chat::run(db, args).await,
         Bench::Serve(args) => serve::run(db, args).await,
         Bench::Gigantic(args) => gigantic::run(db, args).await,
         Bench::Rounds(args) => rounds::run(db, args).await,

@@ -158,34 +158,14 @@ async fn bench(pool: &sqlx::PgPool, args: &ServeBenchArgs) -> anyhow::Result<Ser
         .execute(pool)
         .await?;
 
-    latencies.sort_by(f64::total_cmp);
     Ok(ServeBenchReport {
         rate: args.rate,
         seconds: args.seconds,
         deliveries: total,
         errors,
         jobs_enqueued,
-        latency_ms: Percentiles {
-            p50: rank(&latencies, 0.50),
-            p95: rank(&latencies, 0.95),
-            p99: rank(&latencies, 0.99),
-            max: latencies.last().copied().unwrap_or(0.0),
-        },
+        latency_ms: Percentiles::of(latencies),
     })
-}
-
-/// Nearest-rank percentile of sorted values.
-fn rank(sorted: &[f64], q: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    #[allow(
-        clippy::cast_possible_truncation,
-        clippy::cast_sign_loss,
-        clippy::cast_precision_loss
-    )]
-    let index = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len()) - 1;
-    sorted[index]
 }
 
 /// A merge request `open` delivery as GitLab sends it, for MR `iid` of `project`.

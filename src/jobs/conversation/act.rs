@@ -38,7 +38,8 @@ pub(super) async fn run(turn: &Turn<'_>, known_reply: Option<String>) -> JobResu
     if let Some(result) = gate(turn, policy).await? {
         return Ok(result);
     }
-    if !silent(turn.ask.intent) {
+    // A question's 👀 goes out while the answer is worked on: a GitLab round trip less.
+    if !silent(turn.ask.intent) && (turn.ask.intent != Intent::Question || known_reply.is_some()) {
         acknowledge(turn).await?;
     }
     if let Some(reply) = known_reply {
@@ -52,7 +53,8 @@ pub(super) async fn run(turn: &Turn<'_>, known_reply: Option<String>) -> JobResu
             return finish(turn, ConversationState::Answered, None).await;
         }
         Intent::Question => {
-            return match question::answer(turn).await? {
+            let (answered, ()) = tokio::try_join!(question::answer(turn), acknowledge(turn))?;
+            return match answered {
                 Called::Answered(reply) => {
                     let id = post_reply(turn, &reply).await?;
                     finish(turn, ConversationState::Answered, Some(id)).await
@@ -134,23 +136,16 @@ async fn gate(turn: &Turn<'_>, policy: &ConversationPolicy) -> Result<Option<Out
         .map(Some)
 }
 
-/// Adds `eyes` to the note, unless the bot already did (an earlier attempt).
+/// Adds `eyes` to the note. No lookup first: GitLab refuses a second identical award (with a
+/// 404, as for a deleted note), so a retried attempt cannot award twice, and the request saved
+/// is a GitLab round trip off every answer.
 async fn acknowledge(turn: &Turn<'_>) -> Result<(), JobError> {
-    let gitlab = &turn.deps.gitlab;
-    let (project, iid, note) = (&turn.project, turn.args.iid, turn.note.id);
-    let awards = match gitlab.note_awards(project, iid, note).await {
-        Ok(awards) => awards,
-        Err(gitlab::Error::NotFound { .. }) => return Ok(()),
-        Err(err) => return Err(gitlab_error(err)),
-    };
-    if awards
-        .iter()
-        .any(|a| a.name == "eyes" && a.user.id == turn.bot.id)
+    match turn
+        .deps
+        .gitlab
+        .award_emoji(&turn.project, turn.args.iid, turn.note.id, "eyes")
+        .await
     {
-        return Ok(());
-    }
-    match gitlab.award_emoji(project, iid, note, "eyes").await {
-        // GitLab answers 404 for an award that exists already, too.
         Ok(()) | Err(gitlab::Error::NotFound { .. }) => Ok(()),
         Err(err) => Err(gitlab_error(err)),
     }
