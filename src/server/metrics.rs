@@ -134,6 +134,7 @@ pub async fn collect(tx: &mut Transaction<'_, Postgres>) -> Result<Exposition, s
     jobs(tx, &mut out).await?;
     llm(tx, &mut out).await?;
     comments(tx, &mut out).await?;
+    conversations(tx, &mut out).await?;
     limits(tx, &mut out).await?;
     spend(tx, &mut out).await?;
     backoff(tx, &mut out).await?;
@@ -455,6 +456,41 @@ async fn comments(
             .sum();
         out.sample("reviewq_comments_pending", &[("kind", kind)], n(pending));
     }
+    Ok(())
+}
+
+/// What people asked the bot and what it did (`conversations`), and the paused MRs.
+async fn conversations(
+    tx: &mut Transaction<'_, Postgres>,
+    out: &mut Exposition,
+) -> Result<(), sqlx::Error> {
+    let rows = sqlx::query!(
+        r#"select intent, state, count(*) as "n!" from conversations
+           group by intent, state order by intent, state"#
+    )
+    .fetch_all(&mut **tx)
+    .await?;
+    out.family(
+        "reviewq_conversations_total",
+        "counter",
+        "Comments the bot acted on, by intent (question, resolve, review, pause, ...) and state (acting, answered, refused, limited).",
+    );
+    for r in &rows {
+        out.sample(
+            "reviewq_conversations_total",
+            &[("intent", &r.intent), ("state", &r.state)],
+            n(r.n),
+        );
+    }
+    let paused = sqlx::query_scalar!(r#"select count(*) as "n!" from mr_pauses"#)
+        .fetch_one(&mut **tx)
+        .await?;
+    out.family(
+        "reviewq_merge_requests_paused",
+        "gauge",
+        "Merge requests whose reviews on push are paused (`@bot pause`).",
+    );
+    out.sample("reviewq_merge_requests_paused", &[], n(paused));
     Ok(())
 }
 

@@ -57,6 +57,19 @@ impl Hooks {
         (status, response.json().await.unwrap())
     }
 
+    /// `GET /metrics` of the same server.
+    async fn metrics(&self) -> String {
+        let url = self.url.replace("/webhooks/gitlab", "/metrics");
+        self.client
+            .get(url)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     async fn deliver(&self, event: &Value) -> (u16, Value) {
         let key = uuid::Uuid::new_v4().to_string();
         self.deliver_with_key(event, &key, "Note Hook").await
@@ -247,6 +260,12 @@ async fn a_question_in_a_bot_thread_gets_one_answer_there_naming_the_finding_and
     .unwrap();
     assert_eq!(rollup, tokens, "`reviewq usage` reads the same tokens");
 
+    let metrics = hooks.metrics().await;
+    assert!(
+        metrics.contains(r#"reviewq_conversations_total{intent="question",state="answered"} 1"#),
+        "{metrics}"
+    );
+
     // The same comment delivered again (a new delivery key) answers nothing twice.
     answer(&h, &hooks, &question).await;
     assert_eq!(replies_to(&h, &question).len(), 1);
@@ -379,6 +398,11 @@ async fn pause_stops_push_triggered_rounds_until_resume(pool: PgPool) {
     assert!(
         body["reason"].as_str().unwrap().contains("paused by alice"),
         "{body}"
+    );
+    let metrics = hooks.metrics().await;
+    assert!(
+        metrics.contains("reviewq_merge_requests_paused 1"),
+        "{metrics}"
     );
 
     // A round asked for by hand still runs, and its summary says reviews are paused.

@@ -469,6 +469,8 @@ async fn metrics_expose_every_family_and_follow_the_tables(pool: PgPool) {
         "reviewq_llm_call_duration_seconds",
         "reviewq_comments_total",
         "reviewq_comments_pending",
+        "reviewq_conversations_total",
+        "reviewq_merge_requests_paused",
         "reviewq_limit_slots",
         "reviewq_limit_slots_in_use",
     ] {
