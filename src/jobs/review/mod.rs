@@ -212,11 +212,35 @@ pub(super) fn db(err: sqlx::Error) -> JobError {
     JobError::retryable(format!("database error: {err}"))
 }
 
+/// Where a review is (`reviews.state`, whose CHECK constraint lists the same three).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ReviewState {
+    /// Chunks asked; the outbox not yet written.
+    Reviewing,
+    /// The outbox is written; comments are being posted.
+    Posting,
+    /// Posted and summarised.
+    Done,
+}
+
+impl std::str::FromStr for ReviewState {
+    type Err = JobError;
+
+    fn from_str(text: &str) -> Result<Self, JobError> {
+        match text {
+            "reviewing" => Ok(ReviewState::Reviewing),
+            "posting" => Ok(ReviewState::Posting),
+            "done" => Ok(ReviewState::Done),
+            other => Err(JobError::fatal(format!("unknown review state {other:?}"))),
+        }
+    }
+}
+
 /// The review row as the job needs it.
 #[derive(Debug, Clone)]
 struct ReviewRow {
     id: i64,
-    state: String,
+    state: ReviewState,
     head_sha: String,
     base_sha: String,
     start_sha: String,
@@ -238,8 +262,7 @@ pub async fn run_review(ctx: &JobContext, deps: &ReviewDeps, args: ReviewArgs) -
         ..deps.clone()
     };
     let pool = ctx.queue().pool().clone();
-    let existing = sqlx::query_as!(
-        ReviewRow,
+    let existing = sqlx::query!(
         r#"select id, state, head_sha, base_sha, start_sha, skipped, chunk_count, settings,
                   settings_problem
            from reviews where job_id = $1"#,
@@ -247,7 +270,21 @@ pub async fn run_review(ctx: &JobContext, deps: &ReviewDeps, args: ReviewArgs) -
     )
     .fetch_optional(&pool)
     .await
-    .map_err(db)?;
+    .map_err(db)?
+    .map(|r| {
+        Ok::<_, JobError>(ReviewRow {
+            id: r.id,
+            state: r.state.parse()?,
+            head_sha: r.head_sha,
+            base_sha: r.base_sha,
+            start_sha: r.start_sha,
+            skipped: r.skipped,
+            chunk_count: r.chunk_count,
+            settings: r.settings,
+            settings_problem: r.settings_problem,
+        })
+    })
+    .transpose()?;
     let review = match existing {
         Some(review) => review,
         None => match plan(ctx, deps, &args).await? {
@@ -259,7 +296,7 @@ pub async fn run_review(ctx: &JobContext, deps: &ReviewDeps, args: ReviewArgs) -
     let round = RoundSettings::read(&review.settings);
     let project = args.project_ref()?;
     let threads = mr_threads(deps, &project, args.iid, args.review_type).await?;
-    if review.state == "reviewing" {
+    if review.state == ReviewState::Reviewing {
         build_outbox(ctx, &args, &review, &round, &threads).await?;
     }
     post(ctx, deps, &args, &review, &round, &threads).await

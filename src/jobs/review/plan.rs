@@ -15,7 +15,7 @@ use crate::{
 };
 
 use super::{
-    ChunkArgs, ReviewArgs, ReviewDeps, ReviewRow, db, gitlab_error, job_priority,
+    ChunkArgs, ReviewArgs, ReviewDeps, ReviewRow, ReviewState, db, gitlab_error, job_priority,
     round::RoundSettings,
     store::{NewReview, insert_chunks, insert_review},
 };
@@ -168,7 +168,7 @@ pub(super) async fn plan(
         tx.commit().await.map_err(db)?;
         return Ok(Planned::NothingToReview(ReviewRow {
             id: review_id,
-            state: "reviewing".into(),
+            state: ReviewState::Reviewing,
             head_sha: shas.head_sha,
             base_sha: shas.base_sha,
             start_sha: shas.start_sha,
