@@ -104,11 +104,15 @@ pub(super) struct Turn<'a> {
     pub(super) ask: Ask,
     /// The thread was started by reviewq with a finding.
     pub(super) in_bot_thread: bool,
+    /// The note's id and the MR's IID as the tables store them (checked once: an id that
+    /// does not fit is a fatal error, never a saturated one).
+    note_key: i64,
+    iid_key: i64,
 }
 
 impl Turn<'_> {
     pub(super) fn note_id(&self) -> i64 {
-        i64::try_from(self.note.id).unwrap_or(i64::MAX)
+        self.note_key
     }
 
     pub(super) fn project_key(&self) -> String {
@@ -116,7 +120,7 @@ impl Turn<'_> {
     }
 
     pub(super) fn mr_iid(&self) -> i64 {
-        i64::try_from(self.args.iid).unwrap_or(i64::MAX)
+        self.iid_key
     }
 }
 
@@ -224,6 +228,8 @@ async fn read<'a>(
         project,
         bot,
         discussion,
+        note_key: i64::try_from(note.id).map_err(JobError::fatal)?,
+        iid_key: i64::try_from(args.iid).map_err(JobError::fatal)?,
         note,
         author,
         ask,
