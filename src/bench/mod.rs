@@ -7,6 +7,7 @@ use clap::{Args, Subcommand};
 
 use crate::config::DbArgs;
 
+pub mod adapter;
 pub mod chat;
 pub mod e2e;
 pub mod gigantic;
@@ -26,6 +27,9 @@ pub struct BenchArgs {
 /// Which benchmark.
 #[derive(Debug, Subcommand)]
 pub enum Bench {
+    /// reviewq as the outside harnesses run every queue: the side-by-side kit's modes and
+    /// the long-horizon adapter process.
+    Adapter(adapter::AdapterArgs),
     /// Queue throughput (W1) and enqueue-to-start latency (W2) with no-op jobs.
     Queue(queue::QueueBenchArgs),
     /// One review end to end against simulated GitLab and GLM on loopback.
@@ -48,6 +52,7 @@ pub enum Bench {
 /// Usage errors for a busy queue; database, simulator and worker errors.
 pub async fn run(db: &DbArgs, args: BenchArgs) -> anyhow::Result<ExitCode> {
     match args.which {
+        Bench::Adapter(args) => adapter::run(db, args).await,
         Bench::Queue(args) => queue::run(db, args).await,
         Bench::E2e(args) => e2e::run(db, args).await,
         Bench::Chat(args) => chat::run(db, args).await,

@@ -21,6 +21,11 @@ use crate::queue::{JobContext, JobError, JobHandler, JobResult};
 /// the worker command sizes it, so it is named here rather than in either.
 pub const LLM_RESOURCE: &str = "llm";
 
+/// The benchmark adapter's job kind (`reviewq bench adapter`). Named here so that this
+/// dispatcher can refuse it by name: only the adapter's own handler runs it, and no command
+/// but the adapter enqueues it.
+pub const BENCH_KIND: &str = "bench";
+
 /// A single-statement write fenced by the job's lease: it matches no row once another
 /// attempt owns the job.
 pub(crate) fn fenced(rows: u64, ctx: &JobContext) -> Result<(), JobError> {
@@ -58,6 +63,9 @@ impl JobKind {
             review::CHUNK_KIND => args(kind, payload).map(Self::ReviewChunk),
             describe::KIND => args(kind, payload).map(Self::Describe),
             conversation::KIND => args(kind, payload).map(Self::Conversation),
+            BENCH_KIND => Err(JobError::fatal(
+                "bench jobs run only under `reviewq bench adapter`; this database is a benchmark's",
+            )),
             other => Err(JobError::fatal(format!(
                 "unknown job kind {other:?}: this worker version cannot run it"
             ))),

@@ -217,6 +217,24 @@ impl Queue {
         })
     }
 
+    /// Jobs that a worker could claim right now: queued, due, not waiting for children or a
+    /// condition. A scan of the claim index, so a gauge for benchmarks and dashboards, not
+    /// something to call per job.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn available(&self) -> Result<i64> {
+        Ok(sqlx::query_scalar!(
+            r#"
+            select count(*) as "n!" from jobs
+            where state = 'queued' and run_at <= now() and pending_children = 0
+              and waiting is null
+            "#
+        )
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
     /// Whether anything is left to do, fleet-wide. Each probe is an index-only lookup.
     ///
     /// # Errors

@@ -1,6 +1,7 @@
 //! reviewq's integration tests: one binary, real Postgres (a fresh database per test via
 //! `#[sqlx::test]`), real worker processes, fake servers over real HTTP.
 
+mod adapter;
 mod browser;
 mod chaos;
 mod cli;
