@@ -34,7 +34,7 @@ use crate::{
 };
 
 /// The adapter's settings, named as the harness sets them.
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct LongHorizonArgs {
     /// The harness scenario; only `long_horizon` exists.
     #[arg(long, env = "SCENARIO", value_enum, default_value_t = Scenario::LongHorizon)]
@@ -161,7 +161,7 @@ pub async fn run(db: &DbArgs, args: LongHorizonArgs) -> anyhow::Result<ExitCode>
     ));
     let producer = tokio::spawn(produce(
         queue.clone(),
-        args_for_producer(&args),
+        args.clone(),
         counters.clone(),
         stop.clone(),
     ));
@@ -248,41 +248,15 @@ async fn run_worker(
     }
 }
 
-/// What the producer needs of the arguments.
-#[derive(Debug, Clone)]
-struct ProducerPlan {
-    mode: ProducerMode,
-    pacing: Pacing,
-    rate: f64,
-    control_file: Option<PathBuf>,
-    target_depth: i64,
-    batch_max: u64,
-    tick: Duration,
-    payload_bytes: usize,
-}
-
-fn args_for_producer(args: &LongHorizonArgs) -> ProducerPlan {
-    ProducerPlan {
-        mode: args.producer_mode,
-        pacing: args.producer_pacing,
-        rate: args.producer_rate,
-        control_file: args.producer_rate_control_file.clone(),
-        target_depth: args.target_depth,
-        batch_max: u64::from(args.producer_batch_max),
-        tick: Duration::from_millis(args.producer_batch_ms),
-        payload_bytes: args.job_payload_bytes,
-    }
-}
-
-impl ProducerPlan {
+impl LongHorizonArgs {
     /// The offered rate now: the control file's number when it holds one.
     fn current_rate(&self) -> f64 {
-        self.control_file
+        self.producer_rate_control_file
             .as_ref()
             .and_then(|p| std::fs::read_to_string(p).ok())
             .and_then(|s| s.trim().parse::<f64>().ok())
             .filter(|r| r.is_finite() && *r >= 0.0)
-            .unwrap_or(self.rate)
+            .unwrap_or(self.producer_rate)
     }
 }
 
@@ -309,12 +283,13 @@ fn harness_tokens() -> mpsc::UnboundedReceiver<u64> {
 /// kept and enqueued when it is back: offered load is not silently dropped.
 async fn produce(
     queue: Queue,
-    plan: ProducerPlan,
+    plan: LongHorizonArgs,
     counters: Arc<Counters>,
     stop: CancellationToken,
 ) {
-    let mut tokens =
-        (plan.mode == ProducerMode::Fixed && plan.pacing == Pacing::Harness).then(harness_tokens);
+    let mut tokens = (plan.producer_mode == ProducerMode::Fixed
+        && plan.producer_pacing == Pacing::Harness)
+        .then(harness_tokens);
     let mut pending: u64 = 0;
     let mut credit = 0.0_f64;
     let mut last = Instant::now();
@@ -331,9 +306,10 @@ async fn produce(
             }
             counters
                 .target_rate_milli
-                .store(milli(plan.rate), Ordering::Relaxed);
+                .store(milli(plan.producer_rate), Ordering::Relaxed);
         } else {
-            next = (next + plan.tick).max(tokio::time::Instant::now());
+            next = (next + Duration::from_millis(plan.producer_batch_ms))
+                .max(tokio::time::Instant::now());
             tokio::select! {
                 () = stop.cancelled() => return,
                 () = tokio::time::sleep_until(next) => {}
@@ -341,7 +317,7 @@ async fn produce(
             let now = Instant::now();
             let dt = now.duration_since(last).as_secs_f64();
             last = now;
-            match plan.mode {
+            match plan.producer_mode {
                 ProducerMode::Fixed => {
                     let rate = plan.current_rate();
                     counters
@@ -356,16 +332,18 @@ async fn produce(
                     }
                 }
                 ProducerMode::DepthTarget => {
-                    let depth = counters.depth.load(Ordering::Relaxed).max(0);
-                    pending = pending.max(u64::try_from(plan.target_depth - depth).unwrap_or(0));
+                    // Read here, not from the 200 ms gauge: a stale depth would top up
+                    // again on every tick. A failed reading tops up nothing.
+                    let depth = queue.available().await.unwrap_or(plan.target_depth);
+                    pending = u64::try_from(plan.target_depth - depth).unwrap_or(0);
                 }
             }
         }
         while pending > 0 && !stop.is_cancelled() {
-            let n = pending.min(plan.batch_max);
+            let n = pending.min(u64::from(plan.producer_batch_max));
             let at = wall_ms();
             let jobs: Vec<NewJob> = (0..n)
-                .map(|_| bench_job(Some(at), plan.payload_bytes))
+                .map(|_| bench_job(Some(at), plan.job_payload_bytes))
                 .collect();
             match Queue::enqueue_many(queue.pool(), &jobs).await {
                 Ok(_) => {
@@ -381,10 +359,6 @@ async fn produce(
                     break;
                 }
             }
-        }
-        if plan.mode == ProducerMode::DepthTarget {
-            // The gauge must see the new jobs before the next top-up.
-            pending = 0;
         }
     }
 }
