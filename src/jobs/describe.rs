@@ -23,13 +23,13 @@ use sqlx::PgConnection;
 use super::{
     fenced,
     llm_call::{self, Answering, Called},
-    review::{ReviewDeps, db, gitlab_error, job_priority, load_settings, to_review_diff},
+    review::{ReviewDeps, gitlab_error, job_priority, load_settings, to_review_diff},
 };
 use crate::{
     gitlab::{DiffShas, ProjectRef},
     llm::{ChatRequest, Message},
     mr_ref::{MrRef, Project},
-    queue::{JobContext, JobError, JobResult, NewJob, Outcome, Queue},
+    queue::{JobContext, JobError, JobResult, NewJob, Outcome, Queue, ResultExt},
     review::{
         Chunk, ChunkConfig, FileDiff, HeadSha, Language, Prompt, PromptOptions,
         describe::{self, ChangedFile, Description, Splice},
@@ -129,16 +129,16 @@ pub async fn run_describe(ctx: &JobContext, deps: &ReviewDeps, args: DescribeArg
     )
     .fetch_optional(&pool)
     .await
-    .map_err(db)?;
+    .retryable()?;
     let row = match existing {
         Some(row) => row,
         None => plan(ctx, deps, &args).await?,
     };
     if row.state != "describing" {
         // Written or skipped by an attempt whose completion was lost.
-        let mut tx = pool.begin().await.map_err(db)?;
+        let mut tx = pool.begin().await.retryable()?;
         Queue::complete(&mut tx, ctx.lease()).await?;
-        tx.commit().await.map_err(db)?;
+        tx.commit().await.retryable()?;
         return Ok(Outcome::Settled);
     }
     let block = match &row.block {
@@ -244,7 +244,7 @@ async fn plan(
     let files_json = serde_json::to_value(&files).map_err(JobError::fatal)?;
     let iid = i64::try_from(args.iid).map_err(JobError::fatal)?;
 
-    let mut tx = pool.begin().await.map_err(db)?;
+    let mut tx = pool.begin().await.retryable()?;
     Queue::fence(&mut tx, ctx.lease()).await?;
     let id = sqlx::query_scalar!(
         r#"
@@ -266,7 +266,7 @@ async fn plan(
     )
     .fetch_one(&mut *tx)
     .await
-    .map_err(db)?;
+    .retryable()?;
     sqlx::query!(
         r#"insert into mr_description_parts (description_id, part_index, chunk)
            select $1, i, c::json from unnest($2::int4[], $3::text[]) as t(i, c)"#,
@@ -276,8 +276,8 @@ async fn plan(
     )
     .execute(&mut *tx)
     .await
-    .map_err(db)?;
-    tx.commit().await.map_err(db)?;
+    .retryable()?;
+    tx.commit().await.retryable()?;
     tracing::info!(mr = %args.mr, description.id = id, parts = part_count, "description planned");
     Ok(DescriptionRow {
         id,
@@ -318,7 +318,7 @@ async fn answer(
     )
     .fetch_all(pool)
     .await
-    .map_err(db)?;
+    .retryable()?;
     let language = row
         .language
         .as_deref()
@@ -377,7 +377,7 @@ async fn answer(
     )
     .execute(pool)
     .await
-    .map_err(db)?
+    .retryable()?
     .rows_affected();
     fenced(rows, ctx)?;
     Ok(Called::Answered(block))
@@ -408,7 +408,7 @@ impl Answering for DescriptionPart {
         )
         .execute(tx)
         .await
-        .map_err(db)?;
+        .retryable()?;
         Ok(())
     }
 }
@@ -512,7 +512,7 @@ async fn set_seen(ctx: &JobContext, id: i64, seen: Option<DateTime<Utc>>) -> Res
     )
     .execute(ctx.queue().pool())
     .await
-    .map_err(db)?
+    .retryable()?
     .rows_affected();
     fenced(rows, ctx)
 }
@@ -529,7 +529,7 @@ async fn mark_attempted(ctx: &JobContext, id: i64) -> Result<(), JobError> {
     )
     .execute(ctx.queue().pool())
     .await
-    .map_err(db)?
+    .retryable()?
     .rows_affected();
     fenced(rows, ctx)
 }
@@ -555,7 +555,7 @@ async fn finish(
         Ended::Skipped(reason) => ("skipped", Some(reason.as_str())),
     };
     let priority = job_priority(pool, ctx).await?;
-    let mut tx = pool.begin().await.map_err(db)?;
+    let mut tx = pool.begin().await.retryable()?;
     Queue::fence(&mut tx, ctx.lease()).await?;
     sqlx::query!(
         r#"update mr_descriptions set state = $2, outcome = $3,
@@ -567,12 +567,12 @@ async fn finish(
     )
     .execute(&mut *tx)
     .await
-    .map_err(db)?;
+    .retryable()?;
     Queue::complete(&mut tx, ctx.lease()).await?;
     if moved_on {
         Queue::enqueue(&mut *tx, &args.job(priority)).await?;
     }
-    tx.commit().await.map_err(db)?;
+    tx.commit().await.retryable()?;
     match ended {
         Ended::Written => {
             tracing::info!(mr = %args.mr, description.id = row.id, "description written");

@@ -12,7 +12,8 @@ use crate::{
     jobs::LLM_RESOURCE,
     llm::{self, ChatRequest},
     queue::{
-        Error as QueueError, JobContext, JobError, JobResult, Outcome, Permit, Queue, Waiting,
+        Error as QueueError, JobContext, JobError, JobResult, Outcome, Permit, Queue, ResultExt,
+        Waiting,
     },
     spend::{
         self, Admission,
@@ -28,7 +29,7 @@ pub(super) const UNUSABLE_ANSWERS_TOLERATED: u32 = 1;
 /// A `Retry-After` longer than this is not slept inside the job: the job is rescheduled.
 pub(super) const MAX_INLINE_WAIT: Duration = Duration::from_secs(20);
 
-use super::review::{ReviewDeps, db};
+use super::review::ReviewDeps;
 
 /// How long a ledger write is retried through a database outage (a restart takes seconds).
 pub(super) const LEDGER_RETRY_FOR: Duration = Duration::from_secs(60);
@@ -58,9 +59,9 @@ where
 
 /// Makes this chunk wait for a spending condition (a budget, the pause).
 pub(super) async fn wait(ctx: &JobContext, until: DateTime<Utc>, waiting: &Waiting) -> JobResult {
-    let mut tx = ctx.queue().pool().begin().await.map_err(db)?;
+    let mut tx = ctx.queue().pool().begin().await.retryable()?;
     Queue::wait(&mut tx, ctx.lease(), until, waiting).await?;
-    tx.commit().await.map_err(db)?;
+    tx.commit().await.retryable()?;
     tracing::info!(until = %until, reason = %waiting.reason, "chunk waits");
     Ok(Outcome::Settled)
 }
@@ -74,7 +75,7 @@ pub(super) async fn pause_llm(
     call_id: ledger::CallId,
     err: &llm::Error,
 ) -> JobResult {
-    let mut tx = ctx.queue().pool().begin().await.map_err(db)?;
+    let mut tx = ctx.queue().pool().begin().await.retryable()?;
     ledger::failed(&mut *tx, call_id, err).await?;
     let probe_after = err.retry_after.unwrap_or(deps.spend.probe_interval);
     let pause = spend::pause(
@@ -89,12 +90,12 @@ pub(super) async fn pause_llm(
         Ok(()) => {}
         Err(QueueError::LeaseLost(lease)) => {
             // Keep the ledger row and the pause (both true whoever owns the job now).
-            tx.commit().await.map_err(db)?;
+            tx.commit().await.retryable()?;
             return Err(QueueError::LeaseLost(lease).into());
         }
         Err(other) => return Err(other.into()),
     }
-    tx.commit().await.map_err(db)?;
+    tx.commit().await.retryable()?;
     tracing::warn!(reason = %pause.reason, probe_at = %pause.probe_at, "the LLM account cannot pay: LLM work paused fleet-wide");
     Ok(Outcome::Settled)
 }
@@ -310,11 +311,11 @@ async fn store_answer<A: Answering>(
 ) -> Result<(), JobError> {
     let pool = ctx.queue().pool();
     let stored = async {
-        let mut tx = pool.begin().await.map_err(db)?;
+        let mut tx = pool.begin().await.retryable()?;
         Queue::fence(&mut tx, ctx.lease()).await?;
         ledger::succeeded(&mut *tx, call.call_id, done).await?;
         call.answering.store(&mut tx, answer).await?;
-        tx.commit().await.map_err(db)
+        tx.commit().await.retryable()
     }
     .await;
     if stored.is_err() {

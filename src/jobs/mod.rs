@@ -122,3 +122,20 @@ impl JobHandler for Dispatcher {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::disposition::Disposition;
+
+    #[test]
+    fn a_bench_job_is_refused_fatally_by_name_and_an_unknown_kind_names_itself() {
+        let bench = JobKind::parse(BENCH_KIND, &serde_json::json!({})).unwrap_err();
+        assert_eq!(bench.disposition, Disposition::Fatal);
+        assert!(bench.message.contains("bench adapter"), "{bench}");
+
+        let unknown = JobKind::parse("reindex", &serde_json::json!({})).unwrap_err();
+        assert_eq!(unknown.disposition, Disposition::Fatal);
+        assert!(unknown.message.contains("\"reindex\""), "{unknown}");
+    }
+}

@@ -41,6 +41,9 @@ pub struct JobError {
     pub message: String,
     /// Whether the attempt counts against `max_attempts`.
     pub kind: FailureKind,
+    /// What went wrong underneath (a `sqlx` or client error), kept so that its chain reaches
+    /// the logs (`Error::source`) rather than only its one-line message.
+    source: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
 }
 
 /// Whether a handler's error is a failure or a wait the service asked for.
@@ -84,6 +87,16 @@ impl JobError {
             disposition,
             message: message.to_string(),
             kind: FailureKind::Failure,
+            source: None,
+        }
+    }
+
+    /// The same error, remembering what caused it.
+    #[must_use]
+    pub fn with_source(self, source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Self {
+            source: Some(Box::new(source)),
+            ..self
         }
     }
 }
@@ -94,13 +107,19 @@ impl fmt::Display for JobError {
     }
 }
 
-impl std::error::Error for JobError {}
+impl std::error::Error for JobError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source
+            .as_deref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}
 
 impl From<Error> for JobError {
     /// Queue errors inside a handler are transient (the database came back or another
     /// attempt took over, in which case the retry write is fenced out anyway).
     fn from(err: Error) -> Self {
-        Self::retryable(err)
+        Self::retryable(&err).with_source(err)
     }
 }
 
@@ -112,12 +131,30 @@ pub trait ResultExt<T> {
     fn fatal(self) -> Result<T, JobError>;
 }
 
-impl<T, E: fmt::Display> ResultExt<T> for Result<T, E> {
+impl<T, E: std::error::Error + Send + Sync + 'static> ResultExt<T> for Result<T, E> {
     fn retryable(self) -> Result<T, JobError> {
-        self.map_err(JobError::retryable)
+        self.map_err(|e| JobError::retryable(&e).with_source(e))
     }
 
     fn fatal(self) -> Result<T, JobError> {
-        self.map_err(JobError::fatal)
+        self.map_err(|e| JobError::fatal(&e).with_source(e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::error::Error as _;
+
+    use super::*;
+
+    #[test]
+    fn a_classified_error_keeps_its_cause_for_the_logs() {
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset by peer");
+        let err = Err::<(), _>(io).retryable().unwrap_err();
+        assert_eq!(err.disposition, Disposition::Retry);
+        assert_eq!(err.message, "reset by peer");
+        assert_eq!(err.source().unwrap().to_string(), "reset by peer");
+
+        assert!(JobError::fatal("no cause").source().is_none());
     }
 }

@@ -104,3 +104,43 @@ async fn long_horizon_samples_then_exits_zero_within_five_seconds_of_sigterm(poo
         "a last sample is flushed at SIGTERM: {after:?}"
     );
 }
+
+#[sqlx::test(migrations = false)]
+async fn latworker_prints_ready_then_the_latencies_of_what_produce_enqueued(pool: PgPool) {
+    // The schema first, as the kit does (`insert 0`), so both processes start on it.
+    json_line(&pool, &["insert", "0"]).await;
+    let mut worker = reviewq()
+        .args(["bench", "adapter", "latworker", "200", "2"])
+        .env("DATABASE_URL", url_of(&pool))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start latworker");
+    let mut lines = BufReader::new(worker.stdout.take().unwrap()).lines();
+    let ready = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
+        .await
+        .expect("READY in time")
+        .unwrap();
+    assert_eq!(ready.as_deref(), Some("READY"));
+
+    let produced = json_line(&pool, &["produce", "200", "200"]).await;
+    assert!(produced["produce_s"].as_f64().unwrap() > 0.5, "{produced}");
+
+    let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+        .await
+        .expect("latworker ends once it saw every job")
+        .unwrap()
+        .expect("one JSON line after READY");
+    let report: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(report["ok"], true, "{report}");
+    assert_eq!(report["n"], 200, "{report}");
+    let p = |k: &str| report[k].as_f64().unwrap();
+    assert!(p("p50_ms") > 0.0, "{report}");
+    assert!(
+        p("p50_ms") <= p("p95_ms") && p("p95_ms") <= p("p99_ms") && p("p99_ms") <= p("max_ms"),
+        "{report}"
+    );
+    assert_eq!(lines.next_line().await.unwrap(), None, "nothing after it");
+    assert!(worker.wait().await.unwrap().success());
+}

@@ -90,6 +90,8 @@ async fn enqueue_with_a_bad_reference_exits_2_names_it_and_writes_nothing(pool: 
             "other.example.com",
         ),
         (vec!["enqueue", "g/p:1", "--review-type", "style"], "style"),
+        // The benchmark adapter's job kind is not a merge request.
+        (vec!["enqueue", "bench"], "\"bench\""),
         (vec!["cancel", "abc"], "abc"),
     ] {
         let out = run(&url, &args).await;

@@ -11,10 +11,10 @@ use crate::{
     gitlab,
     jobs::{
         llm_call::Called,
-        review::{ReviewArgs, ReviewOptions, db, gitlab_error},
+        review::{ReviewArgs, ReviewOptions, gitlab_error},
     },
     mr_ref::MrRef,
-    queue::{JobError, JobResult, NewJob, Outcome, Queue},
+    queue::{JobError, JobResult, NewJob, Outcome, Queue, ResultExt},
     review::{
         MarkerKind, ReviewType,
         conversation::{self, Intent, ReplyMarker},
@@ -227,7 +227,7 @@ async fn reply_and_settle(
     let body = conversation::reply_body(text, ReplyMarker(turn.note.id));
     let pool = turn.ctx.queue().pool();
     let lease = turn.ctx.lease();
-    let mut conn = pool.acquire().await.map_err(db)?;
+    let mut conn = pool.acquire().await.retryable()?;
     let rows = store::set_reply(
         &mut conn,
         (lease.job_id.get(), lease.attempt),
@@ -238,7 +238,7 @@ async fn reply_and_settle(
     crate::jobs::fenced(rows, turn.ctx)?;
     drop(conn);
     let reply_id = post_reply(turn, &body).await?;
-    let mut tx = pool.begin().await.map_err(db)?;
+    let mut tx = pool.begin().await.retryable()?;
     let (project, iid) = (turn.project_key(), turn.mr_iid());
     match after {
         After::Nothing => {}
@@ -262,7 +262,7 @@ async fn reply_and_settle(
     }
     let reply = i64::try_from(reply_id).map_err(JobError::fatal)?;
     store::finish(&mut tx, turn.ctx, turn.note_id(), state, Some(reply)).await?;
-    tx.commit().await.map_err(db)?;
+    tx.commit().await.retryable()?;
     tracing::info!(note = turn.note.id, intent = %turn.ask.intent, state = state.as_str(), "conversation answered");
     Ok(Outcome::Succeeded)
 }

@@ -23,12 +23,12 @@ pub use self::people::{ConversationPolicy, MinRole};
 use self::store::{ConversationState, NewConversation};
 use super::{
     gitlab_budget,
-    review::{ReviewDeps, db, gitlab_error},
+    review::{ReviewDeps, gitlab_error},
 };
 use crate::{
     gitlab::{self, Discussion, Note, ProjectRef},
     mr_ref::{MrRef, Project},
-    queue::{JobContext, JobError, JobResult, NewJob, Outcome},
+    queue::{JobContext, JobError, JobResult, NewJob, Outcome, ResultExt},
     review::{
         MarkerKind,
         conversation::{self, Ask, Intent, ReplyMarker},
@@ -277,7 +277,7 @@ pub(super) async fn finish(
     state: ConversationState,
     reply_note_id: Option<u64>,
 ) -> JobResult {
-    let mut conn = turn.ctx.queue().pool().acquire().await.map_err(db)?;
+    let mut conn = turn.ctx.queue().pool().acquire().await.retryable()?;
     let reply = reply_note_id
         .map(i64::try_from)
         .transpose()

@@ -6,8 +6,8 @@ use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgPool};
 
 use crate::{
-    jobs::{fenced, review::db},
-    queue::{JobContext, JobError},
+    jobs::fenced,
+    queue::{JobContext, JobError, ResultExt},
     review::conversation::Intent,
 };
 
@@ -71,7 +71,7 @@ pub async fn load(pool: &PgPool, note_id: i64) -> Result<Option<Conversation>, J
     )
     .fetch_optional(pool)
     .await
-    .map_err(db)?;
+    .retryable()?;
     row.map(|r| {
         Ok(Conversation {
             intent: r.intent.parse().map_err(JobError::fatal)?,
@@ -117,7 +117,7 @@ pub async fn begin(ctx: &JobContext, new: &NewConversation<'_>) -> Result<(), Jo
     )
     .execute(ctx.queue().pool())
     .await
-    .map_err(db)?
+    .retryable()?
     .rows_affected();
     fenced(rows, ctx)
 }
@@ -139,7 +139,7 @@ pub async fn set_reply(
     )
     .execute(conn)
     .await
-    .map_err(db)?
+    .retryable()?
     .rows_affected())
 }
 
@@ -163,7 +163,7 @@ pub async fn finish(
     )
     .execute(conn)
     .await
-    .map_err(db)?
+    .retryable()?
     .rows_affected();
     fenced(rows, ctx)
 }
@@ -185,7 +185,7 @@ pub async fn refusal_replied(
     )
     .fetch_one(pool)
     .await
-    .map_err(db)
+    .retryable()
 }
 
 /// The questions answered in the last hour (those that spend tokens), by the author
@@ -211,7 +211,7 @@ pub async fn recent_questions(
     )
     .fetch_one(pool)
     .await
-    .map_err(db)?;
+    .retryable()?;
     Ok([
         (row.by_author, row.by_author_oldest),
         (row.by_mr, row.by_mr_oldest),
@@ -236,7 +236,7 @@ pub async fn pause(
     )
     .execute(conn)
     .await
-    .map_err(db)?;
+    .retryable()?;
     Ok(())
 }
 
@@ -249,7 +249,7 @@ pub async fn resume(conn: &mut PgConnection, project: &str, mr_iid: i64) -> Resu
     )
     .execute(conn)
     .await
-    .map_err(db)?;
+    .retryable()?;
     Ok(())
 }
 

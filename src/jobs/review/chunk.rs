@@ -5,7 +5,7 @@ use crate::{
     disposition::Disposition,
     jobs::LLM_RESOURCE,
     llm::{self, ChatRequest, Message},
-    queue::{JobContext, JobError, JobResult, NewJob, Outcome, Queue},
+    queue::{JobContext, JobError, JobResult, NewJob, Outcome, Queue, ResultExt},
     review::{
         self, Chunk, ReviewType,
         chunk::{split_for_findings, split_in_two},
@@ -17,7 +17,7 @@ use crate::{
 };
 
 use super::{
-    ChunkArgs, MAX_ANSWER_TOKENS, ReviewDeps, db, job_priority,
+    ChunkArgs, MAX_ANSWER_TOKENS, ReviewDeps, job_priority,
     round::RoundSettings,
     store::{insert_chunks, store_chunk_answer, supersede_chunk},
 };
@@ -57,7 +57,7 @@ pub(super) async fn review_chunk(
     )
     .fetch_optional(&pool)
     .await
-    .map_err(db)?
+    .retryable()?
     .ok_or_else(|| {
         JobError::fatal(format!(
             "chunk {} of review {} does not exist",
@@ -245,13 +245,13 @@ pub(super) async fn store_answer_tx(
     done: &llm::Completion,
     answer: &review::Answer,
 ) -> Result<(), JobError> {
-    let mut tx = ctx.queue().pool().begin().await.map_err(db)?;
+    let mut tx = ctx.queue().pool().begin().await.retryable()?;
     ledger::succeeded(&mut *tx, call_id, done).await?;
     store_chunk_answer(&mut tx, args.review_id, args.chunk_index, answer).await?;
     // The completion is the fence: if another attempt owns the job, nothing of this
     // transaction is kept (the caller then records the usage on its own).
     Queue::complete(&mut tx, ctx.lease()).await?;
-    tx.commit().await.map_err(db)?;
+    tx.commit().await.retryable()?;
     Ok(())
 }
 
@@ -274,11 +274,11 @@ pub(super) async fn split_overflowing(
 ) -> JobResult {
     let pool = ctx.queue().pool();
     let result: Result<(), JobError> = async {
-        let mut tx = pool.begin().await.map_err(db)?;
+        let mut tx = pool.begin().await.retryable()?;
         ledger::succeeded(&mut *tx, call_id, done).await?;
         store_chunk_answer(&mut tx, args.review_id, args.chunk_index, answer).await?;
         replace_by_halves(&mut tx, ctx, args, halves).await?;
-        tx.commit().await.map_err(db)
+        tx.commit().await.retryable()
     }
     .await;
     if let Err(err) = result {
@@ -306,10 +306,10 @@ pub(super) async fn split(
             "the chunk is too big for the model even as a single line ({err})"
         )));
     };
-    let mut tx = ctx.queue().pool().begin().await.map_err(db)?;
+    let mut tx = ctx.queue().pool().begin().await.retryable()?;
     Queue::fence(&mut tx, ctx.lease()).await?;
     replace_by_halves(&mut tx, ctx, args, halves).await?;
-    tx.commit().await.map_err(db)?;
+    tx.commit().await.retryable()?;
     tracing::info!(
         chunk = args.chunk_index,
         "chunk too big for the model; split in two"
@@ -336,7 +336,7 @@ pub(super) async fn replace_by_halves(
     )
     .fetch_one(&mut **tx)
     .await
-    .map_err(db)?;
+    .retryable()?;
     let priority = job_priority(pool, ctx).await?;
     let halves = [(next, first), (next + 1, second)];
     let jobs: Vec<NewJob> = halves

@@ -33,7 +33,7 @@ use crate::{
     jobs::gitlab_budget::{self, GitLabBudget},
     llm::LlmClient,
     mr_ref::{MrRef, Project},
-    queue::{JobContext, JobError, JobResult, NewJob, Outcome},
+    queue::{JobContext, JobError, JobResult, NewJob, Outcome, ResultExt},
     review::{ChunkBudget, HeadSha, Marker, MarkerKind, ReviewType},
     spend::SpendPolicy,
 };
@@ -202,14 +202,10 @@ pub struct ReviewDeps {
 pub(super) fn gitlab_error(err: gitlab::Error) -> JobError {
     match err {
         gitlab::Error::RateLimited { retry_after, .. } => {
-            JobError::throttled(retry_after.unwrap_or(THROTTLE_WAIT), err)
+            JobError::throttled(retry_after.unwrap_or(THROTTLE_WAIT), &err).with_source(err)
         }
-        err => JobError::new(err.disposition(), err),
+        err => JobError::new(err.disposition(), &err).with_source(err),
     }
-}
-
-pub(super) fn db(err: sqlx::Error) -> JobError {
-    JobError::retryable(format!("database error: {err}"))
 }
 
 /// Where a review is (`reviews.state`, whose CHECK constraint lists the same three).
@@ -270,7 +266,7 @@ pub async fn run_review(ctx: &JobContext, deps: &ReviewDeps, args: ReviewArgs) -
     )
     .fetch_optional(&pool)
     .await
-    .map_err(db)?
+    .retryable()?
     .map(|r| {
         Ok::<_, JobError>(ReviewRow {
             id: r.id,
@@ -309,7 +305,7 @@ pub(super) async fn job_priority(pool: &PgPool, ctx: &JobContext) -> Result<i16,
     )
     .fetch_one(pool)
     .await
-    .map_err(db)
+    .retryable()
 }
 
 fn marker(review_type: ReviewType, head: &HeadSha, kind: MarkerKind) -> Marker {

@@ -7,7 +7,7 @@ use sqlx::PgPool;
 use crate::{
     disposition::Disposition,
     gitlab::{self, DiffShas, ProjectRef},
-    queue::{JobContext, JobError, NewJob, Queue},
+    queue::{JobContext, JobError, NewJob, Queue, ResultExt},
     review::{
         self, ChunkConfig, FileDiff, MarkerKind, ParsedFile, PromptOptions, ReviewType, Screening,
         chunk::ChunkPlan, settings::ProjectSettings,
@@ -15,7 +15,7 @@ use crate::{
 };
 
 use super::{
-    ChunkArgs, ReviewArgs, ReviewDeps, ReviewRow, ReviewState, db, gitlab_error, job_priority,
+    ChunkArgs, ReviewArgs, ReviewDeps, ReviewRow, ReviewState, gitlab_error, job_priority,
     round::RoundSettings,
     store::{NewReview, insert_chunks, insert_review},
 };
@@ -97,7 +97,7 @@ pub(super) async fn plan(
         )
         .fetch_one(pool)
         .await
-        .map_err(db)?;
+        .retryable()?;
         if reviewed {
             tracing::info!(mr = %args.mr, head = %shas.head_sha, "head already reviewed; --force reviews it again");
             return Ok(Planned::AlreadyReviewed);
@@ -136,7 +136,7 @@ pub(super) async fn plan(
     };
 
     let round_json = serde_json::to_value(&round).map_err(JobError::fatal)?;
-    let mut tx = pool.begin().await.map_err(db)?;
+    let mut tx = pool.begin().await.retryable()?;
     Queue::fence(&mut tx, ctx.lease()).await?;
     let review_id = insert_review(
         &mut tx,
@@ -165,7 +165,7 @@ pub(super) async fn plan(
     enqueue_companions(&mut tx, args, &settings, &description, priority).await?;
 
     if plan.chunks.is_empty() {
-        tx.commit().await.map_err(db)?;
+        tx.commit().await.retryable()?;
         return Ok(Planned::NothingToReview(ReviewRow {
             id: review_id,
             state: ReviewState::Reviewing,
@@ -189,7 +189,7 @@ pub(super) async fn plan(
         .collect();
     let ids = Queue::await_children(&mut tx, ctx.lease(), &jobs).await?;
     insert_chunks(&mut tx, review_id, plan.chunks.iter().zip(ids)).await?;
-    tx.commit().await.map_err(db)?;
+    tx.commit().await.retryable()?;
     Ok(Planned::Waiting)
 }
 
@@ -300,7 +300,7 @@ pub(in crate::jobs) async fn load_settings(
     )
     .fetch_optional(pool)
     .await
-    .map_err(db)?;
+    .retryable()?;
     if let Some(overrides) = overrides {
         match settings.clone().overridden_by(&overrides) {
             Ok(overridden) => settings = overridden,
@@ -337,7 +337,7 @@ pub(super) async fn incremental_base(
     )
     .fetch_optional(pool)
     .await
-    .map_err(db)?;
+    .retryable()?;
     // No round in this database (a CI job on a fresh local cluster): the living summary
     // note on the MR names the head its last round reviewed.
     let previous = match previous {

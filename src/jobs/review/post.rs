@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use crate::{
     gitlab::{self, DiffShas, LineAnchor, ProjectRef},
-    queue::{JobContext, JobError, Outcome, Queue},
+    queue::{JobContext, JobError, Outcome, Queue, ResultExt},
     review::{
         self, FindingKey, HeadSha, Marker, MarkerKind,
         placement::{CommentKind, CommentState},
@@ -13,7 +13,7 @@ use crate::{
 };
 
 use super::{
-    ReviewArgs, ReviewDeps, ReviewRow, db, gitlab_error, head_sha, job_priority, marker, posting,
+    ReviewArgs, ReviewDeps, ReviewRow, gitlab_error, head_sha, job_priority, marker, posting,
     round::RoundSettings,
     store::{
         OutboxRow, mark_attempted, mark_done, outbox, record_drafted, record_posted, set_state,
@@ -337,12 +337,12 @@ pub(super) async fn finish(
     )
     .fetch_optional(pool)
     .await
-    .map_err(db)?;
-    let mut tx = pool.begin().await.map_err(db)?;
+    .retryable()?;
+    let mut tx = pool.begin().await.retryable()?;
     Queue::fence(&mut tx, ctx.lease()).await?;
     mark_done(&mut tx, review.id).await?;
     if let Some(reason) = all_failed {
-        tx.commit().await.map_err(db)?;
+        tx.commit().await.retryable()?;
         return Err(JobError::fatal(format!(
             "no chunk could be reviewed: {}",
             reason.unwrap_or_else(|| "the chunk jobs failed".into())
@@ -352,7 +352,7 @@ pub(super) async fn finish(
     let paused =
         crate::jobs::conversation::store::paused_by(pool, &args.project.to_string(), args.iid)
             .await
-            .map_err(db)?;
+            .retryable()?;
     if let Some(by) = &paused {
         tracing::info!(mr = %args.mr, %by, "reviews on push are paused: the new head waits for `resume`");
     }
@@ -365,7 +365,7 @@ pub(super) async fn finish(
         let id = Queue::enqueue(&mut *tx, &next.job(priority)).await?.id();
         tracing::info!(mr = %args.mr, next.job = %id, "the MR moved on during the review; reviewing the new head next");
     }
-    tx.commit().await.map_err(db)?;
+    tx.commit().await.retryable()?;
     tracing::info!(mr = %args.mr, review.id = review.id, chunks = review.chunk_count, "review done");
     Ok(Outcome::Settled)
 }

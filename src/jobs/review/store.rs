@@ -6,7 +6,7 @@ use sqlx::{PgConnection, PgPool};
 
 use crate::{
     gitlab::DiffShas,
-    queue::{JobContext, JobError, Queue},
+    queue::{JobContext, JobError, Queue, ResultExt},
     review::{
         self, Chunk, Finding,
         placement::{CommentKind, CommentState},
@@ -14,7 +14,7 @@ use crate::{
     },
 };
 
-use super::{ReviewArgs, db, post::Posted};
+use super::{ReviewArgs, post::Posted};
 use crate::jobs::fenced;
 
 /// Stores chunks with their job ids in one statement (one round trip whatever their
@@ -42,7 +42,7 @@ pub(super) async fn insert_chunks<'c>(
     )
     .execute(&mut **tx)
     .await
-    .map_err(db)?;
+    .retryable()?;
     Ok(())
 }
 
@@ -66,7 +66,7 @@ pub(super) async fn chunk_results(
     )
     .fetch_all(pool)
     .await
-    .map_err(db)?;
+    .retryable()?;
     rows.into_iter()
         .map(|r| {
             Ok(ChunkResult {
@@ -111,7 +111,7 @@ pub(super) async fn chunk_outcomes(
     )
     .fetch_all(pool)
     .await
-    .map_err(db)?;
+    .retryable()?;
     rows.into_iter()
         .map(|r| {
             let failed = match r.failed_chunk {
@@ -172,7 +172,7 @@ pub(super) async fn outbox(pool: &PgPool, review_id: i64) -> Result<Vec<OutboxRo
     )
     .fetch_all(pool)
     .await
-    .map_err(db)?;
+    .retryable()?;
     // The CHECK constraints hold the same lists, so a value that does not parse is a
     // schema the code does not know: fatal, not retried.
     rows.into_iter()
@@ -211,7 +211,7 @@ pub(super) async fn mark_attempted(ctx: &JobContext, review_id: i64) -> Result<(
     )
     .fetch_one(ctx.queue().pool())
     .await
-    .map_err(db)?;
+    .retryable()?;
     fenced(u64::from(held), ctx)
 }
 
@@ -247,7 +247,7 @@ pub(super) async fn record_posted(
     )
     .execute(ctx.queue().pool())
     .await
-    .map_err(db)?
+    .retryable()?
     .rows_affected();
     fenced(rows, ctx)
 }
@@ -273,7 +273,7 @@ pub(super) async fn set_state(
     )
     .execute(ctx.queue().pool())
     .await
-    .map_err(db)?
+    .retryable()?
     .rows_affected();
     fenced(rows, ctx)
 }
@@ -286,7 +286,7 @@ pub(super) async fn write_outbox(
     rows: &OutboxColumns,
 ) -> Result<(), JobError> {
     let pool = ctx.queue().pool();
-    let mut tx = pool.begin().await.map_err(db)?;
+    let mut tx = pool.begin().await.retryable()?;
     Queue::fence(&mut tx, ctx.lease()).await?;
     sqlx::query!(
         r#"
@@ -308,15 +308,15 @@ pub(super) async fn write_outbox(
     )
     .execute(&mut *tx)
     .await
-    .map_err(db)?;
+    .retryable()?;
     sqlx::query!(
         "update reviews set state = 'posting' where id = $1",
         review_id
     )
     .execute(&mut *tx)
     .await
-    .map_err(db)?;
-    tx.commit().await.map_err(db)?;
+    .retryable()?;
+    tx.commit().await.retryable()?;
     Ok(())
 }
 
@@ -339,7 +339,7 @@ pub(super) async fn record_drafted(
     )
     .execute(ctx.queue().pool())
     .await
-    .map_err(db)?
+    .retryable()?
     .rows_affected();
     fenced(rows, ctx)
 }
@@ -352,7 +352,7 @@ pub(super) async fn mark_done(tx: &mut PgConnection, review_id: i64) -> Result<(
     )
     .execute(tx)
     .await
-    .map_err(db)?;
+    .retryable()?;
     Ok(())
 }
 
@@ -376,7 +376,7 @@ pub(super) async fn store_chunk_answer(
     )
     .execute(&mut **tx)
     .await
-    .map_err(db)?;
+    .retryable()?;
     Ok(())
 }
 
@@ -393,7 +393,7 @@ pub(super) async fn supersede_chunk(
     )
     .execute(tx)
     .await
-    .map_err(db)?;
+    .retryable()?;
     Ok(())
 }
 
@@ -404,7 +404,7 @@ pub(super) async fn stage_summary(
     review_id: i64,
     body: &str,
 ) -> Result<(), JobError> {
-    let mut tx = ctx.queue().pool().begin().await.map_err(db)?;
+    let mut tx = ctx.queue().pool().begin().await.retryable()?;
     Queue::fence(&mut tx, ctx.lease()).await?;
     sqlx::query!(
         r#"insert into outbox (review_id, key, kind, body) values ($1, 'summary', 'summary', $2)
@@ -414,8 +414,8 @@ pub(super) async fn stage_summary(
     )
     .execute(&mut *tx)
     .await
-    .map_err(db)?;
-    tx.commit().await.map_err(db)
+    .retryable()?;
+    tx.commit().await.retryable()
 }
 
 /// Records the living summary's note: the MR's one note of this type, and this round's
@@ -429,7 +429,7 @@ pub(super) async fn record_summary(
     let project_text = args.project.to_string();
     let iid = i64::try_from(args.iid).map_err(JobError::fatal)?;
     let note_id = gitlab_id(note_id)?;
-    let mut tx = ctx.queue().pool().begin().await.map_err(db)?;
+    let mut tx = ctx.queue().pool().begin().await.retryable()?;
     Queue::fence(&mut tx, ctx.lease()).await?;
     sqlx::query!(
         r#"insert into mr_summaries (project, mr_iid, review_type, gitlab_note_id)
@@ -443,7 +443,7 @@ pub(super) async fn record_summary(
     )
     .execute(&mut *tx)
     .await
-    .map_err(db)?;
+    .retryable()?;
     sqlx::query!(
         r#"update outbox set state = 'posted', gitlab_note_id = $2, posted_at = now(), error = null
            where review_id = $1 and key = 'summary'"#,
@@ -452,8 +452,8 @@ pub(super) async fn record_summary(
     )
     .execute(&mut *tx)
     .await
-    .map_err(db)?;
-    tx.commit().await.map_err(db)?;
+    .retryable()?;
+    tx.commit().await.retryable()?;
     Ok(())
 }
 
@@ -511,7 +511,7 @@ pub(super) async fn insert_review(
     )
     .fetch_one(tx)
     .await
-    .map_err(db)
+    .retryable()
 }
 
 /// A GitLab id as the database stores it (`bigint`). GitLab's ids are far below `i64::MAX`;

@@ -7,7 +7,7 @@ use sqlx::PgPool;
 
 use crate::{
     gitlab,
-    queue::{JobContext, JobError},
+    queue::{JobContext, JobError, ResultExt},
     review::{
         self, Finding, HeadSha, ListedBecause, ListedFinding, LivingSummary, Marker, MarkerKind,
         Round, RoundKind, Severity, SkippedFile, UnanchoredReason,
@@ -16,7 +16,7 @@ use crate::{
 };
 
 use super::{
-    ReviewArgs, db, gitlab_error,
+    ReviewArgs, gitlab_error,
     post::Target,
     posting,
     round::RoundSettings,
@@ -110,7 +110,7 @@ pub(super) async fn living_summary_body(
         )
         .fetch_all(pool)
         .await
-        .map_err(db)?;
+        .retryable()?;
         // Threads without an outbox row here (posted by hand, or pruned): counted as info.
         open_inline.extend((severities.len()..earlier.len()).map(|_| Severity::Info));
         open_inline.extend(severities.into_iter().map(|s| {
@@ -154,7 +154,7 @@ pub(super) async fn living_summary_body(
             args.iid,
         )
         .await
-        .map_err(db)?,
+        .retryable()?,
     };
     Ok(review::render::living_summary(&report))
 }
@@ -188,7 +188,7 @@ pub(super) async fn rounds(
     )
     .fetch_all(pool)
     .await
-    .map_err(db)?;
+    .retryable()?;
     rows.into_iter()
         .map(|r| {
             Ok(Round {
@@ -247,7 +247,7 @@ pub(super) async fn post_summary(
     )
     .fetch_optional(pool)
     .await
-    .map_err(db)?
+    .retryable()?
     .map(|s| s.parse::<CommentState>())
     .transpose()
     .map_err(JobError::fatal)?;
@@ -268,7 +268,7 @@ pub(super) async fn post_summary(
     )
     .fetch_optional(pool)
     .await
-    .map_err(db)?
+    .retryable()?
     .and_then(|id| u64::try_from(id).ok());
     let is_ours = |m: &Marker| m.review_type == args.review_type && m.kind == MarkerKind::Summary;
     let found = match known {
