@@ -115,16 +115,19 @@ pub(super) async fn review_chunk(
         // From here the call and its bookkeeping are a task of their own: if this attempt
         // is stopped (its lease lost, CHUNK_TIMEOUT), the answer still arrives and its usage
         // is still recorded. Only a killed process leaves the ledger row `started`.
-        let call_task = tokio::spawn(finish_call(
-            ctx.clone(),
-            deps.clone(),
-            args,
-            chunk.clone(),
-            request.clone(),
-            call_id,
-            permit,
-            probe,
-        ));
+        let call_task = tokio::spawn(
+            Call {
+                ctx: ctx.clone(),
+                deps: deps.clone(),
+                args,
+                chunk: chunk.clone(),
+                request: request.clone(),
+                call_id,
+                permit,
+                probe,
+            }
+            .finish(),
+        );
         let end = call_task
             .await
             .map_err(|e| JobError::retryable(format!("the LLM call's task failed: {e}")))?;
@@ -158,61 +161,81 @@ pub(super) enum CallEnd {
     Transient(llm::Error),
 }
 
-/// Sends one call and records how it ended: the usage with the answer and the job's
-/// completion in one transaction, or the failure. Runs as a task of its own (see
-/// [`review_chunk`]), so it owns everything it uses.
-#[allow(clippy::too_many_arguments)]
-pub(super) async fn finish_call(
+/// One admitted LLM call of a chunk: everything it needs to be sent and recorded. It runs as
+/// a task of its own (see [`review_chunk`]), so it owns all of it.
+pub(super) struct Call {
     ctx: JobContext,
     deps: ReviewDeps,
     args: ChunkArgs,
     chunk: Chunk,
     request: ChatRequest,
+    /// Its ledger row, `started`.
     call_id: ledger::CallId,
+    /// The LLM slot it holds, released as soon as the answer is in.
     permit: crate::queue::Permit,
+    /// Whether this call probes a paused LLM (its success ends the pause).
     probe: bool,
-) -> CallEnd {
-    let pool = ctx.queue().pool().clone();
-    let result = deps.llm.complete(&request).await;
-    // Free the slot before the bookkeeping: another chunk may start its call now.
-    if let Err(err) = permit.release().await {
-        tracing::warn!(error = %err, "could not release the LLM slot; it frees itself when the lease lapses");
-    }
-    if probe
-        && result.is_ok()
-        && let Err(err) = spend::resume(&pool).await
-    {
-        tracing::warn!(error = %err, "could not end the LLM pause; the next probe will");
-    }
-    match result {
-        Ok(done) => match review::parse_answer(&done.content) {
-            Ok(answer) => CallEnd::Done(match split_for_findings(&chunk, &answer) {
-                Some(halves) => {
-                    split_overflowing(&ctx, args, call_id, &done, &answer, halves).await
-                }
-                None => store_answer(&ctx, args, call_id, &done, answer).await,
-            }),
-            Err(err) => {
-                let reason = err.to_string();
-                match keep_recording(|| ledger::unusable(&pool, call_id, &done, &reason)).await {
-                    Ok(()) => CallEnd::Unusable(reason),
-                    Err(err) => CallEnd::Done(Err(err)),
-                }
-            }
-        },
-        Err(err) if err.kind == llm::ErrorKind::QuotaExhausted => {
-            CallEnd::Done(pause_llm(&ctx, &deps, call_id, &err).await)
+}
+
+impl Call {
+    /// Sends the call and records how it ended: the usage with the answer and the job's
+    /// completion in one transaction, or the failure.
+    async fn finish(self) -> CallEnd {
+        let Self {
+            ctx,
+            deps,
+            args,
+            chunk,
+            request,
+            call_id,
+            permit,
+            probe,
+        } = self;
+        let pool = ctx.queue().pool().clone();
+        let result = deps.llm.complete(&request).await;
+        // Free the slot before the bookkeeping: another chunk may start its call now.
+        if let Err(err) = permit.release().await {
+            tracing::warn!(error = %err, "could not release the LLM slot; it frees itself when the lease lapses");
         }
-        Err(err) => {
-            if let Err(db_err) = keep_recording(|| ledger::failed(&pool, call_id, &err)).await {
-                return CallEnd::Done(Err(db_err));
+        if probe
+            && result.is_ok()
+            && let Err(err) = spend::resume(&pool).await
+        {
+            tracing::warn!(error = %err, "could not end the LLM pause; the next probe will");
+        }
+        match result {
+            Ok(done) => match review::parse_answer(&done.content) {
+                Ok(answer) => CallEnd::Done(match split_for_findings(&chunk, &answer) {
+                    Some(halves) => {
+                        split_overflowing(&ctx, args, call_id, &done, &answer, halves).await
+                    }
+                    None => store_answer(&ctx, args, call_id, &done, answer).await,
+                }),
+                Err(err) => {
+                    let reason = err.to_string();
+                    match keep_recording(|| ledger::unusable(&pool, call_id, &done, &reason)).await
+                    {
+                        Ok(()) => CallEnd::Unusable(reason),
+                        Err(err) => CallEnd::Done(Err(err)),
+                    }
+                }
+            },
+            Err(err) if err.kind == llm::ErrorKind::QuotaExhausted => {
+                CallEnd::Done(pause_llm(&ctx, &deps, call_id, &err).await)
             }
-            if err.kind == llm::ErrorKind::ContextTooLong {
-                return CallEnd::Done(split(&ctx, args, &chunk, &err).await);
-            }
-            match err.disposition() {
-                Disposition::Fatal => CallEnd::Done(Err(JobError::fatal(describe_llm_error(&err)))),
-                _ => CallEnd::Transient(err),
+            Err(err) => {
+                if let Err(db_err) = keep_recording(|| ledger::failed(&pool, call_id, &err)).await {
+                    return CallEnd::Done(Err(db_err));
+                }
+                if err.kind == llm::ErrorKind::ContextTooLong {
+                    return CallEnd::Done(split(&ctx, args, &chunk, &err).await);
+                }
+                match err.disposition() {
+                    Disposition::Fatal => {
+                        CallEnd::Done(Err(JobError::fatal(describe_llm_error(&err))))
+                    }
+                    _ => CallEnd::Transient(err),
+                }
             }
         }
     }
