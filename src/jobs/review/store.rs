@@ -225,10 +225,10 @@ pub(super) async fn record_posted(
     }
     let lease = ctx.lease();
     let keys: Vec<String> = posted.iter().map(|p| p.key.clone()).collect();
-    let notes: Vec<i64> = posted
+    let notes = posted
         .iter()
-        .map(|p| i64::try_from(p.note_id).unwrap_or(i64::MAX))
-        .collect();
+        .map(|p| gitlab_id(p.note_id))
+        .collect::<Result<Vec<i64>, _>>()?;
     let discussions: Vec<Option<String>> = posted.iter().map(|p| p.discussion_id.clone()).collect();
     let rows = sqlx::query!(
         r#"
