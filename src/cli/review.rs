@@ -266,7 +266,9 @@ async fn report(pool: &PgPool, ids: &[JobId]) -> anyhow::Result<()> {
                                 )
                             })
                             .unwrap_or_else(|| "summary note".into());
-                        writeln!(out, "\n--- {place} ---\n{}", r.body)?;
+                        // Inline rows and the summary note: both have a body (CHECK constraint).
+                        let body = r.body.as_deref().unwrap_or_default();
+                        writeln!(out, "\n--- {place} ---\n{body}")?;
                     }
                 }
             }

@@ -23,7 +23,7 @@ use sqlx::PgConnection;
 use super::{
     fenced,
     llm_call::{self, Answering, Called},
-    review::{ReviewDeps, gitlab_error, job_priority, load_settings, to_review_diff},
+    review::{ReviewDeps, gitlab_error, load_settings, to_review_diff},
 };
 use crate::{
     gitlab::{DiffShas, ProjectRef},
@@ -554,7 +554,7 @@ async fn finish(
         Ended::Written => ("written", None),
         Ended::Skipped(reason) => ("skipped", Some(reason.as_str())),
     };
-    let priority = job_priority(pool, ctx).await?;
+    let priority = ctx.job.priority;
     let mut tx = pool.begin().await.retryable()?;
     Queue::fence(&mut tx, ctx.lease()).await?;
     sqlx::query!(

@@ -67,7 +67,7 @@ impl Queue {
                 waiting = null
             where j.id = any(array(select id from picked))
             returning j.id, j.kind, j.payload, j.attempt, j.failed_attempts, j.max_attempts,
-                j.first_failed_at, j.parent_id, j.started_at as "started_at!"
+                j.priority, j.first_failed_at, j.parent_id, j.started_at as "started_at!"
             "#,
             i64::try_from(limit).unwrap_or(i64::MAX),
             worker.get(),
@@ -88,6 +88,7 @@ impl Queue {
                 payload: r.payload,
                 failed_attempts: r.failed_attempts,
                 max_attempts: r.max_attempts,
+                priority: r.priority,
                 first_failed_at: r.first_failed_at,
                 parent_id: r.parent_id.map(JobId::new),
                 started_at: r.started_at,

@@ -228,6 +228,8 @@ pub struct ClaimedJob {
     pub failed_attempts: i32,
     /// The retry budget.
     pub max_attempts: i32,
+    /// Its priority (higher first), which the subtasks and follow-ups it enqueues inherit.
+    pub priority: i16,
     /// When the current run of counted failures began (database clock); `None` before the
     /// first failure.
     pub first_failed_at: Option<DateTime<Utc>>,

@@ -888,9 +888,9 @@ async fn assert_invariants(pool: &PgPool, sims: &Sims, iids: &[u64], expect: &Ex
         let leaks: i64 = sqlx::query_scalar(
             "select count(*) from (
                  select last_error as t from jobs union all select payload::text from jobs
-                 union all select error from job_attempts
-                 union all select error_message from llm_calls
+                 union all select error from job_attempts union all select error_message from llm_calls
                  union all select body from outbox union all select error from outbox
+                 union all select unanchored_reason::text from outbox
              ) x where strpos(t, $1) > 0",
         )
         .bind(secret)

@@ -56,3 +56,55 @@ async fn every_tcp_connection_to_postgres_disables_nagles_algorithm(pool: PgPool
         "no TCP connection to Postgres port {port} was found in /proc/self/fd"
     );
 }
+
+/// The outbox migration that gave the summary's "why no line" its own column, applied to a
+/// database written by the version before it.
+#[sqlx::test(migrations = false)]
+async fn an_older_outbox_keeps_each_listed_findings_reason_in_its_own_column(pool: PgPool) {
+    const SPLIT: i64 = 20_261_209_000_100;
+    let mut conn = pool.acquire().await.unwrap();
+    let apply = |after: i64, before: i64| {
+        reviewq::MIGRATOR
+            .iter()
+            .filter(move |m| m.version >= after && m.version < before)
+            .map(|m| m.sql.clone())
+    };
+    for sql in apply(0, SPLIT) {
+        sqlx::raw_sql(sql).execute(&mut *conn).await.unwrap();
+    }
+    sqlx::raw_sql(
+        r#"insert into reviews (job_id, project, mr_iid, review_type, dry_run, head_sha,
+               base_sha, start_sha, state, chunk_count)
+             values (1, 'g/p', 1, 'general', false, repeat('a', 40), 'b', 's', 'done', 1);
+           insert into outbox (review_id, key, kind, body) select id, k, kind, body from reviews,
+             (values ('f1', 'summary', '"UnknownPath"'), ('f2', 'summary', 'not json'),
+                     ('f3', 'inline', 'a **comment**'), ('summary', 'summary', '## Summary'))
+             as v (k, kind, body)"#,
+    )
+    .execute(&mut *conn)
+    .await
+    .unwrap();
+    for sql in apply(SPLIT, i64::MAX) {
+        sqlx::raw_sql(sql).execute(&mut *conn).await.unwrap();
+    }
+
+    let rows: Vec<(String, Option<String>, Option<serde_json::Value>)> =
+        sqlx::query_as("select key, body, unanchored_reason from outbox order by key")
+            .fetch_all(&mut *conn)
+            .await
+            .unwrap();
+    assert_eq!(
+        rows,
+        [
+            ("f1".into(), None, Some(serde_json::json!("UnknownPath"))),
+            ("f2".into(), None, None),
+            ("f3".into(), Some("a **comment**".into()), None),
+            ("summary".into(), Some("## Summary".into()), None),
+        ]
+    );
+    // From now on the two meanings cannot share the column again.
+    let mixed = sqlx::query("update outbox set body = 'markdown' where key = 'f1'")
+        .execute(&mut *conn)
+        .await;
+    assert!(mixed.is_err(), "a listed finding refuses a body");
+}

@@ -394,7 +394,7 @@ async fn tokens_and_keys_never_reach_logs_output_or_the_database(pool: PgPool) {
             "select (select count(*) from jobs where payload::text like '%' || $1 || '%' or last_error like '%' || $1 || '%')
                   + (select count(*) from job_attempts where error like '%' || $1 || '%')
                   + (select count(*) from llm_calls where coalesce(error_message, '') like '%' || $1 || '%')
-                  + (select count(*) from outbox where body like '%' || $1 || '%' or coalesce(error, '') like '%' || $1 || '%')",
+                  + (select count(*) from outbox where body like '%' || $1 || '%' or coalesce(error, '') like '%' || $1 || '%' or coalesce(unanchored_reason::text, '') like '%' || $1 || '%')",
         )
         .bind(secret)
         .fetch_one(&pool)

@@ -17,7 +17,7 @@ use crate::{
 };
 
 use super::{
-    ChunkArgs, MAX_ANSWER_TOKENS, ReviewDeps, job_priority,
+    ChunkArgs, MAX_ANSWER_TOKENS, ReviewDeps,
     round::RoundSettings,
     store::{insert_chunks, store_chunk_answer, supersede_chunk},
 };
@@ -348,7 +348,6 @@ pub(super) async fn replace_by_halves(
     args: ChunkArgs,
     (first, second): (Chunk, Chunk),
 ) -> Result<(), JobError> {
-    let pool = ctx.queue().pool();
     let parent = ctx
         .job
         .parent_id
@@ -360,7 +359,7 @@ pub(super) async fn replace_by_halves(
     .fetch_one(&mut **tx)
     .await
     .retryable()?;
-    let priority = job_priority(pool, ctx).await?;
+    let priority = ctx.job.priority;
     let halves = [(next, first), (next + 1, second)];
     let jobs: Vec<NewJob> = halves
         .iter()

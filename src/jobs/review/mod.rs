@@ -26,7 +26,6 @@ use std::time::Duration;
 
 use clap::Args;
 use serde::{Deserialize, Serialize};
-use sqlx::PgPool;
 
 use crate::{
     gitlab::{self, GitLabClient, ProjectRef},
@@ -296,16 +295,6 @@ pub async fn run_review(ctx: &JobContext, deps: &ReviewDeps, args: ReviewArgs) -
         build_outbox(ctx, &args, &review, &round, &threads).await?;
     }
     post(ctx, deps, &args, &review, &round, &threads).await
-}
-
-pub(super) async fn job_priority(pool: &PgPool, ctx: &JobContext) -> Result<i16, JobError> {
-    sqlx::query_scalar!(
-        "select priority from jobs where id = $1",
-        ctx.job.id().get()
-    )
-    .fetch_one(pool)
-    .await
-    .retryable()
 }
 
 fn marker(review_type: ReviewType, head: &HeadSha, kind: MarkerKind) -> Marker {

@@ -78,7 +78,7 @@ pub(super) async fn build_outbox(
     let mut rows = OutboxColumns::default();
     for p in &placed {
         let below = p.finding.severity > min;
-        let (kind, position, body, state) = match &p.anchor {
+        let (kind, position, body, reason, state) = match &p.anchor {
             Anchor::Inline(position) => {
                 let state = inline_state(InlineFacts {
                     below_threshold: below,
@@ -99,14 +99,16 @@ pub(super) async fn build_outbox(
                 (
                     CommentKind::Inline,
                     Some(serde_json::to_value(position).map_err(JobError::fatal)?),
-                    review::render::inline_comment(&p.finding, position, &m),
+                    Some(review::render::inline_comment(&p.finding, position, &m)),
+                    None,
                     state,
                 )
             }
             Anchor::Summary(reason) => (
                 CommentKind::Summary,
                 None,
-                serde_json::to_string(reason).map_err(JobError::fatal)?,
+                None,
+                Some(serde_json::to_value(reason).map_err(JobError::fatal)?),
                 if below {
                     CommentState::BelowThreshold
                 } else {
@@ -121,6 +123,7 @@ pub(super) async fn build_outbox(
             .push(serde_json::to_value(&p.finding).map_err(JobError::fatal)?);
         rows.position.push(position);
         rows.body.push(body);
+        rows.unanchored_reason.push(reason);
         rows.state.push(state.as_str().to_owned());
         rows.fingerprint.push(p.fingerprint.as_str().to_owned());
     }

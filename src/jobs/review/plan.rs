@@ -15,7 +15,7 @@ use crate::{
 };
 
 use super::{
-    ChunkArgs, ReviewArgs, ReviewDeps, ReviewRow, ReviewState, gitlab_error, job_priority,
+    ChunkArgs, ReviewArgs, ReviewDeps, ReviewRow, ReviewState, gitlab_error,
     round::RoundSettings,
     store::{NewReview, insert_chunks, insert_review},
 };
@@ -161,7 +161,7 @@ pub(super) async fn plan(
     .await?;
     tracing::info!(mr = %args.mr, review.id = review_id, chunks = chunk_count, skipped = plan.skipped.len(), scope, "review planned");
 
-    let priority = job_priority(pool, ctx).await?;
+    let priority = ctx.job.priority;
     enqueue_companions(&mut tx, args, &settings, &description, priority).await?;
 
     if plan.chunks.is_empty() {

@@ -146,7 +146,10 @@ pub(super) struct OutboxColumns {
     pub(super) severity: Vec<String>,
     pub(super) finding: Vec<serde_json::Value>,
     pub(super) position: Vec<Option<serde_json::Value>>,
-    pub(super) body: Vec<String>,
+    /// The inline comment's Markdown; `None` on a finding listed in the summary.
+    pub(super) body: Vec<Option<String>>,
+    /// Why a finding listed in the summary has no line (`review::UnanchoredReason`).
+    pub(super) unanchored_reason: Vec<Option<serde_json::Value>>,
     pub(super) state: Vec<String>,
     pub(super) fingerprint: Vec<String>,
 }
@@ -157,7 +160,10 @@ pub(super) struct OutboxRow {
     pub(super) severity: Option<String>,
     pub(super) finding: Option<serde_json::Value>,
     pub(super) position: Option<serde_json::Value>,
-    pub(super) body: String,
+    /// The inline comment's Markdown; `None` on a finding listed in the summary.
+    pub(super) body: Option<String>,
+    /// Why a finding listed in the summary has no line (`review::UnanchoredReason`).
+    pub(super) unanchored_reason: Option<serde_json::Value>,
     pub(super) state: CommentState,
     pub(super) error: Option<String>,
     pub(super) fingerprint: Option<String>,
@@ -165,7 +171,8 @@ pub(super) struct OutboxRow {
 
 pub(super) async fn outbox(pool: &PgPool, review_id: i64) -> Result<Vec<OutboxRow>, JobError> {
     let rows = sqlx::query!(
-        r#"select key, kind, severity, finding, position, body, state, error, fingerprint
+        r#"select key, kind, severity, finding, position, body, unanchored_reason, state, error,
+                  fingerprint
            from outbox where review_id = $1 and key <> 'summary'
            order by position->>'new_path', (position->>'new_line')::int, key"#,
         review_id
@@ -184,6 +191,7 @@ pub(super) async fn outbox(pool: &PgPool, review_id: i64) -> Result<Vec<OutboxRo
                 finding: r.finding,
                 position: r.position,
                 body: r.body,
+                unanchored_reason: r.unanchored_reason,
                 state: r.state.parse().map_err(JobError::fatal)?,
                 error: r.error,
                 fingerprint: r.fingerprint,
@@ -290,10 +298,10 @@ pub(super) async fn write_outbox(
     Queue::fence(&mut tx, ctx.lease()).await?;
     sqlx::query!(
         r#"
-        insert into outbox (review_id, key, kind, severity, finding, position, body, state,
-            fingerprint)
+        insert into outbox (review_id, key, kind, severity, finding, position, body,
+            unanchored_reason, state, fingerprint)
         select $1, * from unnest($2::text[], $3::text[], $4::text[], $5::jsonb[], $6::jsonb[],
-            $7::text[], $8::text[], $9::text[])
+            $7::text[], $8::jsonb[], $9::text[], $10::text[])
         on conflict (review_id, key) do nothing
         "#,
         review_id,
@@ -302,7 +310,8 @@ pub(super) async fn write_outbox(
         &rows.severity,
         &rows.finding,
         &rows.position as &[Option<serde_json::Value>],
-        &rows.body,
+        &rows.body as &[Option<String>],
+        &rows.unanchored_reason as &[Option<serde_json::Value>],
         &rows.state,
         &rows.fingerprint,
     )

@@ -75,7 +75,10 @@ pub(super) async fn living_summary_body(
                 })
             }
             SummaryPlace::Unanchored => ListedBecause::Unanchored(
-                serde_json::from_str(&row.body).unwrap_or(UnanchoredReason::UnknownPath),
+                row.unanchored_reason
+                    .clone()
+                    .and_then(|reason| serde_json::from_value(reason).ok())
+                    .unwrap_or(UnanchoredReason::UnknownPath),
             ),
         };
         // Rows without a finding (none today but the summary itself) list nothing.
