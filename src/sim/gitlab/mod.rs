@@ -14,7 +14,7 @@
 //! ```
 //!
 //! What is simulated, and how faithfully, is documented on each route in `routes.rs` and on
-//! the handlers in `state.rs`; the wire formats follow `reference/gitlab-glm-api.md` (sections
+//! the handlers in `state/`; the wire formats follow `reference/gitlab-glm-api.md` (sections
 //! A1–A8), and commits, comparisons and draft notes follow GitLab's `Entities::Commit`,
 //! `Entities::Compare` and `Entities::DraftNote` (`doc/api/draft_notes.md`).
 //!

@@ -1,5 +1,5 @@
 //! The HTTP side of the simulated GitLab: routing, auth, faults, parameter parsing and
-//! pagination. The rules and JSON live in `state.rs`.
+//! pagination. The rules and JSON live in `state.rs` and `state/`.
 //!
 //! Routing matches the raw path, so a project path arrives as one `%2F`-encoded segment (as on
 //! GitLab), and axum's `Path` decodes it. Every request goes through [`handle`]: global
