@@ -11,8 +11,10 @@
 //! - [`skip`]: which files are not worth sending to the model (lock files, generated, vendored,
 //!   minified, binary, too large, user globs), each with a reason for the summary.
 //! - [`tokens`]: the conservative local token estimate every budget decision uses.
-//! - [`chunk`]: packing the reviewable files into prompts that fit a token budget
-//!   ([`plan`] → [`ChunkPlan`]), splitting big files at hunk boundaries and giant hunks by lines.
+//! - [`chunk`]: the chunk types ([`Chunk`], [`ChunkPlan`], the budget) and halving a chunk the
+//!   model found too big; [`pack`]: packing the reviewable files into prompts that fit a token
+//!   budget ([`plan`] → [`ChunkPlan`]), splitting big files at hunk boundaries and giant hunks
+//!   by lines.
 //! - [`review_type`]: `general`, `security`, `performance`.
 //! - [`prompt`]: the system and user messages for one chunk, asking for the one JSON answer of
 //!   `interface.md`.
@@ -38,7 +40,7 @@
 //! - [`describe`]: the MR description block (type, summary, walkthrough) and the splice that
 //!   never changes the author's text; [`codequality`]: GitLab's Code Quality report.
 //!
-//! The wiring layer (the review job) fetches diffs, calls [`plan`] (or [`chunk::plan_with`] with
+//! The wiring layer (the review job) fetches diffs, calls [`plan`] (or [`pack::plan_with`] with
 //! a project's [`PromptOptions`]), sends each [`prompt::render`] (or [`prompt::render_with`])
 //! result to the LLM, feeds the reply to [`parse_answer`], anchors each finding with
 //! [`anchor::anchor`], and posts what [`render`] produces. Across rounds, a finding is
@@ -56,6 +58,7 @@ pub mod incremental;
 pub mod language;
 mod markdown;
 pub mod marker;
+pub mod pack;
 pub mod placement;
 pub mod prompt;
 pub mod render;
@@ -65,14 +68,13 @@ pub mod skip;
 pub mod tokens;
 
 pub use anchor::{Anchor, Position, UnanchoredReason};
-pub use chunk::{
-    Chunk, ChunkBudget, ChunkConfig, ChunkFile, ChunkPlan, FilePart, pack, plan, plan_with,
-};
+pub use chunk::{Chunk, ChunkBudget, ChunkConfig, ChunkFile, ChunkPlan, FilePart};
 pub use diff::{ChangeKind, Content, DiffLine, FileDiff, Hunk, LineKind, ParseIssue, ParsedFile};
 pub use dismissal::dismisses;
 pub use finding::{Answer, AnswerError, Finding, FindingKey, Fingerprint, Severity, parse_answer};
 pub use incremental::{Restricted, line_changed, restrict};
 pub use language::Language;
+pub use pack::{pack, plan, plan_with};
 pub use prompt::{Prompt, PromptOptions};
 pub use render::{
     FailedChunk, HeadSha, ListedBecause, ListedFinding, LivingSummary, Marker, MarkerKind, Round,

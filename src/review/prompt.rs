@@ -342,11 +342,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::review::{
-        chunk::{ChunkConfig, plan},
-        diff::LineKind,
-        fixtures,
-    };
+    use crate::review::{chunk::ChunkConfig, diff::LineKind, fixtures, pack::plan};
 
     fn fixture_chunk() -> Chunk {
         let mut plan = plan(&fixtures::gitlab_diffs(), &ChunkConfig::default());
