@@ -30,7 +30,9 @@
 //!
 //! - [`settings`]: a repository's `.reviewq.toml` ([`ProjectSettings`]) with an operator's
 //!   override on top: review types, ignore globs, language, severity threshold, inline limit,
-//!   custom instructions, draft and label rules, publishing mode, incremental reviews.
+//!   custom instructions, draft and label rules, publishing mode, incremental reviews
+//!   (`settings/validate.rs`: the values of the file and the override, checked key by key);
+//!   [`instructions`]: a project's custom review instructions ([`Instructions`]).
 //! - [`language`]: the language comments are written in, configured or detected from the MR
 //!   description ([`Language::detect`]).
 //! - [`incremental`]: narrowing the MR's diff to what a push changed ([`restrict`]) and telling
@@ -55,6 +57,7 @@ pub mod diff;
 pub mod dismissal;
 pub mod finding;
 pub mod incremental;
+pub mod instructions;
 pub mod language;
 mod markdown;
 pub mod marker;
@@ -73,6 +76,7 @@ pub use diff::{ChangeKind, Content, DiffLine, FileDiff, Hunk, LineKind, ParseIss
 pub use dismissal::dismisses;
 pub use finding::{Answer, AnswerError, Finding, FindingKey, Fingerprint, Severity, parse_answer};
 pub use incremental::{Restricted, line_changed, restrict};
+pub use instructions::Instructions;
 pub use language::Language;
 pub use pack::{pack, plan, plan_with};
 pub use prompt::{Prompt, PromptOptions};
@@ -82,8 +86,7 @@ pub use render::{
 };
 pub use review_type::ReviewType;
 pub use settings::{
-    Instructions, LabelFilter, OutputMode, ProjectSettings, PublishMode, SettingsError,
-    SkipMrReason,
+    LabelFilter, OutputMode, ProjectSettings, PublishMode, SettingsError, SkipMrReason,
 };
 pub use skip::{IgnoreGlobs, Screening, SkipReason, SkipRules, SkippedFile};
 

@@ -314,9 +314,9 @@ mod tests {
     #[test]
     fn plans_made_with_options_keep_prompts_with_those_options_in_budget() {
         use crate::review::{
+            instructions::{Instructions, MAX_INSTRUCTIONS_CHARS},
             language::Language,
             prompt::render_with,
-            settings::{Instructions, MAX_INSTRUCTIONS_CHARS},
         };
         let options = PromptOptions {
             language: Some(Language::parse("Português (Brasil)").expect("valid")),

@@ -20,9 +20,9 @@ use std::fmt::Write as _;
 use crate::review::{
     chunk::{Chunk, ChunkFile, FilePart},
     diff::{ChangeKind, DiffLine, Hunk},
+    instructions::Instructions,
     language::Language,
     review_type::ReviewType,
-    settings::Instructions,
     tokens::estimate_tokens,
 };
 
@@ -560,10 +560,10 @@ mod tests {
     #[test]
     fn the_fixed_overhead_grows_with_the_options() {
         let plain = fixed_overhead_tokens(&PromptOptions::default());
-        let long = "界".repeat(crate::review::settings::MAX_INSTRUCTIONS_CHARS);
+        let long = "界".repeat(crate::review::instructions::MAX_INSTRUCTIONS_CHARS);
         let with = fixed_overhead_tokens(&options("Português (Brasil)", &long));
         assert!(
-            with >= plain + crate::review::settings::MAX_INSTRUCTIONS_CHARS,
+            with >= plain + crate::review::instructions::MAX_INSTRUCTIONS_CHARS,
             "{plain} {with}"
         );
     }
