@@ -18,8 +18,8 @@
 //! - [`review_type`]: `general`, `security`, `performance`.
 //! - [`prompt`]: the system and user messages for one chunk, asking for the one JSON answer of
 //!   `interface.md`.
-//! - [`finding`]: the tolerant parser of that answer ([`parse_answer`]) and the stable
-//!   [`FindingKey`] used for de-duplication.
+//! - [`finding`]: the tolerant parser of that answer ([`parse_answer`]); [`identity`]: the
+//!   stable [`FindingKey`] used for de-duplication and the cross-round [`Fingerprint`].
 //! - [`anchor`]: mapping a finding onto a GitLab diff position, or onto the summary when it cannot
 //!   be anchored.
 //! - [`render`]: sanitising model text and rendering inline comment, summary and living summary
@@ -56,6 +56,7 @@ pub mod describe;
 pub mod diff;
 pub mod dismissal;
 pub mod finding;
+pub mod identity;
 pub mod incremental;
 pub mod instructions;
 pub mod language;
@@ -74,7 +75,8 @@ pub use anchor::{Anchor, Position, UnanchoredReason};
 pub use chunk::{Chunk, ChunkBudget, ChunkConfig, ChunkFile, ChunkPlan, FilePart};
 pub use diff::{ChangeKind, Content, DiffLine, FileDiff, Hunk, LineKind, ParseIssue, ParsedFile};
 pub use dismissal::dismisses;
-pub use finding::{Answer, AnswerError, Finding, FindingKey, Fingerprint, Severity, parse_answer};
+pub use finding::{Answer, AnswerError, Finding, Severity, parse_answer};
+pub use identity::{FindingKey, Fingerprint};
 pub use incremental::{Restricted, line_changed, restrict};
 pub use instructions::Instructions;
 pub use language::Language;

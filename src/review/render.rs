@@ -927,7 +927,7 @@ mod tests {
 
     use super::*;
     use crate::review::{
-        anchor::Anchor, finding::FindingKey, finding::Fingerprint, skip::SkipReason,
+        anchor::Anchor, identity::FindingKey, identity::Fingerprint, skip::SkipReason,
     };
 
     const SHA: &str = "0123456789abcdef0123456789abcdef01234567";
