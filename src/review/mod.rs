@@ -22,9 +22,9 @@
 //!   stable [`FindingKey`] used for de-duplication and the cross-round [`Fingerprint`].
 //! - [`anchor`]: mapping a finding onto a GitLab diff position, or onto the summary when it cannot
 //!   be anchored.
-//! - [`render`]: sanitising model text and rendering inline comment, summary and living summary
-//!   bodies with the hidden `<!-- reviewq:... -->` marker, and reading that marker back
-//!   ([`find_marker`]).
+//! - [`render`]: sanitising model text (`render/sanitize.rs`) and rendering inline comment
+//!   (`render/inline.rs`) and living summary (`render/summary.rs`) bodies with the hidden
+//!   `<!-- reviewq:... -->` marker, and reading that marker back ([`find_marker`]).
 //!
 //! Around them, what a project and later rounds change:
 //!
