@@ -7,7 +7,7 @@
 //! The modules follow the order in which a review job uses them:
 //!
 //! - [`diff`]: GitLab's per-file diff objects ([`FileDiff`]) parsed into hunks and numbered lines
-//!   ([`ParsedFile`]).
+//!   ([`ParsedFile`]); the types in `diff/mod.rs`, the parser in `diff/parser.rs`.
 //! - [`skip`]: which files are not worth sending to the model (lock files, generated, vendored,
 //!   minified, binary, too large, user globs), each with a reason for the summary.
 //! - [`tokens`]: the conservative local token estimate every budget decision uses.
