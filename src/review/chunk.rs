@@ -1,6 +1,6 @@
 //! The chunk types: what one prompt holds ([`Chunk`], [`ChunkFile`], [`FilePart`]), the plan
 //! of a review ([`ChunkPlan`]), its token budget and configuration, and the halving of a chunk
-//! the model found too big. Packing files into chunks is [`pack`](crate::review::pack).
+//! the model found too big. Packing files into chunks is [`pack`](mod@crate::review::pack).
 
 use serde::{Deserialize, Serialize};
 

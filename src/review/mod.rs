@@ -12,7 +12,7 @@
 //!   minified, binary, too large, user globs), each with a reason for the summary.
 //! - [`tokens`]: the conservative local token estimate every budget decision uses.
 //! - [`chunk`]: the chunk types ([`Chunk`], [`ChunkPlan`], the budget) and halving a chunk the
-//!   model found too big; [`pack`]: packing the reviewable files into prompts that fit a token
+//!   model found too big; [`pack`](mod@pack): packing the reviewable files into prompts that fit a token
 //!   budget ([`plan`] → [`ChunkPlan`]), splitting big files at hunk boundaries and giant hunks
 //!   by lines.
 //! - [`review_type`]: `general`, `security`, `performance`.

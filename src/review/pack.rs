@@ -3,8 +3,10 @@
 //! The guarantee: every prompt [`prompt::render`] builds for a chunk of a [`ChunkPlan`] (or
 //! [`prompt::render_with`], with the options the plan was made for by [`plan_with`]) has an
 //! estimated size ([`Prompt::estimated_tokens`](crate::review::prompt::Prompt::estimated_tokens))
-//! of at most [`ChunkBudget::max_prompt_tokens`], whatever the input, and every diff line of
-//! every reviewed file appears in exactly one chunk, in order.
+//! of at most
+//! [`ChunkBudget::max_prompt_tokens`](crate::review::chunk::ChunkBudget::max_prompt_tokens),
+//! whatever the input, and every diff line of every reviewed file appears in exactly one chunk,
+//! in order.
 //!
 //! How: each file, hunk header and line is costed with the same text the prompt will contain,
 //! and the estimate is sub-additive, so the sum of the pieces bounds the whole. Files are packed
@@ -31,7 +33,8 @@ pub fn plan(diffs: &[FileDiff], config: &ChunkConfig) -> ChunkPlan {
 /// [`plan`] for prompts rendered with `options` ([`prompt::render_with`]): the options' text
 /// (the project's instructions above all) is taken out of every chunk's budget.
 ///
-/// With long instructions and a budget near [`MIN_PROMPT_TOKENS`], a file whose single longest
+/// With long instructions and a budget near
+/// [`MIN_PROMPT_TOKENS`](crate::review::chunk::MIN_PROMPT_TOKENS), a file whose single longest
 /// line no longer fits is skipped with [`SkipReason::DoesNotFitBudget`]; the default budget
 /// leaves ample room.
 pub fn plan_with(diffs: &[FileDiff], config: &ChunkConfig, options: &PromptOptions) -> ChunkPlan {

@@ -102,7 +102,7 @@ pub fn render(
 }
 
 /// Renders the prompt for one chunk with a project's options. Plan the chunks with the same
-/// options ([`plan_with`](crate::review::chunk::plan_with)) so the prompt stays in budget.
+/// options ([`plan_with`](crate::review::pack::plan_with)) so the prompt stays in budget.
 pub fn render_with(
     review_type: ReviewType,
     chunk: &Chunk,
