@@ -301,7 +301,7 @@ fn review_plan(
     config: &ChunkConfig,
     options: &PromptOptions,
 ) -> crate::review::ChunkPlan {
-    crate::review::chunk::plan_with(diffs, config, options)
+    crate::review::pack::plan_with(diffs, config, options)
 }
 
 /// Asks for every missing answer, then renders and stores the block.

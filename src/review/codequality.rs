@@ -14,7 +14,8 @@ use serde::Serialize;
 
 use crate::review::{
     anchor::Position,
-    finding::{Finding, Fingerprint, Severity},
+    finding::{Finding, Severity},
+    identity::Fingerprint,
     render::sanitize_inline,
     review_type::ReviewType,
 };

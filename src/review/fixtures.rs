@@ -51,3 +51,28 @@ pub(crate) fn render_hunks(
     }
     (text, expected)
 }
+
+/// A modified file at `path` with the given diff text.
+pub(crate) fn modified(path: &str, diff: String) -> FileDiff {
+    FileDiff {
+        old_path: path.into(),
+        new_path: path.into(),
+        diff,
+        ..FileDiff::default()
+    }
+}
+
+/// A diff of `hunks` hunks of `lines` added lines each, every line `width` chars wide.
+pub(crate) fn big_diff(hunks: usize, lines: usize, width: usize) -> String {
+    let mut text = String::new();
+    for h in 0..hunks {
+        let start = 1 + h * (lines + 10);
+        text.push_str(&format!("@@ -{start},0 +{start},{lines} @@ fn f{h}()\n"));
+        for l in 0..lines {
+            text.push('+');
+            text.push_str(&format!("{l:>width$}"));
+            text.push('\n');
+        }
+    }
+    text
+}

@@ -5,7 +5,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use crate::review::{
-    finding::{FindingKey, Fingerprint},
+    identity::{FindingKey, Fingerprint},
     review_type::ReviewType,
 };
 

@@ -20,9 +20,9 @@ use std::fmt::Write as _;
 use crate::review::{
     chunk::{Chunk, ChunkFile, FilePart},
     diff::{ChangeKind, DiffLine, Hunk},
+    instructions::Instructions,
     language::Language,
     review_type::ReviewType,
-    settings::Instructions,
     tokens::estimate_tokens,
 };
 
@@ -102,7 +102,7 @@ pub fn render(
 }
 
 /// Renders the prompt for one chunk with a project's options. Plan the chunks with the same
-/// options ([`plan_with`](crate::review::chunk::plan_with)) so the prompt stays in budget.
+/// options ([`plan_with`](crate::review::pack::plan_with)) so the prompt stays in budget.
 pub fn render_with(
     review_type: ReviewType,
     chunk: &Chunk,
@@ -342,11 +342,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::review::{
-        chunk::{ChunkConfig, plan},
-        diff::LineKind,
-        fixtures,
-    };
+    use crate::review::{chunk::ChunkConfig, diff::LineKind, fixtures, pack::plan};
 
     fn fixture_chunk() -> Chunk {
         let mut plan = plan(&fixtures::gitlab_diffs(), &ChunkConfig::default());
@@ -564,10 +560,10 @@ mod tests {
     #[test]
     fn the_fixed_overhead_grows_with_the_options() {
         let plain = fixed_overhead_tokens(&PromptOptions::default());
-        let long = "界".repeat(crate::review::settings::MAX_INSTRUCTIONS_CHARS);
+        let long = "界".repeat(crate::review::instructions::MAX_INSTRUCTIONS_CHARS);
         let with = fixed_overhead_tokens(&options("Português (Brasil)", &long));
         assert!(
-            with >= plain + crate::review::settings::MAX_INSTRUCTIONS_CHARS,
+            with >= plain + crate::review::instructions::MAX_INSTRUCTIONS_CHARS,
             "{plain} {with}"
         );
     }

@@ -203,7 +203,7 @@ async fn pack_round(
     since: Option<(String, Vec<FileDiff>)>,
 ) -> Result<ChunkPlan, JobError> {
     tokio::task::spawn_blocking(move || match since {
-        None => review::chunk::plan_with(&diffs, &config, &options),
+        None => review::pack::plan_with(&diffs, &config, &options),
         Some((_, delta)) => {
             let (mut skipped, mut files) = (Vec::new(), Vec::new());
             for screening in diffs.iter().map(|d| config.skip.screen(d)) {
@@ -214,7 +214,7 @@ async fn pack_round(
             }
             let delta: Vec<ParsedFile> = delta.iter().map(review::diff::parse).collect();
             let restricted = review::restrict(&files, &delta);
-            review::chunk::pack(
+            review::pack::pack(
                 skipped
                     .into_iter()
                     .chain(restricted.files.into_iter().map(Screening::Review)),
