@@ -6,11 +6,10 @@ use std::time::{Duration, Instant};
 use reviewq::sim::{GitLabFault, GlmBehaviour, GlmFault, Route};
 use sqlx::PgPool;
 
-use super::{
-    DRAIN_TIMEOUT, Expect, Fleet, KILL_MRS, Sims, assert_invariants, enqueue, job_table,
-    run_until_idle,
-};
-use crate::helpers::url_of;
+use super::fleet::{Fleet, run_until_idle};
+use super::invariants::{Expect, assert_invariants, job_table};
+use super::{DRAIN_TIMEOUT, KILL_MRS, Sims, chaos_mr, enqueue, tag};
+use crate::{helpers::url_of, pipeline::PROJECT};
 
 /// Longest wait for the chaos mix's dozen reviews (about a minute on a loaded runner).
 const THROTTLED_DRAIN: Duration = Duration::from_secs(180);
@@ -153,4 +152,124 @@ async fn gitlab_requests_per_minute_is_never_exceeded_across_three_worker_proces
     assert_eq!(failed, 0, "{}", job_table(&pool).await);
     fleet.stop().await;
     eprintln!("chaos[budget]: {in_first_minute} requests in the first minute, cap {CAP}");
+}
+
+#[sqlx::test]
+async fn gitlab_throttling_failures_around_stores_and_a_push_mid_review_post_nothing_twice(
+    pool: PgPool,
+) {
+    let began = Instant::now();
+    let sims = Sims::start(GlmBehaviour::with_latency(Duration::from_millis(200))).await;
+    sims.gitlab.set_latency(Duration::from_millis(20));
+    let iids: Vec<u64> = (1..=6).collect();
+    sims.add(iids.iter().copied());
+    // MR 1's chunk is slow to review, so its author pushes while the review runs.
+    sims.glm.add_prompt_fault(
+        &tag(1),
+        GlmFault::Slow(Duration::from_millis(2_500)),
+        Some(1),
+    );
+    let gitlab = &sims.gitlab;
+    gitlab.fail_next(
+        Route::MergeRequest,
+        1,
+        GitLabFault::RateLimited {
+            retry_after_secs: 1,
+        },
+    );
+    gitlab.fail_next(Route::Diffs, 1, GitLabFault::ServerError);
+    gitlab.fail_next(Route::Versions, 1, GitLabFault::BadGateway);
+    gitlab.fail_next(Route::CreateDiscussion, 1, GitLabFault::ServerError);
+    gitlab.fail_next(
+        Route::CreateDiscussion,
+        1,
+        GitLabFault::ServerErrorAfterStore,
+    );
+    gitlab.fail_next(
+        Route::CreateDiscussion,
+        1,
+        GitLabFault::RateLimited {
+            retry_after_secs: 1,
+        },
+    );
+    gitlab.fail_next(
+        Route::CreateDiscussion,
+        1,
+        GitLabFault::RateLimitedWithoutHint,
+    );
+    gitlab.fail_next(Route::CreateNote, 1, GitLabFault::ServerErrorAfterStore);
+    gitlab.fail_next(Route::CreateNote, 1, GitLabFault::ServerError);
+    let url = url_of(&pool);
+    let mut fleet = Fleet::start("gitlab", &pool, &url, &sims, &[]);
+    for &iid in &iids {
+        enqueue(&pool, iid).await;
+    }
+    // The push: once MR 1's review is planned (against the first head), a new head.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let planned: i64 = sqlx::query_scalar("select count(*) from reviews where mr_iid = 1")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        if planned > 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "MR 1 was never planned\n{}",
+            job_table(&pool).await
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let pushed = chaos_mr(1, 1);
+    gitlab
+        .push(PROJECT, 1, pushed.files, &pushed.head_sha)
+        .unwrap();
+    fleet.wait_idle(DRAIN_TIMEOUT, "the reviews").await;
+    fleet.stop().await;
+
+    let tally = assert_invariants(
+        &pool,
+        &sims,
+        &iids,
+        &Expect {
+            stale_positions: true,
+            ..Expect::default()
+        },
+    )
+    .await;
+    // Every fault was served.
+    let statuses: Vec<u16> = gitlab.requests().iter().map(|r| r.status).collect();
+    for status in [429, 500, 502] {
+        assert!(statuses.contains(&status), "no {status} was served");
+    }
+    // MR 1: the first head's review finished against that head (GitLab refused its inline
+    // positions, now stale, so those findings are in its summary) and queued a review of
+    // the new head, which posted them inline.
+    let reviews: Vec<(String, i64, i64)> = sqlx::query_as(
+        "select r.head_sha,
+                count(*) filter (where o.kind = 'inline' and o.state = 'downgraded'),
+                count(*) filter (where o.kind = 'inline' and o.state = 'posted')
+         from reviews r join outbox o on o.review_id = r.id
+         where r.mr_iid = 1 group by r.id, r.head_sha order by r.id",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        reviews.len(),
+        2,
+        "the new head was reviewed too: {reviews:?}"
+    );
+    assert_eq!(reviews[0].0, chaos_mr(1, 0).head_sha);
+    assert!(reviews[0].1 > 0, "stale positions refused: {reviews:?}");
+    assert_eq!(reviews[1].0, pushed.head_sha);
+    assert!(
+        reviews[1].1 == 0 && reviews[1].2 > 0,
+        "the new head's findings are inline: {reviews:?}"
+    );
+    eprintln!(
+        "chaos[gitlab]: secs={:.1} faults=9+push kills=0 restarts=0 {tally}",
+        began.elapsed().as_secs_f64()
+    );
 }
