@@ -5,7 +5,7 @@ use std::{process::Stdio, time::Duration};
 use sqlx::PgPool;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
-use crate::helpers::{reviewq, url_of};
+use crate::support::{reviewq, url_of};
 
 async fn json_line(pool: &PgPool, args: &[&str]) -> serde_json::Value {
     let out = reviewq()

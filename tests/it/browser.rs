@@ -55,7 +55,7 @@ impl Driver {
             .expect("chromedriver starts");
         let url = format!("http://127.0.0.1:{port}");
         let status = format!("{url}/status");
-        crate::helpers::wait_until(Duration::from_secs(20), "chromedriver answers", || {
+        crate::support::wait_until(Duration::from_secs(20), "chromedriver answers", || {
             let status = status.clone();
             async move { reqwest::get(status).await.is_ok() }
         })

@@ -31,7 +31,7 @@ mod invariants;
 mod kills;
 mod throttling;
 
-use crate::pipeline::{PROJECT, mixed_mr};
+use crate::support::{PROJECT, mixed_mr};
 
 /// Worker processes in every fleet: a killed one leaves two to rescue its jobs.
 const FLEET: usize = 3;
@@ -157,7 +157,7 @@ fn chaos_mr(iid: u64, round: u32) -> MrSpec {
 
 /// Enqueues a review of MR `iid` (an unfinished one for the MR is returned as is).
 async fn enqueue(pool: &PgPool, iid: u64) -> JobId {
-    let options = crate::pipeline::options();
+    let options = crate::support::options();
     let mr = format!("{PROJECT}:{iid}").parse().unwrap();
     Queue::enqueue(pool, &ReviewArgs::new(mr, &options).job(0))
         .await

@@ -4,7 +4,7 @@ use std::process::Output;
 
 use sqlx::PgPool;
 
-use crate::helpers::{reviewq, url_of};
+use crate::support::{reviewq, url_of};
 
 async fn run(url: &str, args: &[&str]) -> Output {
     reviewq()
@@ -283,7 +283,7 @@ async fn a_password_in_a_bad_database_url_is_never_printed() {
 async fn review_dry_run_prints_the_comments_posts_nothing_and_exits_0(pool: PgPool) {
     use reviewq::sim::{FakeGitLab, FakeGlm, GlmBehaviour};
 
-    use crate::pipeline::{PROJECT, mixed_mr};
+    use crate::support::{PROJECT, mixed_mr};
 
     let gitlab = FakeGitLab::start("cli-token").await.unwrap();
     let glm = FakeGlm::start("cli-key", GlmBehaviour::default())

@@ -13,7 +13,7 @@ use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::pipeline::{Harness, PROJECT, options};
+use crate::support::{Harness, PROJECT, options};
 
 const SECRET: &str = "conversation-webhook-secret";
 
@@ -601,8 +601,8 @@ async fn a_worker_killed_after_gitlab_stored_the_reply_but_before_recording_it_r
     use reviewq::sim::{GitLabFault, Route};
 
     use crate::{
-        helpers::{WorkerProcess, url_of, wait_until},
-        pipeline::{KEY, TOKEN},
+        support::{KEY, TOKEN},
+        support::{WorkerProcess, url_of, wait_until},
     };
 
     let (h, hooks) = reviewed(pool).await;
@@ -678,8 +678,8 @@ async fn a_worker_killed_after_gitlab_stored_the_reply_but_before_recording_it_r
 #[sqlx::test]
 async fn reviewq_review_in_ci_handles_pending_replies_and_commands_before_reviewing(pool: PgPool) {
     use crate::{
-        helpers::{reviewq, url_of},
-        pipeline::{KEY, TOKEN},
+        support::{KEY, TOKEN},
+        support::{reviewq, url_of},
     };
 
     let (h, _) = reviewed(pool).await;

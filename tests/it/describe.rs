@@ -19,7 +19,7 @@ use reviewq::{
 };
 use sqlx::PgPool;
 
-use crate::pipeline::{Harness, PROJECT, mixed_mr, options};
+use crate::support::{Harness, PROJECT, mixed_mr, options};
 
 fn mr() -> MrRef {
     format!("{PROJECT}:1").parse().unwrap()
@@ -140,7 +140,7 @@ async fn an_edit_by_the_author_between_the_read_and_the_write_is_kept(pool: PgPo
     let id = enqueue_describe(&h).await;
     // The author saves while the model writes the description.
     let edit = async {
-        crate::helpers::wait_until(Duration::from_secs(20), "the describe call", || async {
+        crate::support::wait_until(Duration::from_secs(20), "the describe call", || async {
             h.glm.in_flight() > 0
         })
         .await;
@@ -312,7 +312,7 @@ async fn with_code_quality_output_only_nothing_is_posted_inline_but_the_summary_
 async fn a_killed_worker_neither_loses_the_answer_nor_writes_the_description_twice(pool: PgPool) {
     use reviewq::sim::{GitLabFault, Route};
 
-    use crate::helpers::{WorkerProcess, url_of, wait_until};
+    use crate::support::{WorkerProcess, url_of, wait_until};
 
     let h = Harness::start(pool).await;
     h.gitlab.edit_description(PROJECT, 1, "Mine.").unwrap();

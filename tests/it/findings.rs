@@ -8,7 +8,7 @@ use reviewq::{
 };
 use sqlx::PgPool;
 
-use crate::pipeline::{Harness, PROJECT, options};
+use crate::support::{Harness, PROJECT, options};
 
 /// An added file whose 15 lines each make the fake model report one finding: five
 /// `unwrap()` calls (major) and ten TODOs (info).

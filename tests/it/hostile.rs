@@ -12,7 +12,7 @@ use secrecy::SecretString;
 use sqlx::PgPool;
 use tokio::{io::AsyncWriteExt, net::TcpListener, process::Command};
 
-use crate::helpers::{output_text as text, reviewq, url_of};
+use crate::support::{output_text as text, reviewq, url_of};
 
 const TOKEN: &str = "hostile-token";
 const KEY: &str = "hostile-key";

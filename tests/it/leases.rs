@@ -18,7 +18,7 @@ use sqlx::PgPool;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
-use crate::helpers::{lapse_lease, wait_until};
+use crate::support::{lapse_lease, wait_until};
 
 /// An HTTP server that answers after a minute, counting the requests in flight; a request
 /// stops counting as soon as its client hangs up, as a real server's would.

@@ -6,7 +6,7 @@ use reviewq::config::DbArgs;
 use socket2::SockRef;
 use sqlx::PgPool;
 
-use crate::helpers::url_of;
+use crate::support::url_of;
 
 /// Nagle's algorithm holds the tail of any statement longer than one TCP segment until
 /// the server acknowledges what came before, and servers delay that acknowledgement by

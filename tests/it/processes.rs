@@ -16,7 +16,7 @@ use reviewq::{
 use sqlx::PgPool;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::helpers::{WorkerProcess, count_in_state, url_of, wait_until};
+use crate::support::{WorkerProcess, count_in_state, url_of, wait_until};
 
 async fn state_of(pool: &PgPool, id: JobId) -> JobState {
     Queue::new(pool.clone()).get(id).await.unwrap().state
@@ -266,7 +266,7 @@ async fn a_worker_killed_after_gitlab_stored_a_comment_but_before_recording_it_p
         sim::{FakeGitLab, FakeGlm, GitLabFault, GlmBehaviour, Route},
     };
 
-    use crate::pipeline::{PROJECT, mixed_mr};
+    use crate::support::{PROJECT, mixed_mr};
 
     let url = url_of(&pool);
     let gitlab = FakeGitLab::start("kill-test-token").await.unwrap();
@@ -288,7 +288,7 @@ async fn a_worker_killed_after_gitlab_stored_a_comment_but_before_recording_it_p
         ("GLM_API_KEY", "kill-test-key"),
     ];
     let args = ["--lease-secs", "3"];
-    let options = crate::pipeline::options();
+    let options = crate::support::options();
     let mr = format!("{PROJECT}:1").parse().unwrap();
     let id = Queue::enqueue(&pool, &ReviewArgs::new(mr, &options).job(0))
         .await
@@ -343,7 +343,7 @@ async fn tokens_and_keys_never_reach_logs_output_or_the_database(pool: PgPool) {
         sim::{FakeGitLab, FakeGlm, GlmBehaviour, GlmFault},
     };
 
-    use crate::pipeline::{PROJECT, mixed_mr};
+    use crate::support::{PROJECT, mixed_mr};
 
     const TOKEN: &str = "glpat-SECRET-gitlab-7f3a9c";
     const KEY: &str = "glm-SECRET-key-41d8e2";
@@ -353,14 +353,14 @@ async fn tokens_and_keys_never_reach_logs_output_or_the_database(pool: PgPool) {
     // Errors too: their messages are where secrets usually leak.
     glm.push_faults([GlmFault::RateLimited, GlmFault::ServerError]);
     let url = url_of(&pool);
-    let options = crate::pipeline::options();
+    let options = crate::support::options();
     let mr = format!("{PROJECT}:1").parse().unwrap();
     let id = Queue::enqueue(&pool, &ReviewArgs::new(mr, &options).job(0))
         .await
         .unwrap()
         .id();
 
-    let worker = crate::helpers::reviewq()
+    let worker = crate::support::reviewq()
         .args(["worker", "--exit-when-idle"])
         .env("DATABASE_URL", &url)
         .env("RUST_LOG", "debug")

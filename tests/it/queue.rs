@@ -12,7 +12,7 @@ use reviewq::{
 };
 use sqlx::PgPool;
 
-use crate::helpers::{lapse_lease, wait_until};
+use crate::support::{lapse_lease, wait_until};
 
 const LEASE: Duration = Duration::from_secs(30);
 

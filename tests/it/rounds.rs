@@ -11,7 +11,7 @@ use reviewq::{
 };
 use sqlx::PgPool;
 
-use crate::pipeline::{Harness, PROJECT, mixed_mr, options};
+use crate::support::{Harness, PROJECT, mixed_mr, options};
 
 /// `src/cart.rs` as round 1 has it: a hunk that replaces a check with an `unwrap()`.
 const CART_HUNK: &str = "@@ -1,5 +1,5 @@ fn total()\n fn total(items: &[Item]) -> u64 {\n-    assert!(!items.is_empty());\n+    let first = items.first().unwrap();\n     let mut sum = 0;\n     for i in items { sum += i.price; }\n     sum\n";
@@ -563,13 +563,13 @@ async fn every_round_stays_in_the_summary_when_each_round_runs_on_a_fresh_databa
 /// Runs the queued work with one `reviewq worker --exit-when-idle` process.
 async fn worker_process_round(h: &Harness) {
     let id = h.enqueue(1, options()).await;
-    let out = crate::helpers::reviewq()
+    let out = crate::support::reviewq()
         .args(["worker", "--exit-when-idle", "--poll-ms", "50"])
-        .env("DATABASE_URL", crate::helpers::url_of(&h.pool))
+        .env("DATABASE_URL", crate::support::url_of(&h.pool))
         .env("GITLAB_URL", h.gitlab.base_url())
-        .env("GITLAB_TOKEN", crate::pipeline::TOKEN)
+        .env("GITLAB_TOKEN", crate::support::TOKEN)
         .env("GLM_BASE_URL", h.glm.base_url())
-        .env("GLM_API_KEY", crate::pipeline::KEY)
+        .env("GLM_API_KEY", crate::support::KEY)
         .output();
     let out = tokio::time::timeout(std::time::Duration::from_secs(120), out)
         .await
@@ -578,7 +578,7 @@ async fn worker_process_round(h: &Harness) {
     assert!(
         out.status.success(),
         "{}",
-        crate::helpers::output_text(&out)
+        crate::support::output_text(&out)
     );
     assert_eq!(h.state(id).await, reviewq::queue::JobState::Succeeded);
 }

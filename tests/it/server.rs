@@ -13,7 +13,7 @@ use sqlx::PgPool;
 use tokio::{net::TcpListener, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
 
-use crate::helpers::reviewq;
+use crate::support::reviewq;
 
 const SECRET: &str = "webhook-secret-for-tests";
 

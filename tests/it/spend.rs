@@ -7,8 +7,8 @@ use sqlx::PgPool;
 use tokio::process::Command;
 
 use crate::{
-    helpers::{output_text as text, reviewq, url_of},
-    pipeline::{PROJECT, mixed_mr},
+    support::{PROJECT, mixed_mr},
+    support::{output_text as text, reviewq, url_of},
 };
 
 const TOKEN: &str = "spend-token";

@@ -6,7 +6,7 @@ use chrono::NaiveDate;
 use serde_json::Value;
 use sqlx::PgPool;
 
-use crate::helpers::{reviewq, url_of};
+use crate::support::{reviewq, url_of};
 
 async fn run(url: &str, args: &[&str]) -> Output {
     reviewq()

@@ -10,7 +10,7 @@ use reviewq::{
 };
 use sqlx::{Connection, PgConnection, PgPool};
 
-use crate::{helpers::url_of, pipeline::PROJECT};
+use crate::{support::PROJECT, support::url_of};
 
 use super::fleet::Fleet;
 use super::invariants::{Expect, assert_invariants, job_table};
@@ -247,7 +247,7 @@ async fn a_postgres_restart_and_a_full_connection_table_mid_run_lose_nothing() {
     let mut second = Vec::new();
     for iid in 9..=12 {
         let mr = format!("{PROJECT}:{iid}").parse().unwrap();
-        let options = crate::pipeline::options();
+        let options = crate::support::options();
         second.push(
             Queue::enqueue(&mut held[0], &ReviewArgs::new(mr, &options).job(0))
                 .await

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use reviewq::sim::{GlmBehaviour, GlmFault};
 use sqlx::PgPool;
 
-use crate::{helpers::url_of, pipeline::PROJECT};
+use crate::{support::PROJECT, support::url_of};
 
 use super::fleet::Fleet;
 use super::invariants::{Expect, assert_invariants};

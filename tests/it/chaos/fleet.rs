@@ -8,7 +8,7 @@ use std::{
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::helpers::WorkerProcess;
+use crate::support::WorkerProcess;
 
 use super::invariants::job_table;
 use super::{CONCURRENCY, FLEET, KEY, LEASE, RESCUE_SLACK, Sims, TOKEN};
@@ -75,7 +75,7 @@ pub(super) async fn run_until_idle(
         chrono::Utc::now().timestamp_millis()
     ));
     let file = std::fs::File::create(&log).unwrap();
-    let mut child = crate::helpers::reviewq()
+    let mut child = crate::support::reviewq()
         .args([
             "worker",
             "--exit-when-idle",

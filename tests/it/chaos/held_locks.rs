@@ -8,7 +8,7 @@ use reviewq::{
 };
 use sqlx::{Connection, PgConnection, PgPool};
 
-use crate::helpers::{WorkerProcess, url_of};
+use crate::support::{WorkerProcess, url_of};
 
 use super::fleet::Fleet;
 use super::invariants::job_table;
@@ -142,7 +142,7 @@ async fn a_worker_log_line_is_not_attributed_to_a_job_whose_failure_is_being_rec
         &log,
     );
     let queue = Queue::new(pool.clone());
-    crate::helpers::wait_until(Duration::from_secs(10), "the job to start", || async {
+    crate::support::wait_until(Duration::from_secs(10), "the job to start", || async {
         queue.get(id).await.unwrap().state == reviewq::queue::JobState::Running
     })
     .await;

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use reviewq::review::{FindingKey, Fingerprint, HeadSha, Marker, MarkerKind, ReviewType};
 use sqlx::PgPool;
 
-use crate::pipeline::PROJECT;
+use crate::support::PROJECT;
 
 use super::{GLM_LIMIT, KEY, Sims, TOKEN};
 

@@ -12,7 +12,7 @@ use reviewq::{
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::{helpers::url_of, pipeline::PROJECT};
+use crate::{support::PROJECT, support::url_of};
 
 use super::fleet::Fleet;
 use super::invariants::{Expect, assert_invariants};

@@ -9,7 +9,7 @@ use sqlx::PgPool;
 use super::fleet::{Fleet, run_until_idle};
 use super::invariants::{Expect, assert_invariants, job_table};
 use super::{DRAIN_TIMEOUT, KILL_MRS, Sims, chaos_mr, enqueue, tag};
-use crate::{helpers::url_of, pipeline::PROJECT};
+use crate::{support::PROJECT, support::url_of};
 
 /// Longest wait for the chaos mix's dozen reviews (about a minute on a loaded runner).
 const THROTTLED_DRAIN: Duration = Duration::from_secs(180);

@@ -1,4 +1,9 @@
-//! Shared test plumbing: the database harness, worker processes, waiting.
+//! Shared test plumbing: the database for tests, worker processes, waiting, and (in
+//! [`harness`]) the review pipeline's harness.
+
+mod harness;
+
+pub use harness::{Harness, KEY, PROJECT, TOKEN, mixed_mr, options};
 
 use std::{
     future::Future,
