@@ -163,7 +163,7 @@ pub(super) enum CallEnd {
 
 /// One admitted LLM call of a chunk: everything it needs to be sent and recorded. It runs as
 /// a task of its own (see [`review_chunk`]), so it owns all of it.
-pub(super) struct Call {
+struct Call {
     ctx: JobContext,
     deps: ReviewDeps,
     args: ChunkArgs,

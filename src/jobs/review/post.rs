@@ -16,7 +16,8 @@ use super::{
     ReviewArgs, ReviewDeps, ReviewRow, gitlab_error, head_sha, marker, posting,
     round::RoundSettings,
     store::{
-        OutboxRow, mark_attempted, mark_done, outbox, record_drafted, record_posted, set_state,
+        OutboxContent, OutboxRow, mark_attempted, mark_done, outbox, record_drafted, record_posted,
+        set_state,
     },
     summary::{living_summary_body, post_summary},
     threads::{MrThreads, mr_threads, resolve_outdated},
@@ -373,7 +374,11 @@ pub(super) async fn finish(
 /// An inline row's Markdown: the outbox's CHECK constraint gives every row but the findings
 /// listed in the summary one, so a missing body is a schema this code does not know.
 fn inline_body(row: &OutboxRow) -> Result<&str, JobError> {
-    row.body
-        .as_deref()
-        .ok_or_else(|| JobError::fatal(format!("outbox row {} has no comment body", row.key)))
+    match &row.content {
+        OutboxContent::Comment(body) => Ok(body),
+        OutboxContent::Listed(_) => Err(JobError::fatal(format!(
+            "outbox row {} has no comment body",
+            row.key
+        ))),
+    }
 }

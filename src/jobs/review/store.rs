@@ -160,13 +160,20 @@ pub(super) struct OutboxRow {
     pub(super) severity: Option<String>,
     pub(super) finding: Option<serde_json::Value>,
     pub(super) position: Option<serde_json::Value>,
-    /// The inline comment's Markdown; `None` on a finding listed in the summary.
-    pub(super) body: Option<String>,
-    /// Why a finding listed in the summary has no line (`review::UnanchoredReason`).
-    pub(super) unanchored_reason: Option<serde_json::Value>,
+    pub(super) content: OutboxContent,
     pub(super) state: CommentState,
     pub(super) error: Option<String>,
     pub(super) fingerprint: Option<String>,
+}
+
+/// What an outbox row holds besides its finding: the two columns the CHECK constraint keeps
+/// apart, as one value.
+pub(super) enum OutboxContent {
+    /// The Markdown to post (an inline comment).
+    Comment(String),
+    /// A finding listed in the summary, with why it has no line (`review::UnanchoredReason`
+    /// as JSON; `None` if an older version wrote something else).
+    Listed(Option<serde_json::Value>),
 }
 
 pub(super) async fn outbox(pool: &PgPool, review_id: i64) -> Result<Vec<OutboxRow>, JobError> {
@@ -190,8 +197,10 @@ pub(super) async fn outbox(pool: &PgPool, review_id: i64) -> Result<Vec<OutboxRo
                 severity: r.severity,
                 finding: r.finding,
                 position: r.position,
-                body: r.body,
-                unanchored_reason: r.unanchored_reason,
+                content: match r.body {
+                    Some(body) => OutboxContent::Comment(body),
+                    None => OutboxContent::Listed(r.unanchored_reason),
+                },
                 state: r.state.parse().map_err(JobError::fatal)?,
                 error: r.error,
                 fingerprint: r.fingerprint,

@@ -20,7 +20,10 @@ use super::{
     post::Target,
     posting,
     round::RoundSettings,
-    store::{chunk_outcomes, mark_attempted, outbox, record_summary, set_state, stage_summary},
+    store::{
+        OutboxContent, chunk_outcomes, mark_attempted, outbox, record_summary, set_state,
+        stage_summary,
+    },
     threads::MrThreads,
 };
 
@@ -75,10 +78,13 @@ pub(super) async fn living_summary_body(
                 })
             }
             SummaryPlace::Unanchored => ListedBecause::Unanchored(
-                row.unanchored_reason
-                    .clone()
-                    .and_then(|reason| serde_json::from_value(reason).ok())
-                    .unwrap_or(UnanchoredReason::UnknownPath),
+                match &row.content {
+                    OutboxContent::Listed(Some(reason)) => {
+                        serde_json::from_value(reason.clone()).ok()
+                    }
+                    _ => None,
+                }
+                .unwrap_or(UnanchoredReason::UnknownPath),
             ),
         };
         // Rows without a finding (none today but the summary itself) list nothing.
