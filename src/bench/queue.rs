@@ -4,6 +4,11 @@
 //! - W2 (latency): with an idle worker running, enqueue 1,000 jobs one at a time at about
 //!   100 per second; enqueue-to-start latency is `started_at - created_at`, both read
 //!   from the database clock.
+//!
+//! `--backlog N` runs both on a table that already holds what production accumulates: N
+//! jobs scheduled for the future (a tenth of them at a higher priority than the measured
+//! jobs, the case an index ordered by priority first must not scan past), N/10 failed and
+//! N/10 succeeded rows. The backlog is deleted afterwards.
 
 use std::{
     io::Write,
@@ -40,6 +45,10 @@ pub struct QueueBenchArgs {
     /// Jobs enqueued one at a time in W2.
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(10..=100_000))]
     pub latency_jobs: u32,
+    /// Jobs scheduled for the future (plus a tenth as many failed and as many succeeded
+    /// rows) seeded before the workloads run.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=10_000_000))]
+    pub backlog: u32,
     /// Print one JSON object.
     #[arg(long)]
     pub json: bool,
@@ -59,6 +68,10 @@ pub enum Workload {
 pub struct QueueBenchReport {
     pub jobs: u32,
     pub concurrency: u32,
+    pub backlog: u32,
+    /// Seconds spent seeding the backlog (and analysing the table after it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backlog_seed_s: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub insert_jobs_per_s: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -105,6 +118,15 @@ fn print_report(out: &mut impl Write, r: &QueueBenchReport) -> std::io::Result<(
         "reviewq bench queue: {} jobs, concurrency {}",
         r.jobs, r.concurrency
     )?;
+    if let Some(secs) = r.backlog_seed_s {
+        writeln!(
+            out,
+            "  backlog: {} scheduled, {} failed, {} succeeded (seeded in {secs:.1} s)",
+            r.backlog,
+            r.backlog / 10,
+            r.backlog / 10
+        )?;
+    }
     if let (Some(ins), Some(drain), Some(secs)) =
         (r.insert_jobs_per_s, r.drain_jobs_per_s, r.drain_s)
     {
@@ -133,16 +155,97 @@ async fn queue_bench(pool: &PgPool, args: &QueueBenchArgs) -> anyhow::Result<Que
     let mut report = QueueBenchReport {
         jobs: args.jobs,
         concurrency: args.concurrency,
+        backlog: args.backlog,
         ..QueueBenchReport::default()
     };
-    if args.workload != Some(Workload::Latency) {
-        drain(&queue, args, &mut report).await?;
+    let backlog = if args.backlog > 0 {
+        let started = Instant::now();
+        let ids = seed_backlog(queue.pool(), args.backlog).await?;
+        report.backlog_seed_s = Some(started.elapsed().as_secs_f64());
+        Some(ids)
+    } else {
+        None
+    };
+    let measured = measure(&queue, args, &mut report).await;
+    // The backlog goes whether or not the workloads succeeded: it would make every later
+    // run on this database refuse to start.
+    if let Some((first, last)) = backlog {
+        sqlx::query!(
+            "delete from jobs where id between $1 and $2 and kind = 'noop'",
+            first,
+            last
+        )
+        .execute(queue.pool())
+        .await?;
     }
-    if args.workload != Some(Workload::Drain) {
-        latency(&queue, args, &mut report).await?;
-    }
+    measured?;
     report.rss_peak_mib = memory_mib("VmHWM:");
     Ok(report)
+}
+
+async fn measure(
+    queue: &Queue,
+    args: &QueueBenchArgs,
+    report: &mut QueueBenchReport,
+) -> anyhow::Result<()> {
+    if args.workload != Some(Workload::Latency) {
+        drain(queue, args, report).await?;
+    }
+    if args.workload != Some(Workload::Drain) {
+        latency(queue, args, report).await?;
+    }
+    Ok(())
+}
+
+/// Seeds `n` no-op jobs scheduled between one hour and about a month ahead, a tenth of them
+/// at priority 5 (above the measured jobs' 0), then `n / 10` failed and `n / 10` succeeded
+/// rows finished over the last week. Returns the range of ids it wrote.
+///
+/// Set-based SQL rather than `Queue::enqueue_many`: the backlog's shape (states, finish
+/// times) is what matters here, and a million rows load in seconds this way.
+async fn seed_backlog(pool: &PgPool, n: u32) -> anyhow::Result<(i64, i64)> {
+    let n = i64::from(n);
+    let first = sqlx::query_scalar!(
+        r#"
+        with ins as (
+            insert into jobs (kind, payload, priority, run_at)
+            select 'noop', '{}', case when g % 10 = 0 then 5 else 0 end,
+                   now() + interval '1 hour' + g * interval '2.5 seconds'
+            from generate_series(1, $1::int8) g
+            returning id
+        )
+        select min(id) from ins
+        "#,
+        n
+    )
+    .fetch_one(pool)
+    .await?
+    .context("no backlog inserted")?;
+    let last = sqlx::query_scalar!(
+        r#"
+        with ins as (
+        insert into jobs (kind, payload, state, attempt, failed_attempts, run_at, started_at,
+                          finished_at, last_error, created_at, updated_at)
+        select 'noop', '{}', s.state, s.attempt, s.failed, t, t, t + interval '1 second',
+               s.error, t, t + interval '1 second'
+        from generate_series(1, $1::int8) g
+        cross join lateral (select now() - g * interval '1 second' * (604800.0 / $1)) w(t)
+        cross join lateral (values
+            ('failed'::job_state, 5, 5, 'retryable: the simulated service was down'),
+            ('succeeded'::job_state, 1, 0, null)) s(state, attempt, failed, error)
+        returning id
+        )
+        select max(id) from ins
+        "#,
+        n / 10
+    )
+    .fetch_one(pool)
+    .await?
+    .unwrap_or(first);
+    // As autovacuum would have by the time such a backlog had built up: the visibility map
+    // set and the statistics current.
+    sqlx::raw_sql("vacuum analyze jobs").execute(pool).await?;
+    Ok((first, last))
 }
 
 fn config(concurrency: u32) -> WorkerConfig {

@@ -56,11 +56,21 @@ impl Queue {
                     updated_at = now()
                 where p.id = any(array(select parent_id from done where parent_id is not null))
             ), picked as materialized (
-                select id from jobs
-                where state = 'queued' and pending_children = 0 and run_at <= now()
-                order by priority desc, run_at, id
+                -- Priority by priority, highest first, each reading only its due jobs
+                -- (see job_priorities); the nested loop stops at the limit, so a lower
+                -- priority is only read when the higher ones had too few.
+                select j.id
+                from unnest(array(select priority from job_priorities
+                                  order by priority desc)) p(priority)
+                cross join lateral (
+                    select id from jobs
+                    where state = 'queued' and priority = p.priority
+                      and pending_children = 0 and run_at <= now()
+                    order by run_at, id
+                    limit $1
+                    for update skip locked
+                ) j
                 limit $1
-                for update skip locked
             )
             update jobs j set state = 'running', attempt = j.attempt + 1, worker_id = $2,
                 lease_expires_at = now() + $3::interval, started_at = now(), updated_at = now(),

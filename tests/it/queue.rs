@@ -93,6 +93,39 @@ async fn eight_concurrent_claimers_run_each_of_5000_jobs_exactly_once(pool: PgPo
 }
 
 #[sqlx::test]
+async fn claims_take_the_highest_due_priority_first_and_future_jobs_hold_nothing_up(
+    pool: PgPool,
+) {
+    let queue = Queue::new(pool.clone());
+    let job = |priority: i16| NoopArgs::default().job().priority(priority);
+    // Scheduled ahead at the top priority: never claimed now, and never in the way.
+    Queue::enqueue_many(&pool, &vec![job(9).delay(Duration::from_secs(3600)); 50])
+        .await
+        .unwrap();
+    let low = Queue::enqueue_many(&pool, &vec![job(-3); 2]).await.unwrap();
+    let mid = Queue::enqueue_many(&pool, &vec![job(0); 3]).await.unwrap();
+    let high = Queue::enqueue_many(&pool, &vec![job(5); 2]).await.unwrap();
+    // A priority no enqueue used, set by hand as an operator might.
+    let bumped = Queue::enqueue(&pool, &job(0)).await.unwrap().id();
+    sqlx::query("update jobs set priority = 7 where id = $1")
+        .bind(bumped.get())
+        .execute(&pool)
+        .await
+        .unwrap();
+
+    // A claim returns its jobs in no particular order; which jobs it took is the point.
+    let claim = async |limit: usize| -> HashSet<JobId> {
+        let claimed = queue.claim(WorkerId::random(), limit, LEASE).await.unwrap();
+        claimed.iter().map(|j| j.id()).collect()
+    };
+    let set = |ids: &[JobId]| ids.iter().copied().collect::<HashSet<_>>();
+    assert_eq!(claim(4).await, set(&[bumped, high[0], high[1], mid[0]]));
+    assert_eq!(claim(2).await, set(&mid[1..]), "a priority is used up before a lower one");
+    assert_eq!(claim(10).await, set(&low));
+    assert!(claim(10).await.is_empty());
+}
+
+#[sqlx::test]
 async fn retryable_failures_back_off_exponentially_then_fail_for_good(pool: PgPool) {
     let queue = Queue::new(pool.clone());
     let id = Queue::enqueue(&pool, &NoopArgs::default().job().max_attempts(3))
