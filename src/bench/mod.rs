@@ -9,6 +9,7 @@ use crate::config::DbArgs;
 
 pub mod adapter;
 pub mod chat;
+pub mod churn;
 pub mod e2e;
 pub mod gigantic;
 pub(crate) mod harness;
@@ -32,6 +33,9 @@ pub enum Bench {
     Adapter(adapter::AdapterArgs),
     /// Queue throughput (W1) and enqueue-to-start latency (W2) with no-op jobs.
     Queue(queue::QueueBenchArgs),
+    /// Steady enqueue-and-drain with pruning on: the jobs table's size and throughput over
+    /// time.
+    Churn(churn::ChurnBenchArgs),
     /// One review end to end against simulated GitLab and GLM on loopback.
     E2e(e2e::E2eBenchArgs),
     /// Questions in the bot's threads answered end to end: Note Hook to reply.
@@ -54,6 +58,7 @@ pub async fn run(db: &DbArgs, args: BenchArgs) -> anyhow::Result<ExitCode> {
     match args.which {
         Bench::Adapter(args) => adapter::run(db, args).await,
         Bench::Queue(args) => queue::run(db, args).await,
+        Bench::Churn(args) => churn::run(db, args).await,
         Bench::E2e(args) => e2e::run(db, args).await,
         Bench::Chat(args) => chat::run(db, args).await,
         Bench::Serve(args) => serve::run(db, args).await,

@@ -31,7 +31,9 @@ use super::{
 /// more row locks at once.
 const COMPLETE_BATCH: usize = 512;
 
-/// How often the maintenance loop prunes finished jobs.
+/// How often the maintenance loop prunes finished jobs, at most: with a retention shorter
+/// than twice this, twice per retention period, so the table holds at most about one and a
+/// half retentions of finished jobs.
 const PRUNE_EVERY: Duration = Duration::from_secs(600);
 
 /// Pause after a failed claim (database down or restarting), doubled up to the cap.
@@ -650,6 +652,7 @@ async fn maintain(
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_prune: Option<Instant> = None;
+    let prune_every = PRUNE_EVERY.min(retention / 2).max(every);
     loop {
         tokio::select! {
             () = stop.cancelled() => return,
@@ -668,7 +671,7 @@ async fn maintain(
             Ok(None) => {}
             Err(err) => tracing::warn!(error = %err, "rescue pass failed"),
         }
-        if last_prune.is_none_or(|t| t.elapsed() >= PRUNE_EVERY) {
+        if last_prune.is_none_or(|t| t.elapsed() >= prune_every) {
             last_prune = Some(Instant::now());
             match queue.prune(retention).await {
                 Ok(n) if n > 0 => tracing::info!(pruned = n, "deleted old finished jobs"),

@@ -737,3 +737,33 @@ async fn a_release_notice_taken_by_a_waiter_that_was_handed_a_slot_reaches_the_n
     slots.sort_unstable();
     assert_eq!(slots, [0, 1]);
 }
+
+#[sqlx::test]
+async fn prune_deletes_every_job_finished_before_the_retention_in_one_call(pool: PgPool) {
+    let queue = Queue::new(pool.clone());
+    // More than one delete batch of old finished jobs, one recent one, one still queued.
+    sqlx::query(
+        "insert into jobs (kind, state, finished_at)
+         select 'noop', 'succeeded', now() - interval '2 hours' from generate_series(1, 12001)",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let recent = sqlx::query_scalar::<_, i64>(
+        "insert into jobs (kind, state, finished_at) values ('noop', 'failed', now()) returning id",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    let queued = Queue::enqueue(&pool, &NoopArgs::default().job())
+        .await
+        .unwrap()
+        .id();
+
+    assert_eq!(queue.prune(Duration::from_secs(3600)).await.unwrap(), 12001);
+    let left: Vec<i64> = sqlx::query_scalar("select id from jobs order by id")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert_eq!(left, vec![recent, queued.get()]);
+}
