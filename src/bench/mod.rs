@@ -13,6 +13,7 @@ pub mod churn;
 pub mod e2e;
 pub mod gigantic;
 pub(crate) mod harness;
+pub mod ledger;
 pub mod queue;
 pub mod rounds;
 pub mod serve;
@@ -40,6 +41,8 @@ pub enum Bench {
     E2e(e2e::E2eBenchArgs),
     /// Questions in the bot's threads answered end to end: Note Hook to reply.
     Chat(chat::ChatBenchArgs),
+    /// The spend reports and the budget check on a year of ledger (10 million calls).
+    Ledger(ledger::LedgerBenchArgs),
     /// Webhook answer latency of `serve` under a steady delivery rate.
     Serve(serve::ServeBenchArgs),
     /// Worker memory and prompt sizes while reviewing a hostile, gigantic merge request.
@@ -61,6 +64,7 @@ pub async fn run(db: &DbArgs, args: BenchArgs) -> anyhow::Result<ExitCode> {
         Bench::Churn(args) => churn::run(db, args).await,
         Bench::E2e(args) => e2e::run(db, args).await,
         Bench::Chat(args) => chat::run(db, args).await,
+        Bench::Ledger(args) => ledger::run(db, args).await,
         Bench::Serve(args) => serve::run(db, args).await,
         Bench::Gigantic(args) => gigantic::run(db, args).await,
         Bench::Rounds(args) => rounds::run(db, args).await,

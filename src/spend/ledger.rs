@@ -97,7 +97,8 @@ pub async fn start(pool: &PgPool, call: &CallContext) -> Result<CallId> {
 /// [`start`], but only if the call may start by the spend limits: no fleet-wide LLM pause
 /// (`llm_pause`), the fleet's `daily_budget` and the project's budget (`project_budgets`)
 /// not spent today (UTC). One statement, so the limits cost nothing extra on the hot path;
-/// today's spend is read from `llm_usage_daily` (a row per MR and model today, not per call).
+/// today's spend is read from `llm_usage_project_daily` (a row per project, model and purpose
+/// today, not per call).
 /// `None` when the call may not start, or the lease is lost: [`crate::spend::admit`] says
 /// which, and why.
 ///
@@ -115,12 +116,12 @@ pub async fn start_within_limits(
         select $1, $2, $3, $4, $5, $6, $7, $8, $9, $11
         where lease_held($1, $2)
           and not exists (select 1 from llm_pause)
-          and ($10::int8 is null or (select coalesce(sum(total_tokens), 0) from llm_usage_daily
+          and ($10::int8 is null or (select coalesce(sum(total_tokens), 0) from llm_usage_project_daily
                                      where day = (now() at time zone 'UTC')::date) < $10)
           and not exists (
               select 1 from project_budgets b
               where b.project = $5 and b.daily_tokens <= (
-                  select coalesce(sum(total_tokens), 0) from llm_usage_daily
+                  select coalesce(sum(total_tokens), 0) from llm_usage_project_daily
                   where day = (now() at time zone 'UTC')::date and project = $5))
         returning id
         "#,

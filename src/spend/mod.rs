@@ -115,16 +115,27 @@ fn interval(d: Duration) -> PgInterval {
 /// # Errors
 /// Database errors.
 pub async fn admit(pool: &PgPool, policy: &SpendPolicy, project: &str) -> Result<Admission> {
+    // One round trip: this runs before every LLM call. Today's spend is summed only for a
+    // budget that is set (a `case` evaluates its subquery only when taken).
     let state = sqlx::query!(
         r#"
         select p.reason as "reason?", p.code, p.since as "since?", p.probe_at as "probe_at?",
             p.probes as "probes?", b.daily_tokens as "project_budget?",
-            date_trunc('day', now(), 'UTC') as "day_start!"
+            date_trunc('day', now(), 'UTC') as "day_start!",
+            case when $2 then (select coalesce(sum(total_tokens), 0)::int8
+                               from llm_usage_project_daily
+                               where day = (now() at time zone 'UTC')::date) end
+                as "fleet_spent?",
+            case when b.daily_tokens is not null then
+                (select coalesce(sum(total_tokens), 0)::int8 from llm_usage_project_daily
+                 where day = (now() at time zone 'UTC')::date and project = $1) end
+                as "project_spent?"
         from (select 1) as one
         left join llm_pause p on true
         left join project_budgets b on b.project = $1
         "#,
-        project
+        project,
+        policy.daily_tokens.is_some(),
     )
     .fetch_one(pool)
     .await?;
@@ -145,35 +156,33 @@ pub async fn admit(pool: &PgPool, policy: &SpendPolicy, project: &str) -> Result
     let recheck = Utc::now()
         + chrono::Duration::from_std(policy.budget_recheck).unwrap_or(chrono::Duration::MAX);
     let until = recheck.min(next_day);
-    if let Some(budget) = policy.daily_tokens {
-        let spent = tokens_on(pool, day_start, None).await?;
-        if spent >= i64::try_from(budget).unwrap_or(i64::MAX) {
-            return Ok(Admission::Wait {
-                until,
-                waiting: Waiting {
-                    key: BUDGET_KEY.to_owned(),
-                    reason: format!(
-                        "the fleet's daily token budget (REVIEWQ_DAILY_TOKEN_BUDGET={budget}) is spent: {spent} tokens used today (UTC); LLM work resumes at 00:00 UTC or when the budget is raised"
-                    ),
-                    since: day_start,
-                },
-            });
-        }
+    if let (Some(budget), Some(spent)) = (policy.daily_tokens, state.fleet_spent)
+        && spent >= i64::try_from(budget).unwrap_or(i64::MAX)
+    {
+        return Ok(Admission::Wait {
+            until,
+            waiting: Waiting {
+                key: BUDGET_KEY.to_owned(),
+                reason: format!(
+                    "the fleet's daily token budget (REVIEWQ_DAILY_TOKEN_BUDGET={budget}) is spent: {spent} tokens used today (UTC); LLM work resumes at 00:00 UTC or when the budget is raised"
+                ),
+                since: day_start,
+            },
+        });
     }
-    if let Some(budget) = state.project_budget {
-        let spent = tokens_on(pool, day_start, Some(project)).await?;
-        if spent >= budget {
-            return Ok(Admission::Wait {
-                until,
-                waiting: Waiting {
-                    key: BUDGET_KEY.to_owned(),
-                    reason: format!(
-                        "project {project}'s daily token budget ({budget}) is spent: {spent} tokens used today (UTC); its reviews resume at 00:00 UTC or when `reviewq budget set` raises it"
-                    ),
-                    since: day_start,
-                },
-            });
-        }
+    if let (Some(budget), Some(spent)) = (state.project_budget, state.project_spent)
+        && spent >= budget
+    {
+        return Ok(Admission::Wait {
+            until,
+            waiting: Waiting {
+                key: BUDGET_KEY.to_owned(),
+                reason: format!(
+                    "project {project}'s daily token budget ({budget}) is spent: {spent} tokens used today (UTC); its reviews resume at 00:00 UTC or when `reviewq budget set` raises it"
+                ),
+                since: day_start,
+            },
+        });
     }
     Ok(Admission::Go)
 }
@@ -203,15 +212,13 @@ async fn take_probe(pool: &PgPool, policy: &SpendPolicy, pause: Pause) -> Result
     })
 }
 
-/// Tokens of the calls started on the UTC day `day_start` begins, of one project or all,
-/// from `llm_usage_daily`.
-async fn tokens_on(pool: &PgPool, day_start: DateTime<Utc>, project: Option<&str>) -> Result<i64> {
+/// Tokens of every call started on the UTC day `day_start` begins, from
+/// `llm_usage_project_daily`.
+async fn fleet_tokens_on(pool: &PgPool, day_start: DateTime<Utc>) -> Result<i64> {
     Ok(sqlx::query_scalar!(
-        r#"select coalesce(sum(total_tokens), 0)::int8 as "n!" from llm_usage_daily
-           where day = ($1::timestamptz at time zone 'UTC')::date
-             and ($2::text is null or project = $2)"#,
+        r#"select coalesce(sum(total_tokens), 0)::int8 as "n!" from llm_usage_project_daily
+           where day = ($1::timestamptz at time zone 'UTC')::date"#,
         day_start,
-        project
     )
     .fetch_one(pool)
     .await?)
@@ -337,12 +344,12 @@ pub async fn budgets(pool: &PgPool, policy: &SpendPolicy) -> Result<Vec<BudgetRo
         daily_tokens: policy
             .daily_tokens
             .map(|t| i64::try_from(t).unwrap_or(i64::MAX)),
-        used_today: tokens_on(pool, day_start, None).await?,
+        used_today: fleet_tokens_on(pool, day_start).await?,
     }];
     let projects = sqlx::query!(
         r#"
         select b.project, b.daily_tokens,
-            (select coalesce(sum(total_tokens), 0)::int8 from llm_usage_daily u
+            (select coalesce(sum(total_tokens), 0)::int8 from llm_usage_project_daily u
              where u.project = b.project and u.day = ($1::timestamptz at time zone 'UTC')::date)
             as "used!"
         from project_budgets b order by b.project

@@ -1,9 +1,11 @@
 //! `reviewq usage`: token spend and cost from the `llm_calls` ledger, grouped by day,
 //! project, merge request or model, as a table or JSON.
 //!
-//! The report reads `llm_usage_daily`, the ledger's token sums per UTC day, merge request,
-//! model and purpose, which triggers on `llm_calls` keep in the transaction of each ledger
-//! write: a month of a busy fleet is a few thousand rows rather than every call. Prices
+//! The report reads the ledger's rollups, token sums per UTC day, project, model and
+//! purpose (`llm_usage_project_daily`) or, by merge request, per UTC day, merge request,
+//! model and purpose (`llm_usage_daily`), which triggers on `llm_calls` keep in the
+//! transaction of each ledger write: a year of 200 projects is about 220,000 rows of the
+//! first, against 10 million calls. Prices
 //! (`model_prices`) are applied as it reads, as the `llm_call_costs` view applies them per
 //! call, so both give the same cost. A call to a model without a price has no cost: it
 //! counts in calls and tokens, not in the cost column, and the report names such models.
@@ -21,8 +23,9 @@ use crate::{config::DbArgs, config::UsageError};
 #[derive(Debug, Args)]
 pub struct UsageArgs {
     /// Only calls started on or after this day (YYYY-MM-DD, a UTC day like every day of
-    /// the report); default: all time.
-    #[arg(long, value_name = "DATE")]
+    /// the report), or within the last N UTC days, today included (`30d`); default: all
+    /// time.
+    #[arg(long, value_name = "DATE|Nd")]
     pub since: Option<String>,
 
     /// One row per day (newest first), project, merge request, model or purpose (the others
@@ -172,30 +175,50 @@ pub async fn rows(
     limit: Option<i64>,
 ) -> Result<Vec<UsageRow>, sqlx::Error> {
     // One statement for every grouping: the key columns not asked for are null, so they
-    // group nothing. It reads `llm_usage_daily` (one row per day, merge request, model and
-    // purpose, kept by triggers on the ledger), not the calls themselves, and prices each
-    // of its rows by model: the cost is linear in the token sums, so this is the same sum
-    // as pricing every call.
+    // group nothing. It reads the ledger's rollups, not the calls: `llm_usage_daily` (per
+    // day, merge request, model and purpose) only when merge requests are asked for,
+    // otherwise `llm_usage_project_daily`, which has no merge request and is several times
+    // smaller; the branch not needed is a one-time filter that reads nothing. Token sums are
+    // grouped (with the model) before prices are applied: the cost is linear in them, so
+    // this is the same sum as pricing every call, on a few rows instead of every rollup row.
     sqlx::query_as!(
         UsageRow,
         r#"
-        select case when $1 then u.day end as "day?",
-               case when $2 or $3 then u.project end as "project?",
-               case when $3 then u.mr_iid end as "mr_iid?",
-               case when $4 then u.model end as "model?",
-               case when $5 then u.purpose end as "purpose?",
-               sum(u.calls)::int8 as "calls!",
-               sum(u.failed_calls)::int8 as "failed_calls!",
-               sum(u.prompt_tokens)::int8 as "prompt_tokens!",
-               sum(u.completion_tokens)::int8 as "completion_tokens!",
-               sum(u.total_tokens)::int8 as "total_tokens!",
-               sum((u.prompt_tokens - u.cached_tokens) * p.input_usd_per_mtok / 1e6
-                   + u.cached_tokens * coalesce(p.cached_usd_per_mtok, p.input_usd_per_mtok) / 1e6
-                   + u.completion_tokens * p.output_usd_per_mtok / 1e6)::float8 as "cost_usd?",
-               coalesce(sum(u.calls) filter (where p.model is null), 0)::int8 as "unpriced_calls!"
-        from llm_usage_daily u
-        left join model_prices p on p.model = u.model
-        where u.day >= coalesce($6, '-infinity'::date) and u.calls > 0
+        select g.day as "day?", g.project as "project?", g.mr_iid as "mr_iid?",
+               case when $4 then g.model end as "model?", g.purpose as "purpose?",
+               sum(g.calls)::int8 as "calls!",
+               sum(g.failed_calls)::int8 as "failed_calls!",
+               sum(g.prompt_tokens)::int8 as "prompt_tokens!",
+               sum(g.completion_tokens)::int8 as "completion_tokens!",
+               sum(g.total_tokens)::int8 as "total_tokens!",
+               sum((g.prompt_tokens - g.cached_tokens) * p.input_usd_per_mtok / 1e6
+                   + g.cached_tokens * coalesce(p.cached_usd_per_mtok, p.input_usd_per_mtok) / 1e6
+                   + g.completion_tokens * p.output_usd_per_mtok / 1e6)::float8 as "cost_usd?",
+               coalesce(sum(g.calls) filter (where p.model is null), 0)::int8 as "unpriced_calls!"
+        from (
+            select case when $1 then u.day end as day,
+                   case when $2 or $3 then u.project end as project,
+                   case when $3 then u.mr_iid end as mr_iid,
+                   u.model,
+                   case when $5 then u.purpose end as purpose,
+                   sum(u.calls) as calls, sum(u.failed_calls) as failed_calls,
+                   sum(u.prompt_tokens) as prompt_tokens,
+                   sum(u.completion_tokens) as completion_tokens,
+                   sum(u.total_tokens) as total_tokens, sum(u.cached_tokens) as cached_tokens
+            from (
+                select day, project, mr_iid, model, purpose, calls, failed_calls, prompt_tokens,
+                       completion_tokens, total_tokens, cached_tokens
+                from llm_usage_daily
+                where $3 and day >= coalesce($6, '-infinity'::date) and calls > 0
+                union all
+                select day, project, null, model, purpose, calls, failed_calls, prompt_tokens,
+                       completion_tokens, total_tokens, cached_tokens
+                from llm_usage_project_daily
+                where not $3 and day >= coalesce($6, '-infinity'::date) and calls > 0
+            ) u
+            group by 1, 2, 3, 4, 5
+        ) g
+        left join model_prices p on p.model = g.model
         group by 1, 2, 3, 4, 5
         order by 1 desc nulls last, 11 desc nulls last, 10 desc, 2, 3, 4, 5
         limit $7
@@ -222,7 +245,7 @@ pub async fn unpriced_models(
 ) -> Result<Vec<String>, sqlx::Error> {
     sqlx::query_scalar!(
         r#"
-        select distinct u.model as "model!" from llm_usage_daily u
+        select distinct u.model as "model!" from llm_usage_project_daily u
         where u.calls > 0 and u.day >= coalesce($1, '-infinity'::date)
           and not exists (select from model_prices p where p.model = u.model)
         order by 1
@@ -303,16 +326,46 @@ pub async fn report(
     })
 }
 
-/// Parses `--since`.
+/// Where `--since` starts the report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Since {
+    /// On or after this UTC day.
+    Date(NaiveDate),
+    /// The last this many UTC days, today included (at least 1).
+    Days(u32),
+}
+
+impl Since {
+    /// The first day of the report, counted back from `today` (UTC).
+    pub fn first_day(self, today: NaiveDate) -> NaiveDate {
+        match self {
+            Self::Date(day) => day,
+            Self::Days(n) => today - chrono::Days::new(u64::from(n) - 1),
+        }
+    }
+}
+
+/// Parses `--since`: a date, or a number of days followed by `d`.
 ///
 /// # Errors
-/// A usage error naming the value and the expected form.
-pub fn parse_since(value: &str) -> Result<NaiveDate, UsageError> {
-    NaiveDate::parse_from_str(value.trim(), "%Y-%m-%d").map_err(|_| {
-        UsageError(format!(
-            "--since {value:?} is not a date: expected YYYY-MM-DD, e.g. 2026-11-01"
-        ))
-    })
+/// A usage error naming the value and the expected forms.
+pub fn parse_since(value: &str) -> Result<Since, UsageError> {
+    let value = value.trim();
+    let days = value
+        .strip_suffix('d')
+        .and_then(|n| n.parse::<u32>().ok())
+        .filter(|&n| (1..=36_500).contains(&n));
+    if let Some(n) = days {
+        return Ok(Since::Days(n));
+    }
+    NaiveDate::parse_from_str(value, "%Y-%m-%d")
+        .map(Since::Date)
+        .map_err(|_| {
+            UsageError(format!(
+                "--since {value:?} is neither a date nor a number of days: expected YYYY-MM-DD \
+                 (e.g. 2026-11-01) or 1d to 36500d (e.g. 30d, the last 30 UTC days)"
+            ))
+        })
 }
 
 /// `reviewq usage`.
@@ -322,6 +375,11 @@ pub fn parse_since(value: &str) -> Result<NaiveDate, UsageError> {
 pub async fn run(db: &DbArgs, args: UsageArgs) -> anyhow::Result<ExitCode> {
     let since = args.since.as_deref().map(parse_since).transpose()?;
     let pool = db.pool(2).await?;
+    // Counted back from the database's today, the calendar the rollups' days use.
+    let since = match since {
+        Some(since) => Some(since.first_day(today(&pool).await?)),
+        None => None,
+    };
     let report = report(&pool, args.by, since).await?;
     let mut out = std::io::stdout().lock();
     if args.json {

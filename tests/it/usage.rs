@@ -104,6 +104,7 @@ async fn sums(
     project: Option<&str>,
     mr_iid: Option<i64>,
     model: Option<&str>,
+    purpose: Option<&str>,
 ) -> Sums {
     sqlx::query_as!(
         Sums,
@@ -120,12 +121,17 @@ async fn sums(
           and ($3::text is null or project = $3)
           and ($4::int8 is null or mr_iid = $4)
           and ($5::text is null or model = $5)
+          -- The view predates the purpose column (its c.* was expanded then).
+          and ($6::text is null
+               or exists (select 1 from llm_calls l where l.id = llm_call_costs.id
+                          and l.purpose = $6))
         "#,
         since,
         day,
         project,
         mr_iid,
         model,
+        purpose,
     )
     .fetch_one(pool)
     .await
@@ -188,11 +194,12 @@ async fn check_report(pool: &PgPool, report: &Value, since: Option<NaiveDate>) -
             row["project"].as_str(),
             row["mr_iid"].as_i64(),
             row["model"].as_str(),
+            row["purpose"].as_str(),
         )
         .await;
         assert_same(&sums_of(row), &want, &format!("row {row}"));
     }
-    let all = sums(pool, since, None, None, None, None).await;
+    let all = sums(pool, since, None, None, None, None, None).await;
     assert_same(&sums_of(&report["totals"]), &all, "totals");
     let mut summed = Sums {
         calls: 0,
@@ -286,47 +293,57 @@ async fn usage_json_matches_sql_sums_over_the_ledger_for_every_grouping(pool: Pg
     assert_eq!(unpriced["failed_calls"], 1);
 }
 
-/// `llm_usage_daily` row by row, and the same sums grouped straight from the ledger.
-async fn rollup_and_ledger(pool: &PgPool) -> (Vec<String>, Vec<String>) {
-    let rollup = sqlx::query_scalar!(
-        r#"
-        select format('%s %s!%s %s %s: %s calls, %s failed, %s/%s/%s/%s tokens', day, project,
-                      mr_iid, model, purpose, calls, failed_calls, prompt_tokens,
-                      completion_tokens, total_tokens, cached_tokens) as "row!"
-        from llm_usage_daily where calls > 0 order by 1
-        "#
-    )
+/// A rollup table row by row, and the same sums grouped straight from the ledger by the
+/// day and `keys` (the table's other key columns, comma-separated).
+async fn rollup_and_ledger(pool: &PgPool, table: &str, keys: &str) -> (Vec<String>, Vec<String>) {
+    let row = format!(
+        "format('%s %s: %s calls, %s failed, %s/%s/%s/%s tokens', day, concat_ws('!', {keys}), \
+         calls, failed_calls, prompt_tokens, completion_tokens, total_tokens, cached_tokens)"
+    );
+    // Test-only text from the constants above, never from input.
+    let rollup = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "select {row} from {table} where calls > 0 order by 1"
+    )))
     .fetch_all(pool)
     .await
     .unwrap();
-    let ledger = sqlx::query_scalar!(
-        r#"
-        select format('%s %s!%s %s %s: %s calls, %s failed, %s/%s/%s/%s tokens',
-                      (started_at at time zone 'UTC')::date, project, mr_iid, model, purpose,
-                      count(*), count(*) filter (where status = 'error'),
-                      coalesce(sum(prompt_tokens), 0), coalesce(sum(completion_tokens), 0),
-                      coalesce(sum(total_tokens), 0), coalesce(sum(cached_tokens), 0)) as "row!"
-        from llm_calls
-        group by (started_at at time zone 'UTC')::date, project, mr_iid, model, purpose
-        order by 1
-        "#
-    )
+    let ledger = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "select {row} from (
+             select (started_at at time zone 'UTC')::date as day, {keys}, count(*) as calls,
+                    count(*) filter (where status = 'error') as failed_calls,
+                    coalesce(sum(prompt_tokens), 0) as prompt_tokens,
+                    coalesce(sum(completion_tokens), 0) as completion_tokens,
+                    coalesce(sum(total_tokens), 0) as total_tokens,
+                    coalesce(sum(cached_tokens), 0) as cached_tokens
+             from llm_calls group by day, {keys}
+         ) grouped order by 1"
+    )))
     .fetch_all(pool)
     .await
     .unwrap();
     (rollup, ledger)
 }
 
+/// Both rollups against the ledger; the per-MR one's rows.
+async fn rollups_match_the_ledger(pool: &PgPool, after: &str) -> Vec<String> {
+    let (by_project, ledger) =
+        rollup_and_ledger(pool, "llm_usage_project_daily", "project, model, purpose").await;
+    assert_eq!(by_project, ledger, "per project, {after}");
+    let (by_mr, ledger) =
+        rollup_and_ledger(pool, "llm_usage_daily", "project, mr_iid, model, purpose").await;
+    assert_eq!(by_mr, ledger, "per merge request, {after}");
+    by_mr
+}
+
 #[sqlx::test]
 async fn the_daily_rollup_follows_the_ledger_through_inserts_updates_and_deletes(pool: PgPool) {
     seed(&pool).await;
-    let (rollup, ledger) = rollup_and_ledger(&pool).await;
+    let rollup = rollups_match_the_ledger(&pool, "after one-row inserts").await;
     assert_eq!(
         rollup.len(),
         7,
         "one row per day, MR, model and purpose: {rollup:#?}"
     );
-    assert_eq!(rollup, ledger, "after one-row inserts");
 
     // Act: what the pipeline and an operator do to the ledger. The call a crash cut off
     // is finished; a successful one turns out to have failed; one statement inserts
@@ -352,19 +369,18 @@ async fn the_daily_rollup_follows_the_ledger_through_inserts_updates_and_deletes
         sqlx::query(statement).execute(&pool).await.unwrap();
     }
 
-    let (rollup, ledger) = rollup_and_ledger(&pool).await;
-    assert_eq!(rollup, ledger);
+    let rollup = rollups_match_the_ledger(&pool, "after every kind of write").await;
     assert!(
         rollup.iter().any(|r| r.starts_with("2026-11-23 group/d!")),
         "calls after midnight UTC count on the next day: {rollup:#?}"
     );
     assert!(
-        rollup.iter().any(|r| r.contains(" describe: ")),
+        rollup.iter().any(|r| r.contains("!describe: ")),
         "{rollup:#?}"
     );
     // The report over the rollup still matches the auditor's SQL over the calls.
     let url = url_of(&pool);
-    for by in ["day", "mr", "model"] {
+    for by in ["day", "project", "mr", "model", "purpose"] {
         check_report(
             &pool,
             &json(&run(&url, &["--by", by, "--json"]).await),
@@ -386,12 +402,25 @@ async fn usage_since_counts_only_calls_from_that_day_on(pool: PgPool) {
         assert_eq!(report["since"], since.to_string());
         check_report(&pool, &report, Some(since)).await;
     }
-    let all = sums(&pool, None, None, None, None, None).await;
-    let recent = sums(&pool, Some(since), None, None, None, None).await;
+    let all = sums(&pool, None, None, None, None, None, None).await;
+    let recent = sums(&pool, Some(since), None, None, None, None, None).await;
     assert!(
         recent.calls < all.calls && recent.calls > 0,
         "the filter filters"
     );
+
+    // The same start as a number of days back from today (UTC), today counted.
+    let today: NaiveDate = sqlx::query_scalar("select (now() at time zone 'UTC')::date")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    let days = format!("{}d", (today - since).num_days() + 1);
+    for by in ["day", "model"] {
+        let relative = json(&run(&url, &["--since", &days, "--by", by, "--json"]).await);
+        let absolute =
+            json(&run(&url, &["--since", &since.to_string(), "--by", by, "--json"]).await);
+        assert_eq!(relative, absolute, "--since {days} is --since {since}");
+    }
 
     // After the last call: nothing, and the table says so.
     let out = run(&url, &["--since", "2999-01-01"]).await;
@@ -411,7 +440,7 @@ async fn usage_table_shows_totals_and_names_models_without_a_price(pool: PgPool)
         String::from_utf8_lossy(&out.stderr)
     );
     let table = String::from_utf8_lossy(&out.stdout);
-    let all = sums(&pool, None, None, None, None, None).await;
+    let all = sums(&pool, None, None, None, None, None, None).await;
     let total_line = table
         .lines()
         .find(|l| l.starts_with("TOTAL"))
@@ -437,7 +466,14 @@ async fn usage_table_shows_totals_and_names_models_without_a_price(pool: PgPool)
 #[sqlx::test]
 async fn usage_with_a_bad_since_exits_2_and_names_the_value(pool: PgPool) {
     let url = url_of(&pool);
-    for bad in ["yesterday", "2026-13-01", "21/11/2026"] {
+    for bad in [
+        "yesterday",
+        "2026-13-01",
+        "21/11/2026",
+        "0d",
+        "30x",
+        "3 days",
+    ] {
         let out = run(&url, &["--since", bad]).await;
         assert_eq!(out.status.code(), Some(2), "--since {bad}");
         let err = String::from_utf8_lossy(&out.stderr);
