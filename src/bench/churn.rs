@@ -232,9 +232,7 @@ fn summarise(args: &ChurnBenchArgs, samples: Vec<ChurnSample>) -> ChurnBenchRepo
     let warm = f64::from(args.warmup_minutes) * 60.0;
     let after: Vec<&ChurnSample> = samples.iter().filter(|s| s.at_s >= warm).collect();
     let growth = |f: fn(&ChurnSample) -> f64| match after.first() {
-        Some(first) if f(first) > 0.0 => {
-            after.iter().map(|s| f(s)).fold(0.0, f64::max) / f(first)
-        }
+        Some(first) if f(first) > 0.0 => after.iter().map(|s| f(s)).fold(0.0, f64::max) / f(first),
         _ => 0.0,
     };
     let rates = after.iter().map(|s| s.completed_per_s);

@@ -93,9 +93,7 @@ async fn eight_concurrent_claimers_run_each_of_5000_jobs_exactly_once(pool: PgPo
 }
 
 #[sqlx::test]
-async fn claims_take_the_highest_due_priority_first_and_future_jobs_hold_nothing_up(
-    pool: PgPool,
-) {
+async fn claims_take_the_highest_due_priority_first_and_future_jobs_hold_nothing_up(pool: PgPool) {
     let queue = Queue::new(pool.clone());
     let job = |priority: i16| NoopArgs::default().job().priority(priority);
     // Scheduled ahead at the top priority: never claimed now, and never in the way.
@@ -120,7 +118,11 @@ async fn claims_take_the_highest_due_priority_first_and_future_jobs_hold_nothing
     };
     let set = |ids: &[JobId]| ids.iter().copied().collect::<HashSet<_>>();
     assert_eq!(claim(4).await, set(&[bumped, high[0], high[1], mid[0]]));
-    assert_eq!(claim(2).await, set(&mid[1..]), "a priority is used up before a lower one");
+    assert_eq!(
+        claim(2).await,
+        set(&mid[1..]),
+        "a priority is used up before a lower one"
+    );
     assert_eq!(claim(10).await, set(&low));
     assert!(claim(10).await.is_empty());
 }
