@@ -152,7 +152,17 @@ pub(crate) fn simulator_runtime() -> std::io::Result<tokio::runtime::Runtime> {
 
 /// A field of /proc/self/status in MiB (Linux only).
 pub(crate) fn memory_mib(field: &str) -> Option<f64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    status_mib("/proc/self/status", field)
+}
+
+/// A field of another process's /proc/PID/status in MiB (Linux only), e.g. `VmHWM`, the
+/// peak resident set of a worker process, read before it is stopped.
+pub(crate) fn process_memory_mib(pid: u32, field: &str) -> Option<f64> {
+    status_mib(&format!("/proc/{pid}/status"), field)
+}
+
+fn status_mib(path: &str, field: &str) -> Option<f64> {
+    let status = std::fs::read_to_string(path).ok()?;
     let line = status.lines().find(|l| l.starts_with(field))?;
     let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib / 1024.0)

@@ -7,7 +7,7 @@
 use serde_json::json;
 
 /// How the fake recognises a question: a phrase of `review::conversation::QUESTION_PROMPT`.
-const QUESTION_PROMPT: &str = "you answer questions in a merge request thread";
+pub(super) const QUESTION_PROMPT: &str = "you answer questions in a merge request thread";
 
 /// The text of the section `heading` of the user message, up to the next section.
 fn section<'a>(user: &'a str, heading: &str) -> Option<&'a str> {

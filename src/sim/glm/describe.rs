@@ -8,7 +8,7 @@ use serde_json::json;
 use super::rules::{PromptFile, parse_prompt};
 
 /// How the fake recognises a describe request: a phrase of `review/prompts/describe.md`.
-const DESCRIBE_PROMPT: &str = "you describe GitLab merge requests";
+pub(super) const DESCRIBE_PROMPT: &str = "you describe GitLab merge requests";
 
 /// How it recognises the merge call: a phrase of `review::describe::merge_prompt`.
 const MERGE_PROMPT: &str = "Partial descriptions, one per line";

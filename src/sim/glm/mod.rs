@@ -139,6 +139,30 @@ pub struct GlmCall {
     pub elapsed: Duration,
 }
 
+/// What a request asked for, told by its system message as the fake's answers are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum CallPurpose {
+    /// A review of a part of the diff (any other system message).
+    Review,
+    /// A merge request description, or the merge of partial ones.
+    Describe,
+    /// A question asked in a thread.
+    Question,
+}
+
+impl GlmCall {
+    /// What the call asked for.
+    pub fn purpose(&self) -> CallPurpose {
+        if self.system_prompt.contains(describe::DESCRIBE_PROMPT) {
+            CallPurpose::Describe
+        } else if self.system_prompt.contains(conversation::QUESTION_PROMPT) {
+            CallPurpose::Question
+        } else {
+            CallPurpose::Review
+        }
+    }
+}
+
 /// A fault for requests whose messages contain a needle.
 #[derive(Debug, Clone)]
 struct PromptRule {

@@ -1,4 +1,7 @@
-//! `bench e2e`: one merge request of N chunks reviewed end to end.
+//! `bench e2e`: one merge request of N chunks reviewed end to end, or (`--mrs N`) many small
+//! ones at once (`many.rs`).
+
+mod many;
 
 use std::{
     io::Write,
@@ -31,7 +34,11 @@ use crate::{
 /// Arguments of `bench e2e`.
 #[derive(Debug, Args)]
 pub struct E2eBenchArgs {
-    /// Chunks (LLM prompts) in the reviewed merge request.
+    /// Merge requests enqueued at once. 1 reviews one MR of `--chunks` chunks; more review
+    /// that many small MRs (one to three chunks each, by index) and report per-MR times.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub mrs: u32,
+    /// Chunks (LLM prompts) in the reviewed merge request (with `--mrs 1`).
     #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub chunks: u32,
     /// Simulated GLM latency per request, in milliseconds.
@@ -93,6 +100,9 @@ pub struct E2eReport {
 pub async fn run(db: &DbArgs, args: E2eBenchArgs) -> anyhow::Result<ExitCode> {
     let pool = db.pool(args.concurrency / 2 + 8).await?;
     crate::migrate(&pool).await?;
+    if args.mrs > 1 {
+        return many::run(db, &pool, &args).await;
+    }
     let report = measure(db, &pool, &args).await?;
     let mut out = std::io::stdout().lock();
     if args.json {
@@ -157,42 +167,7 @@ async fn measure(db: &DbArgs, pool: &PgPool, args: &E2eBenchArgs) -> anyhow::Res
     ))?;
     Limiter::set_capacity(pool, LLM_RESOURCE, args.concurrent_requests).await?;
 
-    let stop = CancellationToken::new();
-    let mut children = Vec::new();
-    let mut in_process = None;
-    if args.workers == 1 {
-        let deps = sim_deps(
-            &gitlab,
-            &glm,
-            ChunkBudget::new(MIN_PROMPT_TOKENS)?,
-            args.chunks as usize,
-        )?;
-        let config = WorkerConfig {
-            concurrency: args.concurrency as usize,
-            limits: vec![(LLM_RESOURCE.to_owned(), args.concurrent_requests)],
-            ..WorkerConfig::default()
-        };
-        let worker = Worker::new(queue.clone(), Dispatcher::with_review(deps), config);
-        in_process = Some(tokio::spawn(worker.run(stop.clone())));
-    } else {
-        // The configured URL, or local mode's cluster: the worker processes share it.
-        let url = db.url()?;
-        for _ in 0..args.workers {
-            children.push(
-                worker_process(
-                    &url,
-                    &gitlab,
-                    &glm,
-                    args.concurrency,
-                    args.concurrent_requests,
-                )?
-                .env("REVIEWQ_CHUNK_TOKENS", MIN_PROMPT_TOKENS.to_string())
-                .env("REVIEWQ_MAX_CHUNKS", args.chunks.to_string())
-                .spawn()
-                .context("could not start a worker process")?,
-            );
-        }
-    }
+    let workers = Workers::start(db, &queue, &gitlab, &glm, args, args.chunks)?;
     // Let the workers connect and reach their idle wait.
     tokio::time::sleep(Duration::from_millis(800)).await;
 
@@ -219,13 +194,7 @@ async fn measure(db: &DbArgs, pool: &PgPool, args: &E2eBenchArgs) -> anyhow::Res
     }
     let wall = started.elapsed().as_secs_f64();
 
-    stop.cancel();
-    if let Some(handle) = in_process {
-        handle.await.context("bench worker panicked")??;
-    }
-    for child in children {
-        stop_worker(child).await;
-    }
+    workers.stop().await?;
     let chunks = sqlx::query_scalar!(
         "select chunk_count from reviews where job_id = $1",
         id.get()
@@ -256,6 +225,92 @@ async fn measure(db: &DbArgs, pool: &PgPool, args: &E2eBenchArgs) -> anyhow::Res
     drop((gitlab, glm));
     sim_runtime.shutdown_background();
     Ok(report)
+}
+
+/// The workers under test: one in this process (`--workers 1`) or worker processes of this
+/// binary, all pointed at the simulators and sharing the fleet-wide LLM limit.
+pub(super) struct Workers {
+    stop: CancellationToken,
+    in_process: Option<tokio::task::JoinHandle<crate::queue::Result<crate::queue::RunSummary>>>,
+    children: Vec<tokio::process::Child>,
+}
+
+impl Workers {
+    /// Starts them; reviews of up to `max_chunks` chunks of the smallest budget.
+    pub(super) fn start(
+        db: &DbArgs,
+        queue: &Queue,
+        gitlab: &FakeGitLab,
+        glm: &FakeGlm,
+        args: &E2eBenchArgs,
+        max_chunks: u32,
+    ) -> anyhow::Result<Self> {
+        let stop = CancellationToken::new();
+        let mut children = Vec::new();
+        let mut in_process = None;
+        if args.workers == 1 {
+            let deps = sim_deps(
+                gitlab,
+                glm,
+                ChunkBudget::new(MIN_PROMPT_TOKENS)?,
+                max_chunks as usize,
+            )?;
+            let config = WorkerConfig {
+                concurrency: args.concurrency as usize,
+                limits: vec![(LLM_RESOURCE.to_owned(), args.concurrent_requests)],
+                ..WorkerConfig::default()
+            };
+            let worker = Worker::new(queue.clone(), Dispatcher::with_review(deps), config);
+            in_process = Some(tokio::spawn(worker.run(stop.clone())));
+        } else {
+            // The configured URL, or local mode's cluster: the worker processes share it.
+            let url = db.url()?;
+            for _ in 0..args.workers {
+                children.push(
+                    worker_process(
+                        &url,
+                        gitlab,
+                        glm,
+                        args.concurrency,
+                        args.concurrent_requests,
+                    )?
+                    .env("REVIEWQ_CHUNK_TOKENS", MIN_PROMPT_TOKENS.to_string())
+                    .env("REVIEWQ_MAX_CHUNKS", max_chunks.to_string())
+                    // The default, stated: no GitLab budget, whatever the shell that
+                    // runs the bench exports, so that only the LLM limit paces the run.
+                    .env_remove("GITLAB_REQUESTS_PER_MINUTE")
+                    .env_remove("GITLAB_CONCURRENT_REQUESTS")
+                    .spawn()
+                    .context("could not start a worker process")?,
+                );
+            }
+        }
+        Ok(Self {
+            stop,
+            in_process,
+            children,
+        })
+    }
+
+    /// The worker processes' ids (none for the in-process worker).
+    pub(super) fn pids(&self) -> Vec<u32> {
+        self.children
+            .iter()
+            .filter_map(tokio::process::Child::id)
+            .collect()
+    }
+
+    /// Stops them and waits for them to exit.
+    pub(super) async fn stop(self) -> anyhow::Result<()> {
+        self.stop.cancel();
+        if let Some(handle) = self.in_process {
+            handle.await.context("bench worker panicked")??;
+        }
+        for child in self.children {
+            stop_worker(child).await;
+        }
+        Ok(())
+    }
 }
 
 /// Where the LLM phase's time went, from the simulator's record of each call.
