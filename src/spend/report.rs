@@ -331,7 +331,7 @@ pub async fn report(
 pub enum Since {
     /// On or after this UTC day.
     Date(NaiveDate),
-    /// The last this many UTC days, today included (at least 1).
+    /// The last this many UTC days, today included (`parse_since` takes 1 to 36,500).
     Days(u32),
 }
 
@@ -340,7 +340,8 @@ impl Since {
     pub fn first_day(self, today: NaiveDate) -> NaiveDate {
         match self {
             Self::Date(day) => day,
-            Self::Days(n) => today - chrono::Days::new(u64::from(n) - 1),
+            // `Days(0)` (which `parse_since` refuses) reads as today rather than panicking.
+            Self::Days(n) => today - chrono::Days::new(u64::from(n).saturating_sub(1)),
         }
     }
 }
