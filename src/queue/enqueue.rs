@@ -1,11 +1,17 @@
 //! Inserting jobs: one, many, and a parent's children.
 
+use chrono::{DateTime, Utc};
 use sqlx::{PgExecutor, Postgres, Transaction};
 
 use super::{Enqueued, Error, JobId, Lease, NewJob, Queue, Result, interval};
 
 impl Queue {
     /// Inserts one job, inside the caller's transaction if `exec` is one.
+    ///
+    /// A job is due from the moment it is inserted (`clock_timestamp()`, not the
+    /// transaction's `now()`): jobs enqueued in one transaction then keep their order in
+    /// line, and a child placed at its parent's `run_at` sorts before the jobs enqueued
+    /// after its parent in the same batch.
     ///
     /// With a dedupe key, an unfinished job with the same key wins: its id comes back as
     /// [`Enqueued::Existing`] and nothing is inserted.
@@ -22,7 +28,7 @@ impl Queue {
         let row = sqlx::query!(
             r#"
             insert into jobs (kind, payload, priority, max_attempts, dedupe_key, run_at)
-            values ($1, $2, $3, $4, $5, now() + $6::interval)
+            values ($1, $2, $3, $4, $5, clock_timestamp() + $6::interval)
             on conflict (dedupe_key) where dedupe_key is not null and state in ('queued', 'running')
             do update set dedupe_key = excluded.dedupe_key
             returning id, (xmax = 0) as "inserted!"
@@ -53,6 +59,22 @@ impl Queue {
     where
         E: PgExecutor<'e>,
     {
+        Self::insert_many(exec, jobs, None).await
+    }
+
+    /// Inserts `jobs`, as children of `parent` when given. A child without a delay takes
+    /// its parent's place in line (the parent's `run_at`), not the back of it: the claim
+    /// orders a priority's due jobs by `run_at`, and work an MR has already started should
+    /// finish before MRs enqueued after it are planned, or a burst of a thousand MRs plans
+    /// every one of them while the LLM stands idle.
+    async fn insert_many<'e, E>(
+        exec: E,
+        jobs: &[NewJob],
+        parent: Option<(JobId, DateTime<Utc>)>,
+    ) -> Result<Vec<JobId>>
+    where
+        E: PgExecutor<'e>,
+    {
         let (mut kinds, mut payloads, mut priorities, mut max_attempts, mut delays) = (
             Vec::with_capacity(jobs.len()),
             Vec::with_capacity(jobs.len()),
@@ -69,8 +91,12 @@ impl Queue {
         }
         let ids = sqlx::query_scalar!(
             r#"
-            insert into jobs (kind, payload, priority, max_attempts, run_at)
-            select kind, payload, priority, max_attempts, now() + delay
+            insert into jobs (kind, payload, priority, max_attempts, run_at, parent_id)
+            select kind, payload, priority, max_attempts,
+                case when delay > interval '0' or $6::timestamptz is null
+                     then clock_timestamp() + delay
+                     else least($6::timestamptz, clock_timestamp()) end,
+                $7::int8
             from unnest($1::text[], $2::jsonb[], $3::int2[], $4::int4[], $5::interval[])
                 with ordinality as t(kind, payload, priority, max_attempts, delay, ord)
             order by ord
@@ -81,6 +107,8 @@ impl Queue {
             &priorities,
             &max_attempts,
             &delays,
+            parent.map(|(_, run_at)| run_at),
+            parent.map(|(id, _)| id.get()),
         )
         .fetch_all(exec)
         .await?;
@@ -99,38 +127,31 @@ impl Queue {
         children: &[NewJob],
     ) -> Result<Vec<JobId>> {
         let count = i32::try_from(children.len()).unwrap_or(i32::MAX);
+        // The parent keeps its `run_at` (when it became due): woken by its last child, it
+        // is claimed in its old place, so the MR posts before later MRs are planned.
         let parked = sqlx::query_scalar!(
             r#"
             with parked as (
                 update jobs set state = 'queued', pending_children = pending_children + $3,
-                    lease_expires_at = null, updated_at = now(), run_at = now()
+                    lease_expires_at = null, updated_at = now()
                 where id = $1 and attempt = $2 and state = 'running'
-                returning id, attempt, worker_id, started_at
+                returning id, attempt, worker_id, started_at, run_at
             ), hist as (
                 insert into job_attempts (job_id, attempt, worker_id, started_at, outcome)
                 select id, attempt, worker_id, started_at, 'awaiting_children' from parked
             )
-            select count(*) as "n!" from parked
+            select run_at from parked
             "#,
             lease.job_id.get(),
             lease.attempt,
             count,
         )
-        .fetch_one(&mut **tx)
+        .fetch_optional(&mut **tx)
         .await?;
-        if parked == 0 {
+        let Some(run_at) = parked else {
             return Err(Error::LeaseLost(lease));
-        }
-        let ids = Self::enqueue_many(&mut **tx, children).await?;
-        let raw: Vec<i64> = ids.iter().map(|id| id.get()).collect();
-        sqlx::query!(
-            "update jobs set parent_id = $1 where id = any($2)",
-            lease.job_id.get(),
-            &raw
-        )
-        .execute(&mut **tx)
-        .await?;
-        Ok(ids)
+        };
+        Self::insert_many(&mut **tx, children, Some((lease.job_id, run_at))).await
     }
 
     /// Adds `children` to `parent`, which must still be waiting for children, in `tx`. A
@@ -148,30 +169,21 @@ impl Queue {
             r#"
             update jobs set pending_children = pending_children + $2, updated_at = now()
             where id = $1 and state = 'queued' and pending_children > 0
-            returning id
+            returning run_at
             "#,
             parent.get(),
             count,
         )
         .fetch_optional(&mut **tx)
         .await?;
-        if waiting.is_none() {
+        let Some(run_at) = waiting else {
             let state = Self::lock_state(tx, parent).await?;
             return Err(Error::InvalidState {
                 id: parent,
                 state,
                 hint: "children can only be added to a parent that waits for its children",
             });
-        }
-        let ids = Self::enqueue_many(&mut **tx, children).await?;
-        let raw: Vec<i64> = ids.iter().map(|id| id.get()).collect();
-        sqlx::query!(
-            "update jobs set parent_id = $1 where id = any($2)",
-            parent.get(),
-            &raw
-        )
-        .execute(&mut **tx)
-        .await?;
-        Ok(ids)
+        };
+        Self::insert_many(&mut **tx, children, Some((parent, run_at))).await
     }
 }

@@ -521,6 +521,42 @@ async fn a_parent_runs_exactly_once_more_after_its_last_child_ends(pool: PgPool)
 }
 
 #[sqlx::test]
+async fn a_started_parents_children_and_its_wake_up_run_before_jobs_enqueued_after_it(
+    pool: PgPool,
+) {
+    let queue = Queue::new(pool.clone());
+    let parent_args = NoopArgs {
+        children: 2,
+        ..NoopArgs::default()
+    };
+    // One statement, as `reviewq enqueue` inserts a burst of MRs: the jobs after the
+    // parent differ from it only by their insertion order.
+    let plain = NoopArgs::default().job();
+    let ids = Queue::enqueue_many(&pool, &[parent_args.job(), plain.clone(), plain])
+        .await
+        .unwrap();
+    let (parent, later) = (ids[0], &ids[1..]);
+    let worker = Worker::new(queue.clone(), Dispatcher::new(), WorkerConfig::default());
+
+    let mut order = Vec::new();
+    while let Processed::Ran { id, .. } = worker.process_next().await.unwrap() {
+        order.push(id);
+    }
+    let mut children = Vec::new();
+    for id in &order {
+        if queue.get(*id).await.unwrap().parent_id == Some(parent) {
+            children.push(*id);
+        }
+    }
+    assert_eq!(children.len(), 2, "both children ran: {order:?}");
+    assert_eq!(
+        order,
+        [parent, children[0], children[1], parent, later[0], later[1]],
+        "the parent's children take its place in line, and so does its second run"
+    );
+}
+
+#[sqlx::test]
 async fn a_parent_still_runs_when_its_children_fail_for_good(pool: PgPool) {
     let queue = Queue::new(pool.clone());
     let args = NoopArgs {
