@@ -25,11 +25,11 @@ use super::harness::{
     Percentiles, SIM_KEY as KEY, SIM_TOKEN as TOKEN, ensure_idle, simulator_runtime, stop_worker,
     worker_process,
 };
+use crate::bench::harness::{Rereview, review_job};
 use crate::{
     config::DbArgs,
-    jobs::review::{ReviewArgs, ReviewOptions},
     queue::{JobId, JobState, Queue},
-    review::{MarkerKind, ReviewType, conversation::find_reply_marker, find_marker},
+    review::{MarkerKind, conversation::find_reply_marker, find_marker},
     server::{AppState, WebhookConfig, serve},
     sim::{FakeGitLab, FakeGlm, FileSpec, GlmBehaviour, MrSpec, gitlab::access},
 };
@@ -157,14 +157,8 @@ async fn measure(
     project: &str,
     args: &ChatBenchArgs,
 ) -> anyhow::Result<ChatReport> {
-    let options = ReviewOptions {
-        review_type: ReviewType::General,
-        dry_run: false,
-        force: false,
-        full: false,
-    };
-    let review = ReviewArgs::new(format!("{project}:1").parse()?, &options);
-    let id = Queue::enqueue(pool, &review.job(0)).await?.id();
+    let review = review_job(&format!("{project}:1"), Rereview::AsPushed)?;
+    let id = Queue::enqueue(pool, &review).await?.id();
     wait_for(queue, &[id], Duration::from_secs(120)).await?;
     let threads: Vec<String> = gitlab
         .discussions(project, 1)?

@@ -18,12 +18,11 @@ use anyhow::Context;
 use clap::Args;
 use serde::Serialize;
 
+use crate::bench::harness::{Rereview, review_job};
 use crate::{
     bench::harness::{SIM_KEY as KEY, SIM_TOKEN as TOKEN},
     config::DbArgs,
-    jobs::review::{ReviewArgs, ReviewOptions},
     queue::Queue,
-    review::ReviewType,
     sim::{FakeGitLab, FakeGlm, GlmBehaviour, fixtures::gigantic_merge_request},
 };
 
@@ -99,19 +98,9 @@ pub async fn run(db: &DbArgs, args: GiganticBenchArgs) -> anyhow::Result<ExitCod
         .context("could not start a worker process")?;
     let pid = worker.id().context("the worker exited at once")?;
 
-    let options = ReviewOptions {
-        review_type: ReviewType::General,
-        dry_run: false,
-        force: true,
-        full: false,
-    };
-    let mr = format!("{PROJECT}:{iid}")
-        .parse()
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let job = review_job(&format!("{PROJECT}:{iid}"), Rereview::Forced)?;
     let started = Instant::now();
-    let id = Queue::enqueue(&pool, &ReviewArgs::new(mr, &options).job(0))
-        .await?
-        .id();
+    let id = Queue::enqueue(&pool, &job).await?.id();
     let deadline = started + Duration::from_secs(600);
     let mut peak_kib = 0;
     while !queue.get(id).await?.state.is_finished() {

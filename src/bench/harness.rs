@@ -16,6 +16,30 @@ use crate::{
     sim::{FakeGitLab, FakeGlm},
 };
 
+/// Whether a benchmark's review runs whatever the database says was reviewed before.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rereview {
+    /// `--force`: the benches that review one fixture over and over, in one database.
+    Forced,
+    /// As a push would: the benches that measure rounds and conversations.
+    AsPushed,
+}
+
+/// The general review job of `mr` (`PROJECT:IID`), as `reviewq enqueue` would build it.
+///
+/// # Errors
+/// A reference that does not parse.
+pub fn review_job(mr: &str, rereview: Rereview) -> anyhow::Result<crate::queue::NewJob> {
+    let options = crate::jobs::review::ReviewOptions {
+        review_type: crate::review::ReviewType::General,
+        dry_run: false,
+        force: rereview == Rereview::Forced,
+        full: false,
+    };
+    let mr = mr.parse().map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(crate::jobs::review::ReviewArgs::new(mr, &options).job(0))
+}
+
 /// Latency percentiles in milliseconds.
 #[derive(Debug, Serialize)]
 pub struct Percentiles {

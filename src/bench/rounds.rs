@@ -21,16 +21,14 @@ use serde::Serialize;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
+use crate::bench::harness::{Rereview, review_job};
 use crate::{
     bench::harness::{SIM_KEY as KEY, SIM_TOKEN as TOKEN},
     config::DbArgs,
+    jobs::Dispatcher,
     jobs::LLM_RESOURCE,
-    jobs::{
-        Dispatcher,
-        review::{ReviewArgs, ReviewOptions},
-    },
     queue::{JobState, Queue, Worker, WorkerConfig},
-    review::{ChunkBudget, ReviewType},
+    review::ChunkBudget,
     sim::{
         FakeGitLab, FakeGlm, FileSpec, GlmBehaviour, MrSpec,
         gitlab::{PushSpec, fake_sha},
@@ -203,15 +201,8 @@ pub async fn run(db: &DbArgs, args: RoundsBenchArgs) -> anyhow::Result<ExitCode>
 
 /// Enqueues one review of the MR and waits for it; its tokens from the ledger.
 async fn review_round(pool: &PgPool, mr: &str, round: usize) -> anyhow::Result<RoundReport> {
-    let options = ReviewOptions {
-        review_type: ReviewType::General,
-        dry_run: false,
-        force: false,
-        full: false,
-    };
-    let mr = mr.parse().map_err(|e| anyhow::anyhow!("{e}"))?;
     let queue = Queue::new(pool.clone());
-    let id = Queue::enqueue(pool, &ReviewArgs::new(mr, &options).job(0))
+    let id = Queue::enqueue(pool, &review_job(mr, Rereview::AsPushed)?)
         .await?
         .id();
     let deadline = Instant::now() + Duration::from_secs(300);

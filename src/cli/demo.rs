@@ -154,17 +154,17 @@ pub async fn run(db: &DbArgs) -> anyhow::Result<ExitCode> {
         out,
         "\n================ spend (from the llm_calls ledger) ================"
     )?;
+    let jobs = Queue::new(pool.clone()).with_children(&ids).await?;
     let rows = sqlx::query!(
         r#"
         select project as "project!", mr_iid as "mr_iid!", count(*) as "calls!",
                coalesce(sum(prompt_tokens), 0)::int8 as "prompt!",
                coalesce(sum(completion_tokens), 0)::int8 as "completion!",
                coalesce(sum(cost_usd), 0)::float8 as "cost!"
-        from llm_call_costs where job_id in (
-            select id from jobs where parent_id = any($1) or id = any($1))
+        from llm_call_costs where job_id = any($1)
         group by 1, 2 order by 1, 2
         "#,
-        &ids.iter().map(|id| id.get()).collect::<Vec<_>>()
+        &jobs.iter().map(|id| id.get()).collect::<Vec<_>>()
     )
     .fetch_all(&pool)
     .await?;

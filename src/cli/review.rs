@@ -13,7 +13,7 @@ use crate::{
     jobs::{Dispatcher, LLM_RESOURCE, describe::DescribeArgs},
     mr_ref::MrRef,
     queue::{JobId, JobState, Queue, Worker, WorkerConfig},
-    review::HeadSha,
+    review::{HeadSha, placement::CommentState},
     shutdown,
 };
 
@@ -149,15 +149,7 @@ async fn watch_with_descriptions(
         .iter()
         .map(|r| DescribeArgs::dedupe_key(&r.project, r.iid))
         .collect();
-    let descriptions: Vec<JobId> = sqlx::query_scalar!(
-        "select id from jobs where dedupe_key = any($1) and state in ('queued', 'running')",
-        &keys
-    )
-    .fetch_all(queue.pool())
-    .await?
-    .into_iter()
-    .map(JobId::new)
-    .collect();
+    let descriptions = queue.unfinished_with_keys(&keys).await?;
     if descriptions.is_empty() {
         return Ok(reviews);
     }
@@ -174,20 +166,13 @@ async fn write_code_quality(
     let mut all = Vec::new();
     for (id, mr) in ids.iter().zip(refs) {
         // The head this run reviewed; for a head reviewed before, the last reviewed head.
-        let mut head =
-            sqlx::query_scalar!("select head_sha from reviews where job_id = $1", id.get())
-                .fetch_optional(pool)
-                .await?;
-        if head.is_none() {
-            head = sqlx::query_scalar!(
-                r#"select head_sha from reviews where project = $1 and mr_iid = $2
-                       and state = 'done' order by finished_at desc limit 1"#,
-                mr.project.to_string(),
-                i64::try_from(mr.iid)?,
-            )
-            .fetch_optional(pool)
-            .await?;
-        }
+        let head = crate::jobs::review::reported_head(
+            pool,
+            *id,
+            &mr.project.to_string(),
+            i64::try_from(mr.iid)?,
+        )
+        .await?;
         let issues = match head.as_deref().map(HeadSha::parse).transpose()? {
             Some(head) => crate::codequality_report::issues(pool, mr, &head)
                 .await?
@@ -216,12 +201,7 @@ async fn report(pool: &PgPool, ids: &[JobId]) -> anyhow::Result<()> {
             .get("mr")
             .and_then(|v| v.as_str())
             .unwrap_or("?");
-        let review = sqlx::query!(
-            "select id, head_sha, dry_run from reviews where job_id = $1",
-            id.get()
-        )
-        .fetch_optional(pool)
-        .await?;
+        let review = crate::jobs::review::round_report(pool, id).await?;
         match (job.state, review) {
             (JobState::Succeeded, None) => {
                 writeln!(
@@ -230,16 +210,11 @@ async fn report(pool: &PgPool, ids: &[JobId]) -> anyhow::Result<()> {
                 )?;
             }
             (state, Some(review)) => {
-                let rows = sqlx::query!(
-                    r#"select key, kind, state, body, position from outbox
-                       where review_id = $1 and (kind = 'inline' or key = 'summary')
-                       order by key = 'summary', key"#,
-                    review.id
-                )
-                .fetch_all(pool)
-                .await?;
-                let posted = rows.iter().filter(|r| r.state == "posted").count();
-                let downgraded = rows.iter().filter(|r| r.state == "downgraded").count();
+                let count = |state: CommentState| {
+                    review.comments.iter().filter(|c| c.state == state).count()
+                };
+                let posted = count(CommentState::Posted);
+                let downgraded = count(CommentState::Downgraded);
                 writeln!(
                     out,
                     "{mr}: {state} at {}: {posted} comments posted, {downgraded} moved to the summary{}",
@@ -251,7 +226,7 @@ async fn report(pool: &PgPool, ids: &[JobId]) -> anyhow::Result<()> {
                 )?;
                 if review.dry_run {
                     writeln!(out, "--dry-run: nothing was posted. The comments would be:")?;
-                    for r in rows {
+                    for r in &review.comments {
                         let place = r
                             .position
                             .as_ref()
@@ -266,9 +241,7 @@ async fn report(pool: &PgPool, ids: &[JobId]) -> anyhow::Result<()> {
                                 )
                             })
                             .unwrap_or_else(|| "summary note".into());
-                        // Inline rows and the summary note: both have a body (CHECK constraint).
-                        let body = r.body.as_deref().unwrap_or_default();
-                        writeln!(out, "\n--- {place} ---\n{body}")?;
+                        writeln!(out, "\n--- {place} ---\n{}", r.body)?;
                     }
                 }
             }

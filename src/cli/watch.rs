@@ -28,32 +28,15 @@ struct Progress {
 }
 
 async fn progress(pool: &PgPool, id: JobId) -> anyhow::Result<Progress> {
-    let r = sqlx::query!(
-        r#"
-        select j.state as "state: JobState",
-            (select count(*) from jobs c where c.parent_id = j.id
-                and c.state in ('succeeded', 'failed', 'cancelled')) as "chunks_done!",
-            (select count(*) from jobs c where c.parent_id = j.id) as "chunks!",
-            (select count(*) from outbox o join reviews r on r.id = o.review_id
-                where r.job_id = j.id and o.state in ('posted', 'dry_run')) as "posted!",
-            (select count(*) from outbox o join reviews r on r.id = o.review_id
-                where r.job_id = j.id and (o.kind = 'inline' or o.key = 'summary')) as "comments!",
-            case when j.state = 'queued' then coalesce(j.waiting->>'reason',
-                (select c.waiting->>'reason' from jobs c where c.parent_id = j.id
-                 and c.state = 'queued' and c.waiting is not null limit 1)) end as waiting
-        from jobs j where j.id = $1
-        "#,
-        id.get()
-    )
-    .fetch_one(pool)
-    .await?;
+    let job = Queue::new(pool.clone()).progress(id).await?;
+    let comments = crate::jobs::review::comment_progress(pool, id).await?;
     Ok(Progress {
-        state: r.state,
-        chunks_done: r.chunks_done,
-        chunks: r.chunks,
-        posted: r.posted,
-        comments: r.comments,
-        waiting: r.waiting,
+        state: job.state,
+        chunks_done: job.children_ended,
+        chunks: job.children,
+        posted: comments.posted,
+        comments: comments.total,
+        waiting: job.waiting,
     })
 }
 

@@ -5,6 +5,7 @@
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
+use sqlx::PgExecutor;
 
 use super::{JobId, JobRow, JobState, Queue, Result, Waiting};
 
@@ -68,7 +69,94 @@ pub struct Latency {
     pub oldest_runnable_secs: f64,
 }
 
+/// Jobs that could start now but no worker has claimed.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Runnable {
+    pub jobs: i64,
+    /// How long the oldest of them has waited (0 when none waits).
+    pub oldest_secs: f64,
+}
+
+/// Quantiles (0.5, 0.95, 0.99) of one kind's jobs that finished in a recent window.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FinishedTimes {
+    pub kind: String,
+    /// Enqueue-to-start, of first attempts; `None` when none finished on its first.
+    pub wait_secs: Option<Vec<f64>>,
+    /// Run time of the final attempt.
+    pub run_secs: Option<Vec<f64>>,
+}
+
+/// How far one job and its children have got.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Progress {
+    pub state: JobState,
+    /// Children that ended (succeeded, failed or cancelled), of `children`.
+    pub children_ended: i64,
+    pub children: i64,
+    /// Why the job waits (its own reason or a queued child's), while it is queued.
+    pub waiting: Option<String>,
+}
+
 impl Queue {
+    /// How far job `id` and its children have got.
+    ///
+    /// # Errors
+    /// [`super::Error::NotFound`]; database errors.
+    pub async fn progress(&self, id: JobId) -> Result<Progress> {
+        let r = sqlx::query!(
+            r#"
+            select j.state as "state: JobState",
+                (select count(*) from jobs c where c.parent_id = j.id
+                    and c.state in ('succeeded', 'failed', 'cancelled')) as "ended!",
+                (select count(*) from jobs c where c.parent_id = j.id) as "children!",
+                case when j.state = 'queued' then coalesce(j.waiting->>'reason',
+                    (select c.waiting->>'reason' from jobs c where c.parent_id = j.id
+                     and c.state = 'queued' and c.waiting is not null limit 1)) end as waiting
+            from jobs j where j.id = $1
+            "#,
+            id.get()
+        )
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or(super::Error::NotFound(id))?;
+        Ok(Progress {
+            state: r.state,
+            children_ended: r.ended,
+            children: r.children,
+            waiting: r.waiting,
+        })
+    }
+
+    /// Unfinished (queued or running) jobs with one of these dedupe keys.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn unfinished_with_keys(&self, keys: &[String]) -> Result<Vec<JobId>> {
+        let ids = sqlx::query_scalar!(
+            "select id from jobs where dedupe_key = any($1) and state in ('queued', 'running')",
+            keys
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(ids.into_iter().map(JobId::new).collect())
+    }
+
+    /// `ids` and all their children.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn with_children(&self, ids: &[JobId]) -> Result<Vec<JobId>> {
+        let raw: Vec<i64> = ids.iter().map(|id| id.get()).collect();
+        let all = sqlx::query_scalar!(
+            "select id from jobs where id = any($1) or parent_id = any($1) order by id",
+            &raw
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(all.into_iter().map(JobId::new).collect())
+    }
+
     /// Jobs matching `filter`, newest first.
     ///
     /// # Errors
@@ -131,13 +219,87 @@ impl Queue {
     /// # Errors
     /// Database errors.
     pub async fn state_counts(&self) -> Result<Vec<StateCount>> {
+        Self::state_counts_in(&self.pool).await
+    }
+
+    /// [`Queue::state_counts`] read through `exec` (a caller's snapshot, as `/metrics`
+    /// reads every family in one transaction).
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn state_counts_in<'e>(exec: impl PgExecutor<'e>) -> Result<Vec<StateCount>> {
         Ok(sqlx::query_as!(
             StateCount,
             r#"select kind, state as "state: JobState", count(*) as "jobs!"
                from jobs group by kind, state order by kind, state"#
         )
-        .fetch_all(&self.pool)
+        .fetch_all(exec)
         .await?)
+    }
+
+    /// Due jobs no worker has claimed, read through `exec`.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn runnable_in<'e>(exec: impl PgExecutor<'e>) -> Result<Runnable> {
+        let r = sqlx::query!(
+            r#"select count(*) as "jobs!",
+                      coalesce(extract(epoch from now() - min(run_at))::float8, 0) as "oldest!"
+               from jobs where state = 'queued' and pending_children = 0 and run_at <= now()"#
+        )
+        .fetch_one(exec)
+        .await?;
+        Ok(Runnable {
+            jobs: r.jobs,
+            oldest_secs: r.oldest,
+        })
+    }
+
+    /// Wait and run quantiles per kind of the jobs that finished in the last
+    /// `window_secs`, read through `exec`.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn finished_times_in<'e>(
+        exec: impl PgExecutor<'e>,
+        window_secs: f64,
+    ) -> Result<Vec<FinishedTimes>> {
+        Ok(sqlx::query_as!(
+            FinishedTimes,
+            r#"select kind,
+                      percentile_cont(array[0.5, 0.95, 0.99]) within group (
+                          order by extract(epoch from started_at - greatest(created_at, run_at))::float8)
+                          filter (where attempt = 1) as wait_secs,
+                      percentile_cont(array[0.5, 0.95, 0.99]) within group (
+                          order by extract(epoch from finished_at - started_at)::float8) as run_secs
+               from jobs
+               where finished_at > now() - make_interval(secs => $1) and started_at is not null
+               group by kind order by kind"#,
+            window_secs
+        )
+        .fetch_all(exec)
+        .await?)
+    }
+
+    /// How many queued jobs wait on each of `keys` (see [`Queue::wait`]), in `keys`' order,
+    /// read through `exec`.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn waiting_on_in<'e>(
+        exec: impl PgExecutor<'e>,
+        keys: &[&str],
+    ) -> Result<Vec<(String, i64)>> {
+        let rows = sqlx::query!(
+            r#"select k.key as "key!", count(j.id) as "n!"
+               from unnest($1::text[]) with ordinality as k(key, ord)
+               left join jobs j on j.state = 'queued' and j.waiting->>'key' = k.key
+               group by k.key, k.ord order by k.ord"#,
+            keys as &[&str],
+        )
+        .fetch_all(exec)
+        .await?;
+        Ok(rows.into_iter().map(|r| (r.key, r.n)).collect())
     }
 
     /// Workers holding a lease that has not lapsed.

@@ -30,7 +30,9 @@ use serde::Serialize;
 use sqlx::{PgPool, postgres::types::PgInterval};
 
 pub use self::{
-    browse::{JobFilter, Latency, LiveWorker, SlotUse, StateCount},
+    browse::{
+        FinishedTimes, JobFilter, Latency, LiveWorker, Progress, Runnable, SlotUse, StateCount,
+    },
     error::{Error, FailureKind, JobError, Result, ResultExt},
     job::{
         ClaimedJob, DEFAULT_MAX_ATTEMPTS, Enqueued, InvalidJobId, JobId, JobState, Lease, NewJob,

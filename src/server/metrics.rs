@@ -22,6 +22,7 @@ use axum::{
 use sqlx::{Postgres, Transaction};
 
 use super::{AppState, DB_TIMEOUT, error::ApiError};
+use crate::queue::Queue;
 
 /// The window of the latency quantiles, in seconds.
 pub const WINDOW_SECS: f64 = 300.0;
@@ -94,7 +95,7 @@ pub async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse,
         let mut tx = state.pool.begin().await?;
         let text = collect(&mut tx).await?;
         tx.commit().await?;
-        Ok::<_, sqlx::Error>(text)
+        Ok::<_, ApiError>(text)
     })
     .await
     .map_err(|_| ApiError::Unavailable)??;
@@ -123,7 +124,7 @@ pub async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse,
 ///
 /// # Errors
 /// Database errors.
-pub async fn collect(tx: &mut Transaction<'_, Postgres>) -> Result<Exposition, sqlx::Error> {
+pub async fn collect(tx: &mut Transaction<'_, Postgres>) -> Result<Exposition, ApiError> {
     sqlx::query!(
         r#"select set_config('transaction_read_only', 'on', true) as "a!",
                   set_config('statement_timeout', '4s', true) as "b!""#
@@ -183,10 +184,7 @@ async fn backoff(
 }
 
 /// The fleet-wide LLM pause and the jobs waiting for a spend condition.
-async fn spend(
-    tx: &mut Transaction<'_, Postgres>,
-    out: &mut Exposition,
-) -> Result<(), sqlx::Error> {
+async fn spend(tx: &mut Transaction<'_, Postgres>, out: &mut Exposition) -> Result<(), ApiError> {
     let pause = sqlx::query!(
         r#"select count(*) as "paused!",
                   coalesce(max(extract(epoch from now() - since))::float8, 0) as "age!"
@@ -206,33 +204,24 @@ async fn spend(
         "How long LLM work has been paused (0 when it is not).",
     );
     out.sample("reviewq_llm_paused_seconds", &[], pause.age);
-    let waiting = sqlx::query!(
-        r#"select k.key as "key!", count(j.id) as "n!"
-           from unnest($1::text[]) as k(key)
-           left join jobs j on j.state = 'queued' and j.waiting->>'key' = k.key
-           group by k.key order by k.key"#,
-        &[crate::spend::PAUSE_KEY, crate::spend::BUDGET_KEY] as &[&str],
+    let waiting = Queue::waiting_on_in(
+        &mut **tx,
+        &[crate::spend::PAUSE_KEY, crate::spend::BUDGET_KEY],
     )
-    .fetch_all(&mut **tx)
     .await?;
     out.family(
         "reviewq_jobs_waiting",
         "gauge",
         "Queued jobs waiting for a spend condition: the LLM pause or a spent daily token budget.",
     );
-    for row in waiting {
-        out.sample("reviewq_jobs_waiting", &[("reason", &row.key)], n(row.n));
+    for (key, jobs) in waiting {
+        out.sample("reviewq_jobs_waiting", &[("reason", &key)], n(jobs));
     }
     Ok(())
 }
 
-async fn jobs(tx: &mut Transaction<'_, Postgres>, out: &mut Exposition) -> Result<(), sqlx::Error> {
-    let rows = sqlx::query!(
-        r#"select kind, state::text as "state!", count(*) as "n!"
-           from jobs group by kind, state order by kind"#
-    )
-    .fetch_all(&mut **tx)
-    .await?;
+async fn jobs(tx: &mut Transaction<'_, Postgres>, out: &mut Exposition) -> Result<(), ApiError> {
+    let rows = Queue::state_counts_in(&mut **tx).await?;
     out.family(
         "reviewq_jobs",
         "gauge",
@@ -244,8 +233,8 @@ async fn jobs(tx: &mut Transaction<'_, Postgres>, out: &mut Exposition) -> Resul
         for state in STATES {
             let count = rows
                 .iter()
-                .find(|r| r.kind == kind && r.state == state)
-                .map_or(0, |r| r.n);
+                .find(|r| r.kind == kind && r.state.as_str() == state)
+                .map_or(0, |r| r.jobs);
             out.sample(
                 "reviewq_jobs",
                 &[("kind", kind), ("state", state)],
@@ -254,19 +243,13 @@ async fn jobs(tx: &mut Transaction<'_, Postgres>, out: &mut Exposition) -> Resul
         }
     }
 
-    let queue = sqlx::query!(
-        r#"select count(*) as "runnable!",
-                  coalesce(extract(epoch from now() - min(run_at))::float8, 0) as "oldest!"
-           from jobs where state = 'queued' and pending_children = 0 and run_at <= now()"#
-    )
-    .fetch_one(&mut **tx)
-    .await?;
+    let queue = Queue::runnable_in(&mut **tx).await?;
     out.family(
         "reviewq_queue_runnable_jobs",
         "gauge",
         "Jobs that could start now but no worker has claimed.",
     );
-    out.sample("reviewq_queue_runnable_jobs", &[], n(queue.runnable));
+    out.sample("reviewq_queue_runnable_jobs", &[], n(queue.jobs));
     out.family(
         "reviewq_queue_oldest_runnable_age_seconds",
         "gauge",
@@ -275,23 +258,10 @@ async fn jobs(tx: &mut Transaction<'_, Postgres>, out: &mut Exposition) -> Resul
     out.sample(
         "reviewq_queue_oldest_runnable_age_seconds",
         &[],
-        queue.oldest,
+        queue.oldest_secs,
     );
 
-    let windowed = sqlx::query!(
-        r#"select kind,
-                  percentile_cont(array[0.5, 0.95, 0.99]) within group (
-                      order by extract(epoch from started_at - greatest(created_at, run_at))::float8)
-                      filter (where attempt = 1) as wait,
-                  percentile_cont(array[0.5, 0.95, 0.99]) within group (
-                      order by extract(epoch from finished_at - started_at)::float8) as run
-           from jobs
-           where finished_at > now() - make_interval(secs => $1) and started_at is not null
-           group by kind order by kind"#,
-        WINDOW_SECS
-    )
-    .fetch_all(&mut **tx)
-    .await?;
+    let windowed = Queue::finished_times_in(&mut **tx, WINDOW_SECS).await?;
     out.family(
         "reviewq_queue_latency_seconds",
         "gauge",
@@ -302,7 +272,7 @@ async fn jobs(tx: &mut Transaction<'_, Postgres>, out: &mut Exposition) -> Resul
             out,
             "reviewq_queue_latency_seconds",
             &[("kind", &row.kind)],
-            row.wait.as_deref(),
+            row.wait_secs.as_deref(),
         );
     }
     out.family(
@@ -315,7 +285,7 @@ async fn jobs(tx: &mut Transaction<'_, Postgres>, out: &mut Exposition) -> Resul
             out,
             "reviewq_job_duration_seconds",
             &[("kind", &row.kind)],
-            row.run.as_deref(),
+            row.run_secs.as_deref(),
         );
     }
     Ok(())

@@ -12,6 +12,7 @@ mod findings;
 mod gitlab;
 mod hostile;
 mod leases;
+mod limits;
 mod llm;
 mod pipeline;
 mod postgres;

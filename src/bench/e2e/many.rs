@@ -16,18 +16,15 @@ use serde::Serialize;
 use sqlx::PgPool;
 
 use super::{E2eBenchArgs, LINES_PER_FILE, PROJECT, Timeline, Workers};
+use crate::bench::harness::{Rereview, review_job};
 use crate::{
     bench::harness::{
         Percentiles, SIM_KEY as KEY, SIM_TOKEN as TOKEN, ensure_idle, process_memory_mib,
         simulator_runtime,
     },
     config::DbArgs,
-    jobs::{
-        LLM_RESOURCE,
-        review::{ReviewArgs, ReviewOptions},
-    },
+    jobs::LLM_RESOURCE,
     queue::{JobId, Limiter, Queue},
-    review::ReviewType,
     sim::{
         FakeGitLab, FakeGlm, GlmBehaviour,
         fixtures::sized_merge_request,
@@ -259,19 +256,10 @@ async fn enqueue_all(
     first_iid: u64,
     mrs: u32,
 ) -> anyhow::Result<(Vec<JobId>, DateTime<Utc>)> {
-    let options = ReviewOptions {
-        review_type: ReviewType::General,
-        dry_run: false,
-        force: true,
-        full: false,
-    };
     let mut tx = pool.begin().await?;
     let mut ids = Vec::with_capacity(mrs as usize);
     for i in 0..u64::from(mrs) {
-        let mr = format!("{PROJECT}:{}", first_iid + i)
-            .parse()
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
-        let job = ReviewArgs::new(mr, &options).job(0);
+        let job = review_job(&format!("{PROJECT}:{}", first_iid + i), Rereview::Forced)?;
         ids.push(Queue::enqueue(&mut *tx, &job).await?.id());
     }
     tx.commit().await?;

@@ -19,15 +19,13 @@ use super::harness::{
     SIM_KEY as KEY, SIM_TOKEN as TOKEN, ensure_idle, sim_deps, simulator_runtime, stop_worker,
     worker_process,
 };
+use crate::bench::harness::{Rereview, review_job};
 use crate::{
     config::DbArgs,
+    jobs::Dispatcher,
     jobs::LLM_RESOURCE,
-    jobs::{
-        Dispatcher,
-        review::{ReviewArgs, ReviewOptions},
-    },
     queue::{Limiter, Queue, Worker, WorkerConfig},
-    review::{ChunkBudget, ReviewType, chunk::MIN_PROMPT_TOKENS},
+    review::{ChunkBudget, chunk::MIN_PROMPT_TOKENS},
     sim::{FakeGitLab, FakeGlm, GlmBehaviour, fixtures::sized_merge_request, glm::GlmCall},
 };
 
@@ -171,19 +169,9 @@ async fn measure(db: &DbArgs, pool: &PgPool, args: &E2eBenchArgs) -> anyhow::Res
     // Let the workers connect and reach their idle wait.
     tokio::time::sleep(Duration::from_millis(800)).await;
 
-    let options = ReviewOptions {
-        review_type: ReviewType::General,
-        dry_run: false,
-        force: true,
-        full: false,
-    };
-    let mr = format!("{PROJECT}:{iid}")
-        .parse()
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let job = review_job(&format!("{PROJECT}:{iid}"), Rereview::Forced)?;
     let started = Instant::now();
-    let id = Queue::enqueue(pool, &ReviewArgs::new(mr, &options).job(0))
-        .await?
-        .id();
+    let id = Queue::enqueue(pool, &job).await?.id();
     let deadline = started + Duration::from_secs(600);
     while gitlab.posted_notes() == 0 {
         anyhow::ensure!(

@@ -22,6 +22,10 @@ mod store;
 mod summary;
 mod threads;
 
+pub use self::store::{
+    CommentProgress, ReportedComment, RoundReport, comment_progress, reported_head, round_report,
+};
+
 use std::time::Duration;
 
 use clap::Args;

@@ -117,14 +117,14 @@ pub(super) async fn build_outbox(
             ),
         };
         rows.key.push(p.key.as_str().to_owned());
-        rows.kind.push(kind.as_str().to_owned());
-        rows.severity.push(p.finding.severity.as_str().to_owned());
+        rows.kind.push(kind);
+        rows.severity.push(p.finding.severity);
         rows.finding
             .push(serde_json::to_value(&p.finding).map_err(JobError::fatal)?);
         rows.position.push(position);
         rows.body.push(body);
         rows.unanchored_reason.push(reason);
-        rows.state.push(state.as_str().to_owned());
+        rows.state.push(state);
         rows.fingerprint.push(p.fingerprint.as_str().to_owned());
     }
 

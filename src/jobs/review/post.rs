@@ -16,8 +16,8 @@ use super::{
     ReviewArgs, ReviewDeps, ReviewRow, gitlab_error, head_sha, marker, posting,
     round::RoundSettings,
     store::{
-        OutboxContent, OutboxRow, mark_attempted, mark_done, outbox, record_drafted, record_posted,
-        set_state,
+        OutboxContent, OutboxRow, every_chunk_failed, mark_attempted, mark_done, outbox,
+        record_drafted, record_posted, set_state,
     },
     summary::{living_summary_body, post_summary},
     threads::{MrThreads, mr_threads, resolve_outdated},
@@ -330,19 +330,7 @@ pub(super) async fn finish(
     let pool = ctx.queue().pool();
     // Every chunk failed: the summary says why, and the job fails with that reason so that
     // `reviewq review` in CI exits non-zero instead of reporting an empty review as done.
-    let all_failed = sqlx::query_scalar!(
-        r#"
-        select c.last_error from review_chunks rc join jobs c on c.id = rc.job_id
-        where rc.review_id = $1 and not rc.superseded and c.state <> 'succeeded'
-          and not exists (select 1 from review_chunks ok join jobs oj on oj.id = ok.job_id
-                          where ok.review_id = $1 and not ok.superseded and oj.state = 'succeeded')
-        limit 1
-        "#,
-        review.id
-    )
-    .fetch_optional(pool)
-    .await
-    .retryable()?;
+    let all_failed = every_chunk_failed(pool, review.id).await?;
     let mut tx = pool.begin().await.retryable()?;
     Queue::fence(&mut tx, ctx.lease()).await?;
     mark_done(&mut tx, review.id).await?;

@@ -6,7 +6,7 @@ use sqlx::{PgConnection, PgPool};
 
 use crate::{
     gitlab::DiffShas,
-    queue::{JobContext, JobError, Queue, ResultExt},
+    queue::{JobContext, JobError, JobId, Queue, ResultExt},
     review::{
         self, Chunk, Finding,
         placement::{CommentKind, CommentState},
@@ -16,6 +16,142 @@ use crate::{
 
 use super::{ReviewArgs, post::Posted};
 use crate::jobs::fenced;
+
+/// How many of a review job's comments (inline threads and the summary) are posted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CommentProgress {
+    /// Posted, or rendered by a dry run.
+    pub posted: i64,
+    pub total: i64,
+}
+
+/// The comment counts of review job `job` (zero before it planned its round).
+///
+/// # Errors
+/// Database errors.
+pub async fn comment_progress(pool: &PgPool, job: JobId) -> sqlx::Result<CommentProgress> {
+    let r = sqlx::query!(
+        r#"select count(*) filter (where o.state in ('posted', 'dry_run')) as "posted!",
+                  count(*) filter (where o.kind = 'inline' or o.key = 'summary') as "total!"
+           from outbox o join reviews r on r.id = o.review_id
+           where r.job_id = $1"#,
+        job.get()
+    )
+    .fetch_one(pool)
+    .await?;
+    Ok(CommentProgress {
+        posted: r.posted,
+        total: r.total,
+    })
+}
+
+/// When no chunk of the review succeeded, the error of one that did not (`Some(None)` if
+/// it recorded none); `None` when a chunk succeeded.
+pub(super) async fn every_chunk_failed(
+    pool: &PgPool,
+    review_id: i64,
+) -> Result<Option<Option<String>>, JobError> {
+    sqlx::query_scalar!(
+        r#"
+        select c.last_error from review_chunks rc join job_outcomes c on c.job_id = rc.job_id
+        where rc.review_id = $1 and not rc.superseded and c.state <> 'succeeded'
+          and not exists (select 1 from review_chunks ok join job_outcomes oj on oj.job_id = ok.job_id
+                          where ok.review_id = $1 and not ok.superseded and oj.state = 'succeeded')
+        limit 1
+        "#,
+        review_id
+    )
+    .fetch_optional(pool)
+    .await
+    .retryable()
+}
+
+/// The head a review job's round reviewed or, when the job reviewed nothing (the head was
+/// reviewed before), the MR's last finished round's head: what `reviewq review
+/// --code-quality` reports on.
+///
+/// # Errors
+/// Database errors.
+pub async fn reported_head(
+    pool: &PgPool,
+    job: JobId,
+    project: &str,
+    iid: i64,
+) -> sqlx::Result<Option<String>> {
+    sqlx::query_scalar!(
+        r#"select head_sha as "head_sha!" from (
+               (select head_sha, 0 as pick from reviews where job_id = $1)
+               union all
+               (select head_sha, 1 from reviews where project = $2 and mr_iid = $3
+                    and state = 'done' order by finished_at desc limit 1)
+           ) r order by pick limit 1"#,
+        job.get(),
+        project,
+        iid,
+    )
+    .fetch_optional(pool)
+    .await
+}
+
+/// A review job's round as `reviewq review` prints it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RoundReport {
+    pub head_sha: String,
+    pub dry_run: bool,
+    /// Its inline comments by key, then the summary note.
+    pub comments: Vec<ReportedComment>,
+}
+
+/// One comment of a [`RoundReport`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReportedComment {
+    pub state: CommentState,
+    /// GitLab's position of an inline comment; `None` for the summary note.
+    pub position: Option<serde_json::Value>,
+    /// Its Markdown (inline rows and the summary both have one: CHECK constraint).
+    pub body: String,
+}
+
+/// The round review job `job` ran, if it planned one.
+///
+/// # Errors
+/// Database errors; a state the outbox's CHECK constraint does not allow.
+pub async fn round_report(pool: &PgPool, job: JobId) -> Result<Option<RoundReport>, JobError> {
+    let Some(review) = sqlx::query!(
+        "select id, head_sha, dry_run from reviews where job_id = $1",
+        job.get()
+    )
+    .fetch_optional(pool)
+    .await
+    .retryable()?
+    else {
+        return Ok(None);
+    };
+    let rows = sqlx::query!(
+        r#"select state, body, position from outbox
+           where review_id = $1 and (kind = 'inline' or key = 'summary')
+           order by key = 'summary', key"#,
+        review.id
+    )
+    .fetch_all(pool)
+    .await
+    .retryable()?;
+    let comments = rows
+        .into_iter()
+        .map(|r| {
+            Ok(ReportedComment {
+                state: r.state.parse().map_err(JobError::fatal)?,
+                position: r.position,
+                body: r.body.unwrap_or_default(),
+            })
+        })
+        .collect::<Result<_, JobError>>()?;
+    Ok(Some(RoundReport {
+        head_sha: review.head_sha,
+        dry_run: review.dry_run,
+        comments,
+    }))
+}
 
 /// Stores chunks with their job ids in one statement (one round trip whatever their
 /// number; large statements also pay TCP's small-packet delay once, not per chunk).
@@ -103,7 +239,7 @@ pub(super) async fn chunk_outcomes(
                c.findings_beyond_limit as beyond_limit,
                coalesce(j.state::text, 'failed') as "job_state!", j.last_error,
                case when j.state is distinct from 'succeeded' then c.chunk end as failed_chunk
-        from review_chunks c left join jobs j on j.id = c.job_id
+        from review_chunks c left join job_outcomes j on j.job_id = c.job_id
         where c.review_id = $1 and not c.superseded
         order by c.chunk_index
         "#,
@@ -138,19 +274,20 @@ pub(super) async fn chunk_outcomes(
         .collect()
 }
 
-/// New outbox rows, column by column, for one `unnest` insert.
+/// New outbox rows, column by column, for one `unnest` insert. Kinds, severities and states
+/// stay typed until the statement's text arrays are built in [`write_outbox`].
 #[derive(Default)]
 pub(super) struct OutboxColumns {
     pub(super) key: Vec<String>,
-    pub(super) kind: Vec<String>,
-    pub(super) severity: Vec<String>,
+    pub(super) kind: Vec<CommentKind>,
+    pub(super) severity: Vec<review::Severity>,
     pub(super) finding: Vec<serde_json::Value>,
     pub(super) position: Vec<Option<serde_json::Value>>,
     /// The inline comment's Markdown; `None` on a finding listed in the summary.
     pub(super) body: Vec<Option<String>>,
     /// Why a finding listed in the summary has no line (`review::UnanchoredReason`).
     pub(super) unanchored_reason: Vec<Option<serde_json::Value>>,
-    pub(super) state: Vec<String>,
+    pub(super) state: Vec<CommentState>,
     pub(super) fingerprint: Vec<String>,
 }
 
@@ -302,6 +439,9 @@ pub(super) async fn write_outbox(
     review_id: i64,
     rows: &OutboxColumns,
 ) -> Result<(), JobError> {
+    let kinds: Vec<&str> = rows.kind.iter().map(|k| k.as_str()).collect();
+    let severities: Vec<&str> = rows.severity.iter().map(|s| s.as_str()).collect();
+    let states: Vec<&str> = rows.state.iter().map(|s| s.as_str()).collect();
     let pool = ctx.queue().pool();
     let mut tx = pool.begin().await.retryable()?;
     Queue::fence(&mut tx, ctx.lease()).await?;
@@ -315,13 +455,13 @@ pub(super) async fn write_outbox(
         "#,
         review_id,
         &rows.key,
-        &rows.kind,
-        &rows.severity,
+        &kinds as &[&str],
+        &severities as &[&str],
         &rows.finding,
         &rows.position as &[Option<serde_json::Value>],
         &rows.body as &[Option<String>],
         &rows.unanchored_reason as &[Option<serde_json::Value>],
-        &rows.state,
+        &states as &[&str],
         &rows.fingerprint,
     )
     .execute(&mut *tx)
