@@ -12,6 +12,7 @@
 //! Worker logs are kept (and their tails printed) when a scenario fails, or always with
 //! `REVIEWQ_CHAOS_KEEP_LOGS=1`.
 
+use crate::support::{KEY, TOKEN};
 use std::time::Duration;
 
 use reviewq::{
@@ -46,10 +47,6 @@ const RESCUE_SLACK: Duration = Duration::from_secs(3);
 /// `GLM_CONCURRENT_REQUESTS` of every fleet: below the fleet's 9 job slots, so the fleet
 /// limit is what holds the fake GLM's in-flight peak down.
 const GLM_LIMIT: usize = 2;
-/// The simulated GitLab's token.
-const TOKEN: &str = "glpat-chaos-token";
-/// The simulated GLM's key.
-const KEY: &str = "glm-chaos-key";
 /// Default length of the kill scenario's fault phase; with the final drain the scenario
 /// takes 38-45 s.
 const DEFAULT_CHAOS_SECS: u64 = 38;

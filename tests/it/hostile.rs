@@ -1,6 +1,7 @@
 //! Hostile input: diffs that try to steer the model into quick actions or mass mentions,
 //! gigantic merge requests, odd bytes, and servers that answer slowly, byte by byte.
 
+use crate::support::{KEY, TOKEN};
 use std::time::Duration;
 
 use reviewq::{
@@ -14,8 +15,6 @@ use tokio::{io::AsyncWriteExt, net::TcpListener, process::Command};
 
 use crate::support::{output_text as text, reviewq, url_of};
 
-const TOKEN: &str = "hostile-token";
-const KEY: &str = "hostile-key";
 const PROJECT: &str = "evil/repo";
 
 fn review(pool: &PgPool, gitlab: &FakeGitLab, glm: &FakeGlm, iid: u64) -> Command {

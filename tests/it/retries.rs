@@ -2,6 +2,7 @@
 //! retried (and after how long), what is not, and what a create with an unknown outcome
 //! returns.
 
+use crate::support::TOKEN;
 use std::time::{Duration, Instant};
 
 use reviewq::{
@@ -11,7 +12,6 @@ use reviewq::{
 use secrecy::SecretString;
 use url::Url;
 
-const TOKEN: &str = "glpat-retry-token";
 const PROJECT: &str = "group/project";
 
 async fn gitlab() -> FakeGitLab {

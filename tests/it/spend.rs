@@ -2,6 +2,7 @@
 //! sit waiting for a top-up or a budget, `status` shows why work waits, `budget` manages
 //! per-project budgets.
 
+use crate::support::{KEY, TOKEN};
 use reviewq::sim::{FakeGitLab, FakeGlm, GlmBehaviour, GlmFault};
 use sqlx::PgPool;
 use tokio::process::Command;
@@ -10,9 +11,6 @@ use crate::{
     support::{PROJECT, mixed_mr},
     support::{output_text as text, reviewq, url_of},
 };
-
-const TOKEN: &str = "spend-token";
-const KEY: &str = "spend-key";
 
 /// `reviewq` with the database and both simulated servers configured.
 fn configured(pool: &PgPool, gitlab: &FakeGitLab, glm: &FakeGlm) -> Command {
