@@ -154,7 +154,28 @@ pub async fn run(db: &DbArgs) -> anyhow::Result<ExitCode> {
         out,
         "\n================ spend (from the llm_calls ledger) ================"
     )?;
-    let jobs = Queue::new(pool.clone()).with_children(&ids).await?;
+    print_spend(&mut out, &pool, &ids).await?;
+    writeln!(
+        out,
+        "\nThe simulated GLM billed {} tokens in {} requests; the ledger recorded the same (see `llm_calls`).\n\
+         Next: review a real MR with GITLAB_TOKEN and GLM_API_KEY set: reviewq review group/project:42 --dry-run",
+        glm.billed_total_tokens(),
+        glm.request_count()
+    )?;
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+/// The ledger's calls, tokens and cost per MR, of the demo's jobs and their chunks.
+async fn print_spend(
+    out: &mut impl Write,
+    pool: &sqlx::PgPool,
+    ids: &[crate::queue::JobId],
+) -> anyhow::Result<()> {
+    let jobs = Queue::new(pool.clone()).with_children(ids).await?;
     let rows = sqlx::query!(
         r#"
         select project as "project!", mr_iid as "mr_iid!", count(*) as "calls!",
@@ -166,7 +187,7 @@ pub async fn run(db: &DbArgs) -> anyhow::Result<ExitCode> {
         "#,
         &jobs.iter().map(|id| id.get()).collect::<Vec<_>>()
     )
-    .fetch_all(&pool)
+    .fetch_all(pool)
     .await?;
     writeln!(
         out,
@@ -184,16 +205,5 @@ pub async fn run(db: &DbArgs) -> anyhow::Result<ExitCode> {
             r.cost
         )?;
     }
-    writeln!(
-        out,
-        "\nThe simulated GLM billed {} tokens in {} requests; the ledger recorded the same (see `llm_calls`).\n\
-         Next: review a real MR with GITLAB_TOKEN and GLM_API_KEY set: reviewq review group/project:42 --dry-run",
-        glm.billed_total_tokens(),
-        glm.request_count()
-    )?;
-    Ok(if ok {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    })
+    Ok(())
 }

@@ -17,7 +17,7 @@ use crate::{
 use super::{
     ChunkArgs, ReviewArgs, ReviewDeps, ReviewRow, ReviewState, gitlab_error,
     round::RoundSettings,
-    store::{NewReview, insert_chunks, insert_review},
+    store::{self, NewReview, insert_chunks, insert_review},
 };
 
 pub(super) enum Planned {
@@ -95,18 +95,8 @@ pub(super) async fn plan(
     }
 
     if !args.force && !args.dry_run {
-        let reviewed = sqlx::query_scalar!(
-            r#"select exists (select 1 from reviews where project = $1 and mr_iid = $2
-                   and head_sha = $3 and review_type = $4 and state = 'done' and not dry_run)
-               as "e!""#,
-            project_text,
-            iid,
-            shas.head_sha,
-            review_type,
-        )
-        .fetch_one(pool)
-        .await
-        .retryable()?;
+        let reviewed =
+            store::head_reviewed(pool, &project_text, iid, &shas.head_sha, review_type).await?;
         if reviewed {
             tracing::info!(mr = %args.mr, head = %shas.head_sha, "head already reviewed; --force reviews it again");
             return Ok(Planned::AlreadyReviewed);

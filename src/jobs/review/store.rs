@@ -153,6 +153,28 @@ pub async fn round_report(pool: &PgPool, job: JobId) -> Result<Option<RoundRepor
     }))
 }
 
+/// Whether a finished, posted round of `review_type` already reviewed `head`.
+pub(super) async fn head_reviewed(
+    pool: &PgPool,
+    project: &str,
+    iid: i64,
+    head: &str,
+    review_type: &str,
+) -> Result<bool, JobError> {
+    sqlx::query_scalar!(
+        r#"select exists (select 1 from reviews where project = $1 and mr_iid = $2
+               and head_sha = $3 and review_type = $4 and state = 'done' and not dry_run)
+           as "e!""#,
+        project,
+        iid,
+        head,
+        review_type,
+    )
+    .fetch_one(pool)
+    .await
+    .retryable()
+}
+
 /// Stores chunks with their job ids in one statement (one round trip whatever their
 /// number; large statements also pay TCP's small-packet delay once, not per chunk).
 pub(super) async fn insert_chunks<'c>(
