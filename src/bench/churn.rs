@@ -96,13 +96,7 @@ pub async fn run(db: &DbArgs, args: ChurnBenchArgs) -> anyhow::Result<ExitCode> 
     let queue = Queue::new(pool.clone());
     ensure_idle(&queue).await?;
     let report = churn(&queue, &args).await?;
-    let mut out = std::io::stdout().lock();
-    if args.json {
-        serde_json::to_writer(&mut out, &report)?;
-        writeln!(out)?;
-    } else {
-        print_report(&mut out, &report)?;
-    }
+    crate::bench::harness::write_report(&report, args.json, print_report)?;
     Ok(ExitCode::SUCCESS)
 }
 

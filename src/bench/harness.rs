@@ -40,6 +40,26 @@ pub fn review_job(mr: &str, rereview: Rereview) -> anyhow::Result<crate::queue::
     Ok(crate::jobs::review::ReviewArgs::new(mr, &options).job(0))
 }
 
+/// Writes `report` to stdout: one JSON line with `--json`, else as `text` prints it.
+///
+/// # Errors
+/// A write that fails.
+pub fn write_report<R: Serialize>(
+    report: &R,
+    json: bool,
+    text: impl FnOnce(&mut std::io::StdoutLock<'static>, &R) -> std::io::Result<()>,
+) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    if json {
+        serde_json::to_writer(&mut out, report)?;
+        writeln!(out)?;
+    } else {
+        text(&mut out, report)?;
+    }
+    Ok(())
+}
+
 /// Latency percentiles in milliseconds.
 #[derive(Debug, Serialize)]
 pub struct Percentiles {

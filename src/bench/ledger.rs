@@ -103,13 +103,7 @@ pub async fn run(db: &DbArgs, args: LedgerBenchArgs) -> anyhow::Result<ExitCode>
     crate::migrate(&pool).await?;
     ensure_idle(&Queue::new(pool.clone())).await?;
     let report = measure(&pool, &args).await?;
-    let mut out = std::io::stdout().lock();
-    if args.json {
-        serde_json::to_writer(&mut out, &report)?;
-        writeln!(out)?;
-    } else {
-        print_report(&mut out, &report)?;
-    }
+    crate::bench::harness::write_report(&report, args.json, print_report)?;
     Ok(ExitCode::SUCCESS)
 }
 

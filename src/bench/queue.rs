@@ -102,13 +102,7 @@ pub async fn run(db: &DbArgs, args: QueueBenchArgs) -> anyhow::Result<ExitCode> 
     let pool = db.pool(args.concurrency / 2 + 8).await?;
     crate::migrate(&pool).await?;
     let report = queue_bench(&pool, &args).await?;
-    let mut out = std::io::stdout().lock();
-    if args.json {
-        serde_json::to_writer(&mut out, &report)?;
-        writeln!(out)?;
-    } else {
-        print_report(&mut out, &report)?;
-    }
+    crate::bench::harness::write_report(&report, args.json, print_report)?;
     Ok(ExitCode::SUCCESS)
 }
 
