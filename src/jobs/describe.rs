@@ -23,10 +23,10 @@ use sqlx::PgConnection;
 use super::{
     fenced,
     llm_call::{self, Answering, Called},
-    review::{ReviewDeps, gitlab_error, load_settings, to_review_diff},
+    review::{ReviewDeps, gitlab_error, to_review_diff, version_and_settings},
 };
 use crate::{
-    gitlab::{DiffShas, ProjectRef},
+    gitlab::ProjectRef,
     llm::{ChatRequest, Message},
     mr_ref::{MrRef, Project},
     queue::{JobContext, JobError, JobResult, NewJob, Outcome, Queue, ResultExt},
@@ -185,19 +185,16 @@ async fn plan(
     let project = args.project_ref()?;
     let pool = ctx.queue().pool();
     let project_text = args.project.to_string();
-    let mr = deps
-        .gitlab
-        .merge_request(&project, args.iid)
-        .await
-        .map_err(gitlab_error)?;
-    let version = deps
-        .gitlab
-        .latest_version(&project, args.iid)
-        .await
-        .map_err(gitlab_error)?;
-    let shas = DiffShas::from(&version);
     // The target branch's settings (never the MR's own): language and ignore globs.
-    let (settings, _) = load_settings(deps, pool, &project, &project_text, &shas.start_sha).await?;
+    let (mr, (shas, (settings, _))) = tokio::try_join!(
+        async {
+            deps.gitlab
+                .merge_request(&project, args.iid)
+                .await
+                .map_err(gitlab_error)
+        },
+        version_and_settings(deps, pool, &project, &project_text, args.iid),
+    )?;
     let author_text =
         describe::author_text(mr.description.as_deref().unwrap_or_default()).into_owned();
     let language = settings.language_for(&author_text);

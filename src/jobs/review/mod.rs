@@ -41,7 +41,7 @@ use crate::{
     spend::SpendPolicy,
 };
 
-pub(super) use self::plan::{load_settings, to_review_diff};
+pub(super) use self::plan::{to_review_diff, version_and_settings};
 use self::{
     chunk::review_chunk,
     outbox::build_outbox,

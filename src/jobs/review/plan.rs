@@ -66,20 +66,7 @@ pub(super) async fn plan(
                 .await
                 .map_err(gitlab_error)
         },
-        async {
-            let version = deps
-                .gitlab
-                .latest_version(&project, args.iid)
-                .await
-                .map_err(gitlab_error)?;
-            let shas = DiffShas::from(&version);
-            // The project's settings come from its target branch (the version's start
-            // commit), not from the MR's head: an MR must not be able to switch off or
-            // steer its own review.
-            let settings =
-                load_settings(deps, pool, &project, &project_text, &shas.start_sha).await?;
-            Ok::<_, JobError>((shas, settings))
-        },
+        version_and_settings(deps, pool, &project, &project_text, args.iid),
     )?;
     let description = mr.description.clone().unwrap_or_default();
 
@@ -265,6 +252,26 @@ async fn enqueue_companions(
         }
     }
     Ok(())
+}
+
+/// The MR's latest version (its SHAs) and the project's settings. The settings come from
+/// the target branch (the version's start commit), not from the MR's head: an MR must not
+/// be able to switch off or steer its own review.
+pub(in crate::jobs) async fn version_and_settings(
+    deps: &ReviewDeps,
+    pool: &PgPool,
+    project: &ProjectRef,
+    project_text: &str,
+    iid: u64,
+) -> Result<(DiffShas, (ProjectSettings, Option<String>)), JobError> {
+    let version = deps
+        .gitlab
+        .latest_version(project, iid)
+        .await
+        .map_err(gitlab_error)?;
+    let shas = DiffShas::from(&version);
+    let settings = load_settings(deps, pool, project, project_text, &shas.start_sha).await?;
+    Ok((shas, settings))
 }
 
 /// The project's settings: its `.reviewq.toml` at `git_ref`, then the operator's override
