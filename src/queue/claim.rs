@@ -57,15 +57,17 @@ impl Queue {
                 where p.id = any(array(select parent_id from done where parent_id is not null))
             ), picked as materialized (
                 -- Priority by priority, highest first, each reading only its due jobs
-                -- (see job_priorities); the nested loop stops at the limit, so a lower
-                -- priority is only read when the higher ones had too few.
+                -- from its claim floor on (see job_priorities); the nested loop stops at
+                -- the limit, so a lower priority is only read when the higher ones had
+                -- too few.
                 select j.id
-                from unnest(array(select priority from job_priorities
-                                  order by priority desc)) p(priority)
+                from (select priority, claim_floor from job_priorities
+                      order by priority desc) p
                 cross join lateral (
                     select id from jobs
                     where state = 'queued' and priority = p.priority
-                      and pending_children = 0 and run_at <= now()
+                      and pending_children = 0
+                      and run_at >= p.claim_floor and run_at <= now()
                     order by run_at, id
                     limit $1
                     for update skip locked

@@ -14,6 +14,7 @@ mod claim;
 mod enqueue;
 mod error;
 mod fail;
+mod floor;
 mod heartbeat;
 mod job;
 mod limit;
@@ -34,6 +35,7 @@ pub use self::{
         FinishedTimes, JobFilter, Latency, LiveWorker, Progress, Runnable, SlotUse, StateCount,
     },
     error::{Error, FailureKind, JobError, Result, ResultExt},
+    floor::FLOOR_LAG,
     job::{
         ClaimedJob, DEFAULT_MAX_ATTEMPTS, Enqueued, InvalidJobId, JobId, JobState, Lease, NewJob,
         Waiting, WorkerId,

@@ -23,7 +23,7 @@ use tracing::Instrument;
 
 use super::{
     Backlog, ClaimedJob, Error, FailureRecorded, JOBS_CHANNEL, JobError, JobId, Lease, Limiter,
-    Permit, Queue, Result, RetryPolicy, SLOTS_CHANNEL, SlotWaiters, Waiting, WorkerId,
+    Permit, Queue, Result, RetryPolicy, SLOTS_CHANNEL, SlotWaiters, Waiting, WorkerId, floor,
     heartbeat::{LEASE_MARGIN_DIVISOR, heartbeat, lease_may_lapse},
 };
 
@@ -331,6 +331,10 @@ impl<H: JobHandler> Worker<H> {
             self.config.retry.budget,
             background.clone(),
         ));
+        let floors = tokio::spawn(floor::keep_claim_floors(
+            self.queue.clone(),
+            background.clone(),
+        ));
         let mut tasks: JoinSet<Option<Lease>> = JoinSet::new();
         // Successful jobs whose completion is not written yet; written with the next claim.
         let mut succeeded: Vec<Lease> = Vec::new();
@@ -433,7 +437,7 @@ impl<H: JobHandler> Worker<H> {
             tracing::info!(handed_back, "handed unfinished jobs back to the queue");
         }
         background.cancel();
-        let _ = tokio::join!(listener, heartbeat, maintenance);
+        let _ = tokio::join!(listener, heartbeat, maintenance, floors);
         let summary = RunSummary {
             processed: self.processed.load(Ordering::Relaxed),
             handed_back,

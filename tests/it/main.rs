@@ -9,6 +9,7 @@ mod console;
 mod conversations;
 mod describe;
 mod findings;
+mod floors;
 mod gitlab;
 mod hostile;
 mod leases;
