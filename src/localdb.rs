@@ -123,8 +123,42 @@ fn relocated(dir: &Path) -> PathBuf {
     Path::new(RELOCATED_BASE).join(name)
 }
 
+/// A port that is free now and that the kernel will not hand out on its own.
+///
+/// Why not port 0: that picks from the ephemeral range, which every outgoing connection and
+/// every `bind(0)` listener on the machine (the tests' simulators, for one) draws from too, so
+/// between our probe and the server's bind — or across a restart — another socket can take it.
+/// Below the ephemeral range only an explicit bind can collide, and the probe catches that.
 fn free_port() -> Result<u16, Error> {
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let low = 20_000u16.min(ephemeral_low.saturating_sub(1000));
+    let span = u32::from(ephemeral_low.saturating_sub(low)).max(1);
+    // Spread concurrent callers (parallel tests, each with its own cluster) over the range.
+    let start = uuid::Uuid::new_v4().as_u128() as u32 % span;
+    for offset in 0..span {
+        let port = low + ((start + offset) % span) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// `pg_ctl` only says "could not start server"; the reason is in the server's log.
+fn with_log_tail(error: Error, log: &Path) -> Error {
+    let Error::Command { command, output } = error else {
+        return error;
+    };
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    let tail = lines[lines.len().saturating_sub(20)..].join("\n");
+    Error::Command {
+        command,
+        output: format!("{output}\n--- last lines of {} ---\n{tail}", log.display()),
+    }
 }
 
 impl Cluster {
@@ -274,6 +308,7 @@ impl Cluster {
                 self.port,
                 self.data_dir.to_string_lossy()
             );
+            let log = self.data_dir.join("server.log");
             self.run(
                 "pg_ctl",
                 &[
@@ -284,11 +319,12 @@ impl Cluster {
                     "-D",
                     &pgdata_s,
                     "-l",
-                    &self.data_dir.join("server.log").to_string_lossy(),
+                    &log.to_string_lossy(),
                     "-o",
                     &options,
                 ],
-            )?;
+            )
+            .map_err(|e| with_log_tail(e, &log))?;
         }
         // The database may be missing on first start; creating it twice is harmless.
         let _ = self.run(
