@@ -247,7 +247,7 @@ impl Queue {
                         and run_at <= now() and waiting is null) as "runnable!",
                 exists (select 1 from jobs where state = 'queued'
                         and (pending_children > 0 or run_at > now())) as "waiting!",
-                exists (select 1 from jobs where state = 'running') as "running!",
+                exists (select 1 from jobs where lease_expires_at is not null) as "running!",
                 exists (select 1 from jobs where state = 'queued' and pending_children = 0
                         and waiting is null) as "unconditional!",
                 (select waiting from jobs where state = 'queued' and pending_children = 0

@@ -132,8 +132,9 @@ impl Queue {
         let mut tx = self.pool.begin().await?;
         let held = sqlx::query!(
             r#"
+            -- `lease_expires_at is not null` (implied by 'running') lets jobs_leased serve this.
             update jobs set lease_expires_at = now() + $2::interval
-            where worker_id = $1 and state = 'running'
+            where worker_id = $1 and state = 'running' and lease_expires_at is not null
               and not exists (select 1 from unnest($3::int8[], $4::int4[]) a(id, attempt)
                               where a.id = jobs.id and a.attempt = jobs.attempt)
             returning id, attempt

@@ -30,9 +30,11 @@ impl Queue {
         let n = sqlx::query_scalar!(
             r#"
             with done as (
+                -- `lease_expires_at is not null` (implied by 'running') lets jobs_leased
+                -- serve this.
                 update jobs set state = 'queued', run_at = now(), lease_expires_at = null,
                     updated_at = now()
-                where worker_id = $1 and state = 'running'
+                where worker_id = $1 and state = 'running' and lease_expires_at is not null
                 returning id, attempt, worker_id, started_at
             ), hist as (
                 insert into job_attempts (job_id, attempt, worker_id, started_at, outcome, error)
@@ -74,7 +76,7 @@ impl Queue {
             r#"
             with expired as materialized (
                 select id from jobs
-                where state = 'running' and lease_expires_at < now()
+                where lease_expires_at < now() and state = 'running'
                 order by id
                 limit $1
                 for update skip locked

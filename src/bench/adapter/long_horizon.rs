@@ -110,7 +110,7 @@ pub enum Pacing {
 const EVENT_TABLES: [&str; 2] = ["public.jobs", "public.job_attempts"];
 const EVENT_INDEXES: [&str; 3] = [
     "public.jobs_queued",
-    "public.jobs_running_lease",
+    "public.jobs_leased",
     "public.jobs_finished_at",
 ];
 
