@@ -35,7 +35,7 @@ pub use self::{
         FinishedTimes, JobFilter, Latency, LiveWorker, Progress, Runnable, SlotUse, StateCount,
     },
     error::{Error, FailureKind, JobError, Result, ResultExt},
-    floor::FLOOR_LAG,
+    floor::{FLOOR_LAG, FLOOR_LOOKBACK, FloorReach},
     job::{
         ClaimedJob, DEFAULT_MAX_ATTEMPTS, Enqueued, InvalidJobId, JobId, JobState, Lease, NewJob,
         Waiting, WorkerId,
